@@ -1,7 +1,9 @@
 //! idgate: a per-workload mTLS sidecar proxy with SPIFFE identities and segment rules.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
+pub mod devpki;
 pub mod identity;
 pub mod policy;
 pub mod spiffe_id;

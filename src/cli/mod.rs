@@ -1,0 +1,5 @@
+//! Offline commands: policy check, dev certificates, certificate inspection, the demo.
+
+pub mod certs;
+pub mod check;
+pub mod inspect;
