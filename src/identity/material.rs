@@ -1,19 +1,64 @@
 //! The SVID and trust bundles as rustls wants them, parsed once per update.
+//!
+//! Every source (files, SPIRE) turns DER into these types here, so a bad SVID or bundle is
+//! refused before it is published. Nothing here reads files or talks to an agent; errors
+//! say what is wrong, and the caller adds which file or source it came from.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::spiffe_id::SpiffeId;
+use crate::spiffe_id::{SpiffeId, SpiffeIdError};
+use crate::tls::PeerCertError;
 
 /// Why identity material could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// Anything a source reports in its own words.
     #[error("{0}")]
     Invalid(String),
+    /// The SVID chain holds no certificate.
+    #[error("no certificate found")]
+    EmptyChain,
+    /// A certificate is not valid DER X.509.
+    #[error("certificate {index} cannot be parsed: {reason}")]
+    BadCertificate { index: usize, reason: String },
+    /// The SVID leaf's SPIFFE ID is missing or malformed.
+    #[error("the SVID's SPIFFE ID: {0}")]
+    SvidId(PeerCertError),
+    /// The private key is not usable with the ring provider.
+    #[error("the private key cannot be used: {0}")]
+    BadKey(rustls::Error),
+    /// The private key belongs to another certificate.
+    #[error("key does not match certificate")]
+    KeyMismatch,
+    /// A trust bundle holds no certificate.
+    #[error("the bundle of {0} holds no certificate")]
+    EmptyBundle(String),
+    /// A bundle certificate cannot serve as trust anchor.
+    #[error("the bundle of {trust_domain}: certificate {index} is not a usable CA: {reason}")]
+    BadAnchor {
+        trust_domain: String,
+        index: usize,
+        reason: String,
+    },
+    /// A trust domain name is malformed.
+    #[error("{name:?} is not a valid trust domain: {reason}")]
+    TrustDomain { name: String, reason: SpiffeIdError },
+    /// A file could not be read or holds the wrong thing.
+    #[error("{}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    /// An error about the material in a file.
+    #[error("{}: {error}", path.display())]
+    InFile {
+        path: PathBuf,
+        error: Box<IdentityError>,
+    },
 }
 
 /// Our own X.509-SVID: certificate chain (leaf first) and private key.
@@ -31,11 +76,41 @@ pub struct Svid {
 
 impl Svid {
     /// Builds an SVID from a DER chain (leaf first) and its private key.
+    /// The leaf must carry exactly one well-formed `spiffe://` URI SAN and match the key.
     pub fn from_der(
-        _chain: Vec<CertificateDer<'static>>,
-        _key: PrivateKeyDer<'static>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
     ) -> Result<Self, IdentityError> {
-        todo!("helper B")
+        let leaf_der = chain.first().ok_or(IdentityError::EmptyChain)?;
+        let (_, leaf) =
+            X509Certificate::from_der(leaf_der).map_err(|e| IdentityError::BadCertificate {
+                index: 0,
+                reason: e.to_string(),
+            })?;
+        let spiffe_id = crate::tls::spiffe_id_of(&leaf).map_err(IdentityError::SvidId)?;
+        let serial = format!("{:x}", leaf.serial);
+        let not_after = leaf.validity().not_after.timestamp();
+        let provider = crate::tls::provider();
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(IdentityError::BadKey)?;
+        let certified_key = CertifiedKey::new(chain, signing_key);
+        match certified_key.keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                return Err(IdentityError::KeyMismatch)
+            }
+            // ring always knows the public key; an unknown answer is not a mismatch.
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(other) => return Err(IdentityError::BadKey(other)),
+        }
+        Ok(Self {
+            spiffe_id,
+            certified_key: Arc::new(certified_key),
+            serial,
+            not_after,
+        })
     }
 }
 
@@ -47,12 +122,36 @@ pub struct TrustBundles {
 
 impl TrustBundles {
     /// Adds (or replaces) the bundle of one trust domain from DER certificates.
+    /// Every certificate becomes a trust anchor; an empty bundle is refused.
     pub fn insert_der(
         &mut self,
-        _trust_domain: &str,
-        _certs: &[CertificateDer<'_>],
+        trust_domain: &str,
+        certs: &[CertificateDer<'_>],
     ) -> Result<(), IdentityError> {
-        todo!("helper B")
+        let name = crate::spiffe_id::TrustDomain::new(trust_domain)
+            .map_err(|reason| IdentityError::TrustDomain {
+                name: trust_domain.to_owned(),
+                reason,
+            })?
+            .to_string();
+        if certs.is_empty() {
+            return Err(IdentityError::EmptyBundle(name));
+        }
+        let anchors = certs
+            .iter()
+            .enumerate()
+            .map(|(index, cert)| {
+                webpki::anchor_from_trusted_cert(cert)
+                    .map(|anchor| anchor.to_owned())
+                    .map_err(|e| IdentityError::BadAnchor {
+                        trust_domain: name.clone(),
+                        index,
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.anchors.insert(name, anchors.into());
+        Ok(())
     }
 
     /// The anchors of one trust domain, if we have its bundle.

@@ -4,6 +4,7 @@
 //! handshakes read the latest one with a lock-free load. Live connections keep the
 //! material they shook hands with. This room never opens sockets or judges requests.
 
+pub mod files;
 mod material;
 
 pub use material::{IdentityError, Material, Svid, TrustBundles};

@@ -4,71 +4,46 @@
 //! reaches the next handshake without rebuilding anything. This room never parses HTTP
 //! or decides what a peer may do; it only says who the peer is.
 
-use std::io;
+mod client;
+mod failure;
+mod peer;
+mod server;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
-use prometheus_client::registry::Registry;
 use rustls::crypto::CryptoProvider;
+use rustls::version::{TLS12, TLS13};
 use rustls::{ClientConfig, ServerConfig};
-use rustls_pki_types::CertificateDer;
 
 use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
+
+pub use failure::{describe, failure_reason, TlsMetrics};
+pub use peer::PeerIdentity;
+pub use verify::{spiffe_id_of, PeerCertError};
 
 /// The one crypto provider idgate uses (ring).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Who the peer of an established connection is.
-#[derive(Debug, Clone)]
-pub struct PeerIdentity {
-    /// The peer's SPIFFE ID (verified during the handshake).
-    pub spiffe_id: SpiffeId,
-    /// Lowercase hex SHA-256 of the peer leaf's DER (for XFCC `Hash=`).
-    pub leaf_sha256: String,
-    /// Peer leaf notAfter, seconds since the Unix epoch.
-    pub not_after: i64,
+/// Server config for inbound listeners: TLS 1.2/1.3, client cert required and verified
+/// against the bundle of the client's trust domain, our current SVID, ALPN from `alpn`
+/// (e.g. `h2`, `http/1.1`). No session resumption.
+pub fn server_config(identity: IdentityHandle, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+    server::build(identity, alpn)
 }
 
-impl PeerIdentity {
-    /// Reads the identity of an already verified peer from its certificate chain.
-    pub fn from_certs(_certs: &[CertificateDer<'_>]) -> Option<Self> {
-        todo!("helper B")
-    }
-}
-
-/// Server config for inbound listeners: TLS 1.2/1.3, client cert required, ALPN h2 and http/1.1.
-pub fn server_config(_identity: IdentityHandle, _alpn: &[&[u8]]) -> Arc<ServerConfig> {
-    todo!("helper B")
-}
-
-/// Client config for outbound listeners: presents our SVID and accepts only `server_ids`.
+/// Client config for outbound listeners: presents our SVID and accepts only `server_ids`
+/// (DNS names are never checked). No session resumption.
 pub fn client_config(
-    _identity: IdentityHandle,
-    _server_ids: Vec<SpiffeId>,
-    _alpn: &[&[u8]],
+    identity: IdentityHandle,
+    server_ids: Vec<SpiffeId>,
+    alpn: &[&[u8]],
 ) -> Arc<ClientConfig> {
-    todo!("helper B")
-}
-
-/// Handshake failure counting and logging, `idgate_tls_handshake_failures_total{listener,reason}`.
-#[derive(Clone)]
-pub struct TlsMetrics {}
-
-impl TlsMetrics {
-    /// Registers the TLS metrics.
-    pub fn register(_registry: &mut Registry) -> Self {
-        todo!("helper B")
-    }
-
-    /// Logs a failed handshake with its reason and counts it; returns the reason label.
-    pub fn handshake_failed(
-        &self,
-        _listener: &str,
-        _peer: std::net::SocketAddr,
-        _error: &io::Error,
-    ) -> &'static str {
-        todo!("helper B")
-    }
+    client::build(identity, server_ids, alpn, &[&TLS13, &TLS12])
 }

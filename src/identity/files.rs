@@ -1,0 +1,206 @@
+//! The `files` identity source: SVID chain, key and bundles read from PEM files with
+//! `rustls-pki-types`' `PemObject` (rustls-pemfile is unmaintained). Every error names the
+//! file and says what is wrong. This module only loads; watching for changes and
+//! publishing the result on the handle belong to the caller.
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::{IdentityError, Svid, TrustBundles};
+
+/// Loads our SVID from `cert` (chain, leaf first) and `key` (PKCS#8, SEC1 or RSA), the
+/// bundle of our SVID's trust domain from `bundle`, and each federated trust domain's
+/// bundle from its file.
+pub fn load(
+    cert: &Path,
+    key: &Path,
+    bundle: &Path,
+    federation: &[(String, PathBuf)],
+) -> Result<(Svid, TrustBundles), IdentityError> {
+    let chain = read_certs(cert)?;
+    let key_der = read_key(key)?;
+    let svid = Svid::from_der(chain, key_der).map_err(|error| {
+        let path = match error {
+            IdentityError::BadKey(_) | IdentityError::KeyMismatch => key,
+            _ => cert,
+        };
+        in_file(path, error)
+    })?;
+    let own = svid.spiffe_id.trust_domain_name().to_owned();
+    let mut bundles = TrustBundles::default();
+    let certs = read_certs(bundle)?;
+    bundles
+        .insert_der(&own, &certs)
+        .map_err(|e| in_file(bundle, e))?;
+    for (trust_domain, path) in federation {
+        if trust_domain
+            .strip_prefix("spiffe://")
+            .unwrap_or(trust_domain)
+            == own
+        {
+            let reason = format!(
+                "federation lists {own}, our own trust domain; its bundle is {}",
+                bundle.display()
+            );
+            return Err(file_error(path, reason));
+        }
+        let certs = read_certs(path)?;
+        bundles
+            .insert_der(trust_domain, &certs)
+            .map_err(|e| in_file(path, e))?;
+    }
+    Ok((svid, bundles))
+}
+
+/// Every certificate in a PEM file, in order; at least one.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no certificate found"));
+    }
+    Ok(certs)
+}
+
+/// The first private key in a PEM file (PKCS#8, SEC1 or RSA).
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, IdentityError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        pem::Error::NoItemsFound => file_error(
+            path,
+            "no private key found (expected PKCS#8, SEC1 or RSA PEM)",
+        ),
+        other => pem_error(path, other),
+    })
+}
+
+fn pem_error(path: &Path, error: pem::Error) -> IdentityError {
+    let reason = match error {
+        pem::Error::Io(e) => e.to_string(),
+        pem::Error::NoItemsFound => "no PEM section found".to_owned(),
+        other => format!("not valid PEM: {other}"),
+    };
+    file_error(path, reason)
+}
+
+fn file_error(path: &Path, reason: impl Into<String>) -> IdentityError {
+    IdentityError::File {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn in_file(path: &Path, error: IdentityError) -> IdentityError {
+    IdentityError::InFile {
+        path: path.to_owned(),
+        error: Box::new(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::devpki::{write_dev_pki, DevCa, LeafSpec};
+    use crate::spiffe_id::{SpiffeId, TrustDomain};
+
+    const API: &str = "spiffe://example.org/ns/billing/sa/api";
+
+    fn dev_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let td = TrustDomain::new("example.org").expect("td");
+        let ids = [
+            SpiffeId::parse(API).expect("id"),
+            SpiffeId::parse("spiffe://example.org/ns/web/sa/web").expect("id"),
+        ];
+        write_dev_pki(dir.path(), &td, &ids).expect("dev pki");
+        dir
+    }
+
+    #[test]
+    fn loads_dev_pki_with_federation() {
+        let dir = dev_dir();
+        let d = dir.path();
+        let partner = DevCa::new("partner.org").expect("ca");
+        fs::write(d.join("partner.pem"), partner.root_pem()).expect("write");
+        let federation = [("partner.org".to_owned(), d.join("partner.pem"))];
+        let (svid, bundles) = load(
+            &d.join("api.pem"),
+            &d.join("api-key.pem"),
+            &d.join("bundle.pem"),
+            &federation,
+        )
+        .expect("load");
+        assert_eq!(svid.spiffe_id.as_str(), API);
+        assert!(!svid.serial.is_empty());
+        assert_eq!(bundles.trust_domains(), ["example.org", "partner.org"]);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let dir = dev_dir();
+        let d = dir.path();
+        let (cert, key, bundle) = (
+            d.join("api.pem"),
+            d.join("api-key.pem"),
+            d.join("bundle.pem"),
+        );
+        let empty = d.join("empty.pem");
+        fs::write(&empty, "").expect("write");
+        let err = load(&empty, &key, &bundle, &[]).expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            format!("{}: no certificate found", empty.display())
+        );
+
+        let err = load(&cert, &d.join("web-key.pem"), &bundle, &[]).expect_err("refused");
+        let want = format!(
+            "{}: key does not match certificate",
+            d.join("web-key.pem").display()
+        );
+        assert_eq!(err.to_string(), want);
+
+        let err = load(&cert, &cert, &bundle, &[]).expect_err("refused");
+        assert!(err.to_string().contains("no private key found"), "{err}");
+
+        let missing = d.join("missing.pem");
+        let err = load(&missing, &key, &bundle, &[]).expect_err("refused");
+        assert!(
+            err.to_string().starts_with(&missing.display().to_string()),
+            "{err}"
+        );
+
+        let own = [("example.org".to_owned(), bundle.clone())];
+        let err = load(&cert, &key, &bundle, &own).expect_err("refused");
+        assert!(err.to_string().contains("our own trust domain"), "{err}");
+    }
+
+    #[test]
+    fn refuses_svid_without_spiffe_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = DevCa::new("example.org").expect("ca");
+        let mut spec = LeafSpec::svid(&SpiffeId::parse(API).expect("id"));
+        spec.uris.clear();
+        let issued = ca.issue(&spec).expect("issue");
+        let d = dir.path();
+        fs::write(d.join("x.pem"), &issued.chain_pem).expect("write");
+        fs::write(d.join("x-key.pem"), &issued.key_pem).expect("write");
+        fs::write(d.join("bundle.pem"), ca.root_pem()).expect("write");
+        let err = load(
+            &d.join("x.pem"),
+            &d.join("x-key.pem"),
+            &d.join("bundle.pem"),
+            &[],
+        )
+        .expect_err("refused");
+        let want = format!(
+            "{}: the SVID's SPIFFE ID: the certificate has no spiffe:// URI SAN",
+            d.join("x.pem").display()
+        );
+        assert_eq!(err.to_string(), want);
+    }
+}

@@ -1,0 +1,143 @@
+//! Outbound TLS: the `ClientConfig`, a server verifier that checks the chain against the
+//! server's trust domain bundle and then requires one of the expected SPIFFE IDs, and a
+//! resolver presenting our current SVID. DNS names are never checked: the SPIFFE ID is
+//! the server's name. Sessions are never resumed.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, Resumption};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use super::verify::{verify_peer, PeerCertError, Usage};
+use crate::identity::IdentityHandle;
+use crate::spiffe_id::SpiffeId;
+
+/// Builds the outbound config; see [`super::client_config`].
+pub(super) fn build(
+    identity: IdentityHandle,
+    server_ids: Vec<SpiffeId>,
+    alpn: &[&[u8]],
+    versions: &[&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let provider = super::provider();
+    let verifier = Arc::new(SpiffeServerVerifier {
+        identity: identity.clone(),
+        server_ids,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(ClientSvid(identity)));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.resumption = Resumption::disabled();
+    Arc::new(config)
+}
+
+/// Verifies the server's SVID, then that its SPIFFE ID is one of `server_ids`.
+struct SpiffeServerVerifier {
+    identity: IdentityHandle,
+    server_ids: Vec<SpiffeId>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl fmt::Debug for SpiffeServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpiffeServerVerifier")
+            .field("identity", &self.identity.source())
+            .field("server_ids", &self.server_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let material = self
+            .identity
+            .current()
+            .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
+        // Authorisation only after cryptographic verification.
+        let id = verify_peer(
+            &material,
+            &self.algorithms,
+            end_entity,
+            intermediates,
+            now,
+            Usage::Server,
+        )?;
+        if !self.server_ids.contains(&id) {
+            let expected = match &self.server_ids[..] {
+                [one] => one.to_string(),
+                ids => {
+                    let ids: Vec<&str> = ids.iter().map(SpiffeId::as_str).collect();
+                    format!("one of [{}]", ids.join(", "))
+                }
+            };
+            return Err(PeerCertError::UnexpectedServerId {
+                presented: id,
+                expected,
+            }
+            .into_rustls());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Presents our current SVID when the server asks for a client certificate.
+struct ClientSvid(IdentityHandle);
+
+impl fmt::Debug for ClientSvid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ClientSvid").field(&self.0.source()).finish()
+    }
+}
+
+impl ResolvesClientCert for ClientSvid {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|m| m.svid.certified_key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.current().is_some()
+    }
+}

@@ -1,0 +1,121 @@
+//! Inbound TLS: the `ServerConfig`, a client-certificate verifier and a certificate
+//! resolver that both read the current identity material at each handshake. Client
+//! certificates are mandatory; sessions are never resumed (a resumed session would skip
+//! verification). This file never looks at what the client sends after the handshake.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::version::{TLS12, TLS13};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use super::verify::{verify_peer, PeerCertError, Usage};
+use crate::identity::IdentityHandle;
+
+/// Builds the inbound config; see [`super::server_config`].
+pub(super) fn build(identity: IdentityHandle, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+    let provider = super::provider();
+    let verifier = Arc::new(SpiffeClientVerifier {
+        identity: identity.clone(),
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&TLS13, &TLS12])
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(CurrentSvid(identity)));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Arc::new(config)
+}
+
+/// Verifies client SVIDs against the bundle of the client's trust domain.
+struct SpiffeClientVerifier {
+    identity: IdentityHandle,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl fmt::Debug for SpiffeClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpiffeClientVerifier")
+            .field("identity", &self.identity.source())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let material = self
+            .identity
+            .current()
+            .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
+        verify_peer(
+            &material,
+            &self.algorithms,
+            end_entity,
+            intermediates,
+            now,
+            Usage::Client,
+        )?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Presents whatever SVID is current; `None` before the first one fails the handshake.
+struct CurrentSvid(IdentityHandle);
+
+impl fmt::Debug for CurrentSvid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CurrentSvid")
+            .field(&self.0.source())
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for CurrentSvid {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|m| m.svid.certified_key.clone())
+    }
+}

@@ -1,0 +1,491 @@
+//! Real handshakes over loopback TCP between idgate's own server and client configs, with
+//! a dev PKI per test: who sees whom, and the reason label of every refusal.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use rcgen::KeyUsagePurpose;
+use rustls::client::ResolvesClientCert;
+use rustls::sign::CertifiedKey;
+use rustls::version::TLS12;
+use rustls::{ClientConfig, SignatureScheme};
+use rustls_pki_types::ServerName;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{client::TlsStream, TlsAcceptor, TlsConnector};
+
+use super::*;
+use crate::devpki::{DevCa, IssuedCert, LeafSpec};
+use crate::identity::{Svid, TrustBundles};
+
+const TD: &str = "example.org";
+const API: &str = "spiffe://example.org/ns/billing/sa/api";
+const WEB: &str = "spiffe://example.org/ns/web/sa/frontend";
+const PARTNER: &str = "spiffe://partner.org/ns/pay/sa/gateway";
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).expect("test ID")
+}
+
+/// An SVID built without `Svid::from_der`'s checks, so tests can present broken leaves.
+fn raw_svid(issued: &IssuedCert) -> Svid {
+    let key = CertifiedKey::from_der(
+        issued.chain_der.clone(),
+        issued.key_der.clone_key(),
+        &provider(),
+    )
+    .expect("certified key");
+    Svid {
+        spiffe_id: id("spiffe://example.org/placeholder"),
+        certified_key: Arc::new(key),
+        serial: "00".into(),
+        not_after: 0,
+    }
+}
+
+fn bundles(cas: &[(&str, &DevCa)]) -> TrustBundles {
+    let mut bundles = TrustBundles::default();
+    for (td, ca) in cas {
+        bundles
+            .insert_der(td, std::slice::from_ref(ca.root_der()))
+            .expect("bundle");
+    }
+    bundles
+}
+
+fn handle(svid: Svid, bundles: TrustBundles) -> IdentityHandle {
+    let handle = IdentityHandle::new("test");
+    handle.publish(svid, bundles);
+    handle
+}
+
+/// A server that reports each handshake's outcome and echoes on accepted connections.
+struct TestServer {
+    addr: SocketAddr,
+    outcomes: mpsc::UnboundedReceiver<io::Result<PeerIdentity>>,
+}
+
+impl TestServer {
+    async fn start(identity: IdentityHandle) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = TlsAcceptor::from(server_config(identity, ALPN));
+        let (tx, outcomes) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let mut tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(e) => return drop(tx.send(Err(e))),
+                    };
+                    let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+                    let peer = PeerIdentity::from_certs(certs)
+                        .ok_or_else(|| io::Error::other("accepted a peer without identity"));
+                    let _ = tx.send(peer);
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = tls.read(&mut buf).await {
+                        if tls.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, outcomes }
+    }
+
+    async fn outcome(&mut self) -> io::Result<PeerIdentity> {
+        tokio::time::timeout(LIMIT, self.outcomes.recv())
+            .await
+            .expect("server outcome in time")
+            .expect("server running")
+    }
+}
+
+/// Connects, handshakes, and round-trips one message (TLS 1.3 clients learn that the
+/// server refused their certificate only when they read).
+async fn connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> io::Result<(PeerIdentity, TlsStream<TcpStream>)> {
+    let attempt = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("ignored.invalid").expect("name");
+        let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
+        let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let peer = PeerIdentity::from_certs(certs)
+            .ok_or_else(|| io::Error::other("server without identity"))?;
+        ping(&mut tls).await?;
+        Ok((peer, tls))
+    };
+    tokio::time::timeout(LIMIT, attempt)
+        .await
+        .expect("client finished in time")
+}
+
+async fn ping(tls: &mut TlsStream<TcpStream>) -> io::Result<()> {
+    tls.write_all(b"ping").await?;
+    let mut buf = [0u8; 4];
+    tls.read_exact(&mut buf).await?;
+    assert_eq!(&buf, b"ping");
+    Ok(())
+}
+
+/// Server `api` in example.org; returns the CA so tests can issue clients.
+async fn api_server() -> (DevCa, TestServer) {
+    let ca = DevCa::new(TD).expect("ca");
+    let svid = ca
+        .issue_svid(&id(API))
+        .expect("issue")
+        .svid()
+        .expect("svid");
+    let server = TestServer::start(handle(svid, bundles(&[(TD, &ca)]))).await;
+    (ca, server)
+}
+
+fn client_for(
+    issued: &IssuedCert,
+    bundles: TrustBundles,
+    server_ids: &[&str],
+) -> Arc<ClientConfig> {
+    let ids = server_ids.iter().map(|s| id(s)).collect();
+    client_config(handle(raw_svid(issued), bundles), ids, ALPN)
+}
+
+/// The server refuses a client presenting `spec` (issued by the server's own CA) with `reason`.
+async fn assert_client_refused(spec: LeafSpec, reason: &str) -> io::Error {
+    let (ca, mut server) = api_server().await;
+    let issued = ca.issue(&spec).expect("issue");
+    let client = client_for(&issued, bundles(&[(TD, &ca)]), &[API]);
+    let client_err = connect(server.addr, client)
+        .await
+        .expect_err("client refused");
+    let server_err = server.outcome().await.expect_err("server refused");
+    assert_eq!(failure_reason(&server_err), reason, "{server_err}");
+    assert_eq!(failure_reason(&client_err), "peer_rejected", "{client_err}");
+    server_err
+}
+
+#[tokio::test]
+async fn mutual_handshake_both_sides_see_spiffe_ids() {
+    let (ca, mut server) = api_server().await;
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    let client = client_for(&web, bundles(&[(TD, &ca)]), &[API]);
+    let (server_seen, tls) = connect(server.addr, client).await.expect("handshake");
+    assert_eq!(server_seen.spiffe_id.as_str(), API);
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let client_seen = server.outcome().await.expect("server accepted");
+    assert_eq!(client_seen.spiffe_id.as_str(), WEB);
+    assert_eq!(
+        client_seen.leaf_sha256,
+        hex::encode(Sha256::digest(&web.chain_der[0]))
+    );
+    assert!(client_seen.not_after > time::OffsetDateTime::now_utc().unix_timestamp());
+}
+
+#[tokio::test]
+async fn tls12_and_intermediate_chains_work() {
+    let ca = DevCa::new(TD)
+        .expect("ca")
+        .with_intermediate()
+        .expect("intermediate");
+    let server_svid = ca.issue_svid(&id(API)).expect("issue");
+    assert_eq!(server_svid.chain_der.len(), 2);
+    let mut server = TestServer::start(handle(
+        server_svid.svid().expect("svid"),
+        bundles(&[(TD, &ca)]),
+    ))
+    .await;
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    let config = client::build(
+        handle(web.svid().expect("svid"), bundles(&[(TD, &ca)])),
+        vec![id(API)],
+        ALPN,
+        &[&TLS12],
+    );
+    let (seen, tls) = connect(server.addr, config).await.expect("handshake");
+    assert_eq!(seen.spiffe_id.as_str(), API);
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(
+        server.outcome().await.expect("accepted").spiffe_id.as_str(),
+        WEB
+    );
+}
+
+#[derive(Debug)]
+struct NoCert;
+
+impl ResolvesClientCert for NoCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        None
+    }
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn refuses_client_without_certificate() {
+    let (ca, mut server) = api_server().await;
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    let mut config = (*client_for(&web, bundles(&[(TD, &ca)]), &[API])).clone();
+    config.client_auth_cert_resolver = Arc::new(NoCert);
+    let client_err = connect(server.addr, Arc::new(config))
+        .await
+        .expect_err("refused");
+    let server_err = server.outcome().await.expect_err("refused");
+    assert_eq!(failure_reason(&server_err), "no_client_cert");
+    assert_eq!(failure_reason(&client_err), "peer_rejected");
+}
+
+#[tokio::test]
+async fn refuses_client_from_other_ca_of_same_trust_domain() {
+    let (ca, mut server) = api_server().await;
+    let rogue = DevCa::new(TD).expect("rogue ca");
+    let web = rogue.issue_svid(&id(WEB)).expect("issue");
+    // The client trusts the real CA, so only the server's check is exercised.
+    let client = client_for(&web, bundles(&[(TD, &ca)]), &[API]);
+    assert!(connect(server.addr, client).await.is_err());
+    let err = server.outcome().await.expect_err("refused");
+    assert_eq!(failure_reason(&err), "unknown_ca");
+}
+
+#[tokio::test]
+async fn refuses_expired_client() {
+    let now = time::OffsetDateTime::now_utc();
+    let mut spec = LeafSpec::svid(&id(WEB));
+    spec.not_before = now - time::Duration::days(2);
+    spec.not_after = now - time::Duration::days(1);
+    let err = assert_client_refused(spec, "expired").await;
+    assert!(
+        describe(&err).starts_with("certificate expired at 20"),
+        "{}",
+        describe(&err)
+    );
+}
+
+#[tokio::test]
+async fn refuses_not_yet_valid_client() {
+    let now = time::OffsetDateTime::now_utc();
+    let mut spec = LeafSpec::svid(&id(WEB));
+    spec.not_before = now + time::Duration::days(1);
+    spec.not_after = now + time::Duration::days(2);
+    assert_client_refused(spec, "not_yet_valid").await;
+}
+
+#[tokio::test]
+async fn refuses_client_without_uri_san_even_with_dns_names() {
+    let mut spec = LeafSpec::svid(&id(WEB));
+    spec.uris.clear();
+    spec.dns = vec!["web.example.org".into()];
+    assert_client_refused(spec, "no_spiffe_id").await;
+}
+
+#[tokio::test]
+async fn refuses_client_with_two_uri_sans() {
+    let mut spec = LeafSpec::svid(&id(WEB));
+    spec.uris
+        .push("spiffe://example.org/ns/web/sa/other".into());
+    assert_client_refused(spec, "multiple_uri_sans").await;
+}
+
+#[tokio::test]
+async fn refuses_client_with_malformed_spiffe_id() {
+    let mut spec = LeafSpec::svid(&id(WEB));
+    spec.uris = vec!["spiffe://example.org/ns/../admin".into()];
+    assert_client_refused(spec, "malformed_spiffe_id").await;
+}
+
+#[tokio::test]
+async fn refuses_ca_certificate_as_client_leaf() {
+    let mut spec = LeafSpec::svid(&id(WEB));
+    spec.ca = true;
+    assert_client_refused(spec, "ca_as_leaf").await;
+}
+
+#[tokio::test]
+async fn refuses_leaf_with_cert_signing_key_usage() {
+    let mut spec = LeafSpec::svid(&id(WEB));
+    spec.key_usages.push(KeyUsagePurpose::KeyCertSign);
+    assert_client_refused(spec, "bad_key_usage").await;
+}
+
+#[tokio::test]
+async fn refuses_trust_domain_without_bundle() {
+    let (ca, mut server) = api_server().await;
+    let partner = DevCa::new("partner.org").expect("ca");
+    let gateway = partner.issue_svid(&id(PARTNER)).expect("issue");
+    let client = client_for(&gateway, bundles(&[(TD, &ca)]), &[API]);
+    assert!(connect(server.addr, client).await.is_err());
+    let err = server.outcome().await.expect_err("refused");
+    assert_eq!(failure_reason(&err), "unknown_trust_domain");
+    assert_eq!(describe(&err), "trust domain partner.org has no bundle");
+}
+
+#[tokio::test]
+async fn accepts_federated_trust_domain_with_its_bundle() {
+    let ca = DevCa::new(TD).expect("ca");
+    let partner = DevCa::new("partner.org").expect("ca");
+    let both = || bundles(&[(TD, &ca), ("partner.org", &partner)]);
+    let api = ca
+        .issue_svid(&id(API))
+        .expect("issue")
+        .svid()
+        .expect("svid");
+    let mut server = TestServer::start(handle(api, both())).await;
+    let gateway = partner.issue_svid(&id(PARTNER)).expect("issue");
+    let (seen, _tls) = connect(server.addr, client_for(&gateway, both(), &[API]))
+        .await
+        .expect("federated handshake");
+    assert_eq!(seen.spiffe_id.as_str(), API);
+    assert_eq!(
+        server.outcome().await.expect("accepted").spiffe_id.as_str(),
+        PARTNER
+    );
+}
+
+#[tokio::test]
+async fn outbound_refuses_unexpected_server_id() {
+    let (ca, mut server) = api_server().await;
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    let expected = "spiffe://example.org/ns/billing/sa/worker";
+    let err = connect(
+        server.addr,
+        client_for(&web, bundles(&[(TD, &ca)]), &[expected]),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(failure_reason(&err), "unexpected_server_id");
+    let message = describe(&err);
+    assert!(
+        message.contains(API) && message.contains(expected),
+        "{message}"
+    );
+    let server_err = server.outcome().await.expect_err("aborted");
+    assert_eq!(failure_reason(&server_err), "peer_rejected");
+}
+
+#[tokio::test]
+async fn outbound_refuses_server_from_unknown_ca() {
+    let (_ca, mut server) = api_server().await;
+    let other = DevCa::new(TD).expect("ca");
+    let web = other.issue_svid(&id(WEB)).expect("issue");
+    let err = connect(
+        server.addr,
+        client_for(&web, bundles(&[(TD, &other)]), &[API]),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(failure_reason(&err), "unknown_ca");
+    assert_eq!(
+        failure_reason(&server.outcome().await.expect_err("aborted")),
+        "peer_rejected"
+    );
+}
+
+#[tokio::test]
+async fn server_without_svid_fails_handshakes_cleanly() {
+    let mut server = TestServer::start(IdentityHandle::new("files (not loaded)")).await;
+    let ca = DevCa::new(TD).expect("ca");
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    assert!(
+        connect(server.addr, client_for(&web, bundles(&[(TD, &ca)]), &[API]))
+            .await
+            .is_err()
+    );
+    let err = server.outcome().await.expect_err("refused");
+    assert_eq!(failure_reason(&err), "no_identity", "{err}");
+}
+
+#[tokio::test]
+async fn plain_http_is_not_tls_and_is_counted() {
+    let (_ca, mut server) = api_server().await;
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let err = server.outcome().await.expect_err("refused");
+    let mut registry = Registry::default();
+    let metrics = TlsMetrics::register(&mut registry);
+    let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    assert_eq!(metrics.handshake_failed("api", peer, &err), "not_tls");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(
+        text.contains(r#"idgate_tls_handshake_failures_total{listener="api",reason="not_tls"} 1"#),
+        "{text}"
+    );
+    assert_eq!(metrics.failures("api", "not_tls"), 1);
+}
+
+#[tokio::test]
+async fn io_errors_without_tls_cause_are_classified() {
+    let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+    assert_eq!(failure_reason(&eof), "eof");
+    assert_eq!(
+        failure_reason(&io::Error::from(io::ErrorKind::TimedOut)),
+        "timeout"
+    );
+    assert_eq!(failure_reason(&io::Error::other("boom")), "io");
+}
+
+#[tokio::test]
+async fn rotation_reaches_next_handshake_and_open_connections_keep_working() {
+    let ca = DevCa::new(TD).expect("ca");
+    let first = ca.issue_svid(&id(API)).expect("issue");
+    let identity = handle(first.svid().expect("svid"), bundles(&[(TD, &ca)]));
+    let mut server = TestServer::start(identity.clone()).await;
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    let client = client_for(&web, bundles(&[(TD, &ca)]), &[API]);
+
+    let (before, mut open) = connect(server.addr, client.clone()).await.expect("first");
+    server.outcome().await.expect("accepted");
+    assert_eq!(
+        before.leaf_sha256,
+        hex::encode(Sha256::digest(&first.chain_der[0]))
+    );
+
+    let second = ca.issue_svid(&id(API)).expect("issue");
+    let second_svid = second.svid().expect("svid");
+    let (old_serial, new_serial) = (
+        identity.current().expect("m").svid.serial.clone(),
+        second_svid.serial.clone(),
+    );
+    assert_ne!(old_serial, new_serial);
+    identity.publish(second_svid, bundles(&[(TD, &ca)]));
+
+    let (after, _tls) = connect(server.addr, client).await.expect("after rotation");
+    server.outcome().await.expect("accepted");
+    assert_eq!(
+        after.leaf_sha256,
+        hex::encode(Sha256::digest(&second.chain_der[0]))
+    );
+    ping(&mut open)
+        .await
+        .expect("connection opened before rotation still works");
+}
+
+#[test]
+fn peer_identity_needs_a_spiffe_leaf() {
+    assert!(PeerIdentity::from_certs(&[]).is_none());
+    let ca = DevCa::new(TD).expect("ca");
+    let mut spec = LeafSpec::svid(&id(WEB));
+    spec.uris.clear();
+    let issued = ca.issue(&spec).expect("issue");
+    assert!(PeerIdentity::from_certs(&issued.chain_der).is_none());
+}
