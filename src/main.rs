@@ -1,1 +1,102 @@
-fn main() {}
+//! The `idgate` command line: parses arguments, dispatches, and maps outcomes to exit codes.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use idgate::cli;
+use idgate::config::{Config, LogFormat};
+
+/// Per-workload mTLS sidecar proxy with SPIFFE identities and segment rules.
+#[derive(Parser)]
+#[command(name = "idgate", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run(ConfigArgs),
+    /// Check a config and every policy it names.
+    Validate(ConfigArgs),
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Print what a PEM certificate says (SPIFFE ID, validity, issuers).
+    Inspect(cli::inspect::InspectArgs),
+    /// Run a whole local mesh on loopback and show allowed and denied calls.
+    Demo(cli::demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a dev CA and SVIDs.
+    Dev(cli::certs::CertsDevArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Config file (default: $IDGATE_CONFIG_TOML, then $IDGATE_CONFIG, then config/idgate.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let code = match args.command {
+        Command::Run(a) => run(&a),
+        Command::Validate(a) => cli::validate::run(a.config.as_deref()),
+        Command::Certs(CertsCommand::Dev(a)) => cli::certs::run(&a),
+        Command::Inspect(a) => cli::inspect::run(&a),
+        Command::Demo(a) => cli::demo::run(&a),
+    };
+    ExitCode::from(code)
+}
+
+fn run(args: &ConfigArgs) -> u8 {
+    let config = match Config::load_default(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
+    init_tracing(config.log.format, &config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return 1;
+        }
+    };
+    runtime.block_on(async {
+        let app = match idgate::app::start(&config).await {
+            Ok(app) => app,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return 2;
+            }
+        };
+        idgate::app::shutdown_signal().await;
+        app.drain().await;
+        0
+    })
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,5 +1,408 @@
-//! Sidecar configuration: the TOML model, loading, and validation.
+//! Sidecar configuration: the TOML model, loading, and the checks that need more than one value.
+//!
+//! Everything a listener needs is checked here, before anything binds: a config that
+//! loads is one the sidecar can run. This room never opens sockets.
 
+mod model;
 mod source;
 
+pub use model::{
+    AdminConfig, IdentitySourceKind, LogConfig, LogFormat, Protocol, Seconds, Target, Timeouts,
+    Upstream,
+};
 pub use source::{FileError, SourceFile};
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use crate::policy::Policy;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+use model::{InboundConfig, OutboundConfig, RawConfig, RawIdentity};
+
+/// Where the config comes from when `--config` is not given.
+pub const DEFAULT_PATH: &str = "config/idgate.toml";
+
+/// A loaded and checked config.
+#[derive(Debug)]
+pub struct Config {
+    /// The config file (or `$IDGATE_CONFIG_TOML`).
+    pub path: PathBuf,
+    /// Identity source.
+    pub identity: IdentityConfig,
+    /// Inbound listeners.
+    pub inbound: Vec<Inbound>,
+    /// Outbound listeners.
+    pub outbound: Vec<Outbound>,
+    /// Admin endpoint.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The checked identity source.
+#[derive(Debug, Clone)]
+pub enum IdentityConfig {
+    /// PEM files (paths resolved against the config file's directory).
+    Files {
+        /// Chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+        /// Our trust domain's bundle.
+        bundle: PathBuf,
+        /// `(trust domain, bundle file)` for federated trust domains.
+        federation: Vec<(String, PathBuf)>,
+    },
+    /// The SPIRE agent's Workload API.
+    Spire {
+        /// `unix:///path` or `tcp://ip:port`.
+        socket: String,
+        /// Which SVID to pick when the agent offers several.
+        spiffe_id: Option<SpiffeId>,
+    },
+}
+
+/// A checked inbound listener with its compiled policy.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Listener name.
+    pub name: String,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Upstream app.
+    pub upstream: Upstream,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Policy file path (resolved).
+    pub policy_path: PathBuf,
+    /// The compiled policy.
+    pub policy: Arc<Policy>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// A checked outbound listener.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Listener name.
+    pub name: String,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Peer sidecar.
+    pub target: Target,
+    /// Accepted server identities.
+    pub server_ids: Vec<SpiffeId>,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Config {
+    /// Loads a config the way `idgate run` does: `explicit` path, else `$IDGATE_CONFIG_TOML`
+    /// (the TOML itself), else `$IDGATE_CONFIG`, else [`DEFAULT_PATH`].
+    pub fn load_default(explicit: Option<&Path>) -> Result<Self, FileError> {
+        if let Some(path) = explicit {
+            return Self::load(path);
+        }
+        if let Ok(text) = std::env::var("IDGATE_CONFIG_TOML") {
+            return Self::from_source(&SourceFile {
+                path: "$IDGATE_CONFIG_TOML".into(),
+                text,
+            });
+        }
+        let path =
+            std::env::var_os("IDGATE_CONFIG").map_or_else(|| DEFAULT_PATH.into(), PathBuf::from);
+        Self::load(&path)
+    }
+
+    /// Reads and checks a config file and every policy it names.
+    pub fn load(path: &Path) -> Result<Self, FileError> {
+        Self::from_source(&SourceFile::read(path)?)
+    }
+
+    /// Checks an already read config file.
+    pub fn from_source(source: &SourceFile) -> Result<Self, FileError> {
+        let raw: RawConfig = source.parse()?;
+        if raw.inbound.is_empty() && raw.outbound.is_empty() {
+            return Err(FileError {
+                field: Some("inbound".into()),
+                ..FileError::file(
+                    &source.path,
+                    "at least one [[inbound]] or [[outbound]] listener is needed",
+                )
+            });
+        }
+        let identity = check_identity(source, &raw.identity)?;
+        let mut names = Names::default();
+        let inbound = raw
+            .inbound
+            .iter()
+            .enumerate()
+            .map(|(i, listener)| check_inbound(source, i, listener, &mut names))
+            .collect::<Result<_, _>>()?;
+        let outbound = raw
+            .outbound
+            .iter()
+            .enumerate()
+            .map(|(i, listener)| check_outbound(source, i, listener, &mut names))
+            .collect::<Result<_, _>>()?;
+        let mut log = raw.log;
+        if !matches!(log.decisions.as_str(), "stderr" | "stdout") {
+            log.decisions = source
+                .resolve(Path::new(&log.decisions))
+                .to_string_lossy()
+                .into_owned();
+        }
+        Ok(Self {
+            path: source.path.clone(),
+            identity,
+            inbound,
+            outbound,
+            admin: raw.admin,
+            log,
+        })
+    }
+
+    /// The longest drain timeout of any listener.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        let inbound = self.inbound.iter().map(|l| l.timeouts.drain.0);
+        let outbound = self.outbound.iter().map(|l| l.timeouts.drain.0);
+        inbound.chain(outbound).max().unwrap_or_default()
+    }
+}
+
+/// Listener names and addresses seen so far, to refuse duplicates.
+#[derive(Default)]
+struct Names {
+    names: HashSet<String>,
+    addrs: HashSet<SocketAddr>,
+}
+
+impl Names {
+    fn claim(
+        &mut self,
+        source: &SourceFile,
+        listener: &Spanned<impl Listener>,
+        field: &str,
+    ) -> Result<(), FileError> {
+        let l = listener.get_ref();
+        if !self.names.insert(l.name().to_string()) {
+            return Err(source.error_at(
+                listener.span(),
+                &format!("{field}.name"),
+                format!("duplicate listener name {:?}", l.name()),
+            ));
+        }
+        if l.listen().port() != 0 && !self.addrs.insert(l.listen()) {
+            return Err(source.error_at(
+                listener.span(),
+                &format!("{field}.listen"),
+                format!("{} is used by another listener", l.listen()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+trait Listener {
+    fn name(&self) -> &str;
+    fn listen(&self) -> SocketAddr;
+}
+
+impl Listener for InboundConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+}
+
+impl Listener for OutboundConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+}
+
+fn check_identity(
+    source: &SourceFile,
+    raw: &Spanned<RawIdentity>,
+) -> Result<IdentityConfig, FileError> {
+    let span = raw.span();
+    let raw = raw.get_ref();
+    let refuse = |field: &str, message: &str| {
+        source.error_at(span.clone(), &format!("identity.{field}"), message)
+    };
+    match raw.source {
+        IdentitySourceKind::Files => {
+            if let Some(s) = &raw.socket {
+                return Err(source.error_at(
+                    s.span(),
+                    "identity.socket",
+                    "only for source = \"spire\"",
+                ));
+            }
+            if let Some(s) = &raw.spiffe_id {
+                return Err(source.error_at(
+                    s.span(),
+                    "identity.spiffe_id",
+                    "only for source = \"spire\"",
+                ));
+            }
+            let file = |value: &Option<Spanned<PathBuf>>, field: &str| match value {
+                Some(path) => readable_file(source, path, &format!("identity.{field}")),
+                None => Err(refuse(field, "required when source = \"files\"")),
+            };
+            let federation = raw
+                .federation
+                .iter()
+                .flatten()
+                .map(|(td, path)| {
+                    let field = format!("identity.federation.{td}");
+                    TrustDomain::new(td)
+                        .map_err(|e| source.error_at(path.span(), &field, e.to_string()))?;
+                    Ok((td.clone(), readable_file(source, path, &field)?))
+                })
+                .collect::<Result<_, FileError>>()?;
+            Ok(IdentityConfig::Files {
+                cert: file(&raw.cert, "cert")?,
+                key: file(&raw.key, "key")?,
+                bundle: file(&raw.bundle, "bundle")?,
+                federation,
+            })
+        }
+        IdentitySourceKind::Spire => {
+            for (value, field) in [
+                (&raw.cert, "cert"),
+                (&raw.key, "key"),
+                (&raw.bundle, "bundle"),
+            ] {
+                if let Some(v) = value {
+                    return Err(source.error_at(
+                        v.span(),
+                        &format!("identity.{field}"),
+                        "only for source = \"files\"",
+                    ));
+                }
+            }
+            if raw.federation.is_some() {
+                return Err(refuse(
+                    "federation",
+                    "only for source = \"files\" (the agent sends federated bundles)",
+                ));
+            }
+            let socket = match &raw.socket {
+                Some(s) => check_socket(s.get_ref())
+                    .map_err(|e| source.error_at(s.span(), "identity.socket", e))?,
+                None => {
+                    let from_env = std::env::var("SPIFFE_ENDPOINT_SOCKET").map_err(|_| {
+                        refuse("socket", "not set, and $SPIFFE_ENDPOINT_SOCKET is empty")
+                    })?;
+                    check_socket(&from_env)
+                        .map_err(|e| refuse("socket", &format!("$SPIFFE_ENDPOINT_SOCKET: {e}")))?
+                }
+            };
+            Ok(IdentityConfig::Spire {
+                socket,
+                spiffe_id: raw.spiffe_id.as_ref().map(|id| id.get_ref().clone()),
+            })
+        }
+    }
+}
+
+fn check_socket(socket: &str) -> Result<String, String> {
+    match socket.split_once("://") {
+        Some(("unix", path)) if path.starts_with('/') => Ok(socket.to_string()),
+        Some(("tcp", addr)) if addr.parse::<SocketAddr>().is_ok() => Ok(socket.to_string()),
+        _ => Err(format!(
+            "expected unix:///path or tcp://ip:port, got {socket:?}"
+        )),
+    }
+}
+
+fn readable_file(
+    source: &SourceFile,
+    path: &Spanned<PathBuf>,
+    field: &str,
+) -> Result<PathBuf, FileError> {
+    let resolved = source.resolve(path.get_ref());
+    std::fs::File::open(&resolved).map_err(|e| {
+        source.error_at(
+            path.span(),
+            field,
+            format!("cannot read {}: {e}", resolved.display()),
+        )
+    })?;
+    Ok(resolved)
+}
+
+fn check_inbound(
+    source: &SourceFile,
+    index: usize,
+    listener: &Spanned<InboundConfig>,
+    names: &mut Names,
+) -> Result<Inbound, FileError> {
+    let field = format!("inbound[{index}]");
+    names.claim(source, listener, &field)?;
+    let l = listener.get_ref();
+    let upstream_fits = match (&l.upstream, l.protocol) {
+        (Upstream::Unix(_), _) => true,
+        (Upstream::Tcp { scheme, .. }, Protocol::Http) => *scheme == "http",
+        (Upstream::Tcp { scheme, .. }, Protocol::Tcp) => *scheme == "tcp",
+    };
+    if !upstream_fits {
+        let expected = match l.protocol {
+            Protocol::Http => "expected http://host:port or unix:///path",
+            Protocol::Tcp => "expected tcp://host:port or unix:///path for protocol = \"tcp\"",
+        };
+        return Err(source.error_at(listener.span(), &format!("{field}.upstream"), expected));
+    }
+    let policy_path = readable_file(source, &l.policy, &format!("{field}.policy"))?;
+    let policy = Policy::load(&policy_path)?;
+    if l.protocol == Protocol::Tcp {
+        policy.check_tcp_only()?;
+    }
+    Ok(Inbound {
+        name: l.name.clone(),
+        listen: l.listen,
+        upstream: l.upstream.clone(),
+        protocol: l.protocol,
+        policy_path,
+        policy: Arc::new(policy),
+        timeouts: l.timeouts,
+    })
+}
+
+fn check_outbound(
+    source: &SourceFile,
+    index: usize,
+    listener: &Spanned<OutboundConfig>,
+    names: &mut Names,
+) -> Result<Outbound, FileError> {
+    let field = format!("outbound[{index}]");
+    names.claim(source, listener, &field)?;
+    let l = listener.get_ref();
+    if l.server_ids.is_empty() {
+        return Err(source.error_at(
+            listener.span(),
+            &format!("{field}.server_ids"),
+            "list at least one SPIFFE ID the server may present",
+        ));
+    }
+    Ok(Outbound {
+        name: l.name.clone(),
+        listen: l.listen,
+        target: l.target.clone(),
+        server_ids: l.server_ids.clone(),
+        protocol: l.protocol,
+        timeouts: l.timeouts,
+    })
+}

@@ -88,7 +88,12 @@ impl SourceFile {
     }
 
     /// An error about a field whose value was deserialised with its span.
-    pub fn error_at(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> FileError {
+    pub fn error_at(
+        &self,
+        span: Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> FileError {
         FileError {
             file: self.path.clone(),
             line: Some(self.line_of(span.start)),
@@ -107,7 +112,11 @@ impl SourceFile {
 
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 }
 
@@ -142,12 +151,17 @@ mod tests {
         let err = source("[[item]]\nlisten = '127.0.0.1:1'\n[[item]]\nlisten = 'nope'\n")
             .parse::<Doc>()
             .unwrap_err();
-        assert_eq!(err.to_string(), "dir/x.toml:4: item[1].listen: invalid socket address syntax");
+        assert_eq!(
+            err.to_string(),
+            "dir/x.toml:4: item[1].listen: invalid socket address syntax"
+        );
     }
 
     #[test]
     fn refuses_unknown_keys() {
-        let err = source("[[item]]\nlisten = '127.0.0.1:1'\nlisen = 1\n").parse::<Doc>().unwrap_err();
+        let err = source("[[item]]\nlisten = '127.0.0.1:1'\nlisen = 1\n")
+            .parse::<Doc>()
+            .unwrap_err();
         assert_eq!(err.line, Some(3));
         assert_eq!(err.field.as_deref(), Some("item[0].lisen"));
         assert!(err.message.contains("unknown field `lisen`"), "{err}");
@@ -161,7 +175,13 @@ mod tests {
 
     #[test]
     fn resolves_relative_to_the_file() {
-        assert_eq!(source("").resolve(Path::new("a.pem")), PathBuf::from("dir/a.pem"));
-        assert_eq!(source("").resolve(Path::new("/a.pem")), PathBuf::from("/a.pem"));
+        assert_eq!(
+            source("").resolve(Path::new("a.pem")),
+            PathBuf::from("dir/a.pem")
+        );
+        assert_eq!(
+            source("").resolve(Path::new("/a.pem")),
+            PathBuf::from("/a.pem")
+        );
     }
 }

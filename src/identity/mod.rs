@@ -6,6 +6,9 @@
 
 pub mod files;
 mod material;
+mod metrics;
+
+pub use metrics::IdentityMetrics;
 
 pub use material::{IdentityError, Material, Svid, TrustBundles};
 

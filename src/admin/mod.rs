@@ -1,0 +1,155 @@
+//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/identity` over plain HTTP.
+//!
+//! It only reads state other rooms own (readiness guards, the identity handle, the
+//! metrics registry) and encodes it; it never changes anything.
+
+mod readiness;
+
+pub use readiness::{Readiness, ReadyGuard};
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus_client::registry::Registry;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::IdentityHandle;
+
+/// What the admin endpoint reports on.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Every metric of the process.
+    pub registry: Arc<Registry>,
+    /// The identity in use.
+    pub identity: IdentityHandle,
+    /// Startup conditions.
+    pub readiness: Readiness,
+    /// Cancelled when draining: `/readyz` turns 503 at once.
+    pub shutdown: CancellationToken,
+}
+
+/// Serves the admin endpoint until shutdown.
+pub async fn serve(listener: TcpListener, state: AdminState) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = state.shutdown.cancelled() => break,
+        };
+        let state = state.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &request)) }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => readyz(state),
+        "/metrics" => metrics(state),
+        "/identity" => identity(state),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz /readyz /metrics /identity\n".into(),
+        ),
+    }
+}
+
+/// Why the process is not ready, empty when it is.
+pub fn not_ready_reasons(state: &AdminState) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if state.shutdown.is_cancelled() {
+        reasons.push("draining".to_string());
+    }
+    if state.identity.current().is_none() {
+        reasons.push(format!("waiting for SVID from {}", state.identity.source()));
+    }
+    reasons.extend(state.readiness.reasons());
+    reasons
+}
+
+fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
+    let reasons = not_ready_reasons(state);
+    match reasons.is_empty() {
+        true => text(StatusCode::OK, "ready\n".into()),
+        false => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", reasons.join("; ")),
+        ),
+    }
+}
+
+fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
+    let mut body = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {error}\n"),
+        );
+    }
+    let mut response = text(StatusCode::OK, body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    response
+}
+
+fn identity(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(material) = state.identity.current() else {
+        let reason = format!("no SVID yet: waiting for {}\n", state.identity.source());
+        return text(StatusCode::SERVICE_UNAVAILABLE, reason);
+    };
+    let not_after = OffsetDateTime::from_unix_timestamp(material.svid.not_after)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok());
+    let body = serde_json::json!({
+        "spiffe_id": material.svid.spiffe_id.as_str(),
+        "serial": material.svid.serial,
+        "not_after": not_after,
+        "trust_domains": material.bundles.trust_domains(),
+    });
+    let mut response = text(StatusCode::OK, format!("{body}\n"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static parts make a valid response")
+}

@@ -1,0 +1,154 @@
+//! Wiring: builds every room from a checked config, binds, serves, and drains on shutdown.
+//!
+//! The one file that touches every room; it holds no logic of its own beyond order:
+//! identity first, then telemetry, then listeners, then admin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState, Readiness};
+use crate::config::{Config, IdentityConfig};
+use crate::identity::{self, IdentityHandle, IdentityMetrics};
+use crate::proxy::{InboundListener, OutboundListener, Shared};
+use crate::telemetry::{DecisionLog, RequestMetrics};
+use crate::tls::TlsMetrics;
+
+/// A running sidecar.
+pub struct App {
+    /// Bound inbound addresses, in config order.
+    pub inbound: Vec<SocketAddr>,
+    /// Bound outbound addresses, in config order.
+    pub outbound: Vec<SocketAddr>,
+    /// Bound admin address.
+    pub admin: SocketAddr,
+    /// The identity in use.
+    pub identity: IdentityHandle,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    drain_timeout: Duration,
+}
+
+/// Starts a sidecar: loads the identity, binds every listener, and serves in the background.
+pub async fn start(config: &Config) -> anyhow::Result<App> {
+    let identity = start_identity(&config.identity)?;
+    let mut registry = Registry::default();
+    let shared = Shared {
+        identity: identity.clone(),
+        decisions: DecisionLog::open(&config.log.decisions, &mut registry)?,
+        requests: RequestMetrics::register(&mut registry),
+        tls: TlsMetrics::register(&mut registry),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    };
+    tokio::spawn(IdentityMetrics::register(&mut registry).follow(identity.clone()));
+
+    let readiness = Readiness::default();
+    let binding = readiness.pending("binding listeners");
+    let mut inbound = Vec::new();
+    for listener in &config.inbound {
+        let bound = InboundListener::bind(listener, &shared)
+            .await
+            .with_context(|| {
+                format!(
+                    "inbound {}: cannot listen on {}",
+                    listener.name, listener.listen
+                )
+            })?;
+        inbound.push(bound.local_addr()?);
+        tokio::spawn(bound.run());
+    }
+    let mut outbound = Vec::new();
+    for listener in &config.outbound {
+        let bound = OutboundListener::bind(listener, &shared)
+            .await
+            .with_context(|| {
+                format!(
+                    "outbound {}: cannot listen on {}",
+                    listener.name, listener.listen
+                )
+            })?;
+        outbound.push(bound.local_addr()?);
+        tokio::spawn(bound.run());
+    }
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
+    let admin = admin_listener.local_addr()?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        AdminState {
+            registry: Arc::new(registry),
+            identity: identity.clone(),
+            readiness,
+            shutdown: shared.shutdown.clone(),
+        },
+    ));
+    drop(binding);
+    tracing::info!(?inbound, ?outbound, %admin, spiffe_id = ?identity.current().map(|m| m.svid.spiffe_id.to_string()), "idgate running");
+    Ok(App {
+        inbound,
+        outbound,
+        admin,
+        identity,
+        shutdown: shared.shutdown,
+        tasks: shared.tasks,
+        drain_timeout: config.drain_timeout(),
+    })
+}
+
+fn start_identity(config: &IdentityConfig) -> anyhow::Result<IdentityHandle> {
+    match config {
+        IdentityConfig::Files {
+            cert,
+            key,
+            bundle,
+            federation,
+        } => {
+            let handle = IdentityHandle::new(format!("files {}", cert.display()));
+            let (svid, bundles) = identity::files::load(cert, key, bundle, federation)?;
+            handle.publish(svid, bundles);
+            Ok(handle)
+        }
+        IdentityConfig::Spire { socket, .. } => {
+            anyhow::bail!("identity source \"spire\" ({socket}) is not available in this build yet")
+        }
+    }
+}
+
+impl App {
+    /// Stops accepting, lets open requests finish within the drain timeout; true when all did.
+    pub async fn drain(self) -> bool {
+        self.shutdown.cancel();
+        self.tasks.close();
+        let drained = tokio::time::timeout(self.drain_timeout, self.tasks.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing remaining connections");
+        }
+        drained
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops idgate");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}

@@ -1,0 +1,381 @@
+//! The sidecar config as written in TOML: serde types only, every table `deny_unknown_fields`.
+//!
+//! Values that can be checked alone (addresses, URLs, SPIFFE IDs, durations) are checked
+//! while deserialising, so their errors carry file, line and field for free.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::spiffe_id::SpiffeId;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where our SVID and bundles come from.
+    pub identity: Spanned<RawIdentity>,
+    /// mTLS listeners in front of the local app.
+    #[serde(default)]
+    pub inbound: Vec<Spanned<InboundConfig>>,
+    /// Plain listeners for the local app, mTLS to a peer.
+    #[serde(default)]
+    pub outbound: Vec<Spanned<OutboundConfig>>,
+    /// Admin endpoint.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Which identity source to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentitySourceKind {
+    /// The SPIRE agent's Workload API.
+    Spire,
+    /// PEM files on disk.
+    Files,
+}
+
+/// `[identity]` as written; [`super::IdentityConfig`] is the checked form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// `spire` or `files`.
+    pub source: IdentitySourceKind,
+    /// spire: Workload API endpoint.
+    pub socket: Option<Spanned<String>>,
+    /// spire: which SVID to use when the agent offers several.
+    pub spiffe_id: Option<Spanned<SpiffeId>>,
+    /// files: certificate chain, leaf first.
+    pub cert: Option<Spanned<PathBuf>>,
+    /// files: private key.
+    pub key: Option<Spanned<PathBuf>>,
+    /// files: our trust domain's bundle.
+    pub bundle: Option<Spanned<PathBuf>>,
+    /// files: other trust domains' bundles.
+    pub federation: Option<BTreeMap<String, Spanned<PathBuf>>>,
+}
+
+/// Application protocol of a listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 and HTTP/2.
+    #[default]
+    Http,
+    /// Raw TCP bytes.
+    Tcp,
+}
+
+/// One `[[inbound]]` listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Address to accept mTLS on.
+    pub listen: SocketAddr,
+    /// The local app.
+    pub upstream: Upstream,
+    /// `http` or `tcp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Policy file, relative to the config file.
+    pub policy: Spanned<PathBuf>,
+    /// Timeouts overriding the defaults.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// One `[[outbound]]` listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Address the local app connects to (plain).
+    pub listen: SocketAddr,
+    /// The peer sidecar, `host:port`.
+    pub target: Target,
+    /// SPIFFE IDs the server may present.
+    pub server_ids: Vec<SpiffeId>,
+    /// `http` or `tcp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Timeouts overriding the defaults.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// Per-listener timeouts; each key is optional and written like `"10s"` or `"500ms"`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TLS handshake (default 10 s).
+    pub handshake: Seconds,
+    /// Reading a request's headers (default 30 s).
+    pub header: Seconds,
+    /// Idle keep-alive connection (default 90 s).
+    pub idle: Seconds,
+    /// Connecting to the upstream (default 5 s).
+    pub connect: Seconds,
+    /// Waiting for the upstream's response headers (default 60 s, then 504).
+    pub response: Seconds,
+    /// Finishing in-flight requests on SIGTERM (default 30 s).
+    pub drain: Seconds,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let s = |secs| Seconds(Duration::from_secs(secs));
+        Self {
+            handshake: s(10),
+            header: s(30),
+            idle: s(90),
+            connect: s(5),
+            response: s(60),
+            drain: s(30),
+        }
+    }
+}
+
+/// A duration written as a number with a unit: `ms`, `s`, `m` or `h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl FromStr for Seconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("expected a duration such as \"10s\" or \"500ms\", got {s:?}"))?;
+        let duration = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(format!("unknown duration unit in {s:?}: use ms, s, m or h")),
+        };
+        Ok(Self(duration))
+    }
+}
+
+/// Where an inbound listener sends allowed traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// `http://host:port` (or `tcp://host:port` for TCP listeners).
+    Tcp {
+        scheme: &'static str,
+        authority: String,
+    },
+    /// `unix:///path`.
+    Unix(PathBuf),
+}
+
+impl FromStr for Upstream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        const EXPECTED: &str = "expected http://host:port, tcp://host:port or unix:///path";
+        if let Some(path) = s.strip_prefix("unix://") {
+            return match path.starts_with('/') {
+                true => Ok(Self::Unix(path.into())),
+                false => Err(format!("{EXPECTED}: unix socket path must be absolute")),
+            };
+        }
+        let (scheme, authority) = match s.split_once("://") {
+            Some(("http", rest)) => ("http", rest),
+            Some(("tcp", rest)) => ("tcp", rest),
+            _ => return Err(format!("{EXPECTED}, got {s:?}")),
+        };
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        check_host_port(authority).map_err(|e| format!("{EXPECTED}: {e}"))?;
+        Ok(Self::Tcp {
+            scheme,
+            authority: authority.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { scheme, authority } => write!(f, "{scheme}://{authority}"),
+            Self::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// An outbound target, `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name or IP address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = check_host_port(s).map_err(|e| format!("expected host:port: {e}"))?;
+        Ok(Self {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+fn check_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} has no port"))?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{s:?} has no valid port"))?;
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!("{s:?} has no valid host"));
+    }
+    Ok((host, port))
+}
+
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(Seconds, Upstream, Target);
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Plain HTTP admin listener (default 127.0.0.1:15000).
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+
+/// Log format for diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Diagnostics format.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Where decision lines go: `stderr`, `stdout` or a file path.
+    #[serde(default = "default_decisions")]
+    pub decisions: String,
+    /// Diagnostics filter (`RUST_LOG` syntax, default `info`); `RUST_LOG` wins when set.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            decisions: default_decisions(),
+            level: default_level(),
+        }
+    }
+}
+
+fn default_decisions() -> String {
+    "stderr".into()
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_upstreams() {
+        assert_eq!(
+            "http://127.0.0.1:8080".parse(),
+            Ok(Upstream::Tcp {
+                scheme: "http",
+                authority: "127.0.0.1:8080".into()
+            })
+        );
+        assert_eq!(
+            "unix:///run/app.sock".parse(),
+            Ok(Upstream::Unix("/run/app.sock".into()))
+        );
+        for bad in [
+            "127.0.0.1:8080",
+            "https://a:1",
+            "http://a",
+            "http://:80",
+            "unix://rel.sock",
+            "http://a:0",
+        ] {
+            assert!(bad.parse::<Upstream>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_targets_and_durations() {
+        let t: Target = "[::1]:8443".parse().unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 8443));
+        assert_eq!(t.to_string(), "[::1]:8443");
+        assert_eq!("250ms".parse(), Ok(Seconds(Duration::from_millis(250))));
+        assert_eq!("2m".parse(), Ok(Seconds(Duration::from_secs(120))));
+        assert!("10".parse::<Seconds>().is_err());
+        assert!("s".parse::<Seconds>().is_err());
+    }
+}

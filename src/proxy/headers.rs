@@ -1,0 +1,133 @@
+//! Header rules of a forwarding proxy: hop-by-hop removal, XFCC, request IDs.
+//!
+//! Pure functions over `HeaderMap`s, shared by inbound and outbound. Never reads bodies.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Envoy's client-certificate forwarding header.
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// Request correlation header.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers that describe one connection and never travel past a proxy (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+/// `TE: trailers` is kept (gRPC needs it end to end); other `TE` values are dropped.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let te_is_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_is_trailers {
+        headers.remove(header::TE);
+    }
+}
+
+/// The XFCC value for one peer: `By=<own>;Hash=<sha256>;URI=<peer>`.
+pub fn xfcc_value(own_id: &str, peer_leaf_sha256: &str, peer_id: &str) -> Option<HeaderValue> {
+    HeaderValue::try_from(format!("By={own_id};Hash={peer_leaf_sha256};URI={peer_id}")).ok()
+}
+
+/// Replaces any client-sent XFCC with ours.
+pub fn set_xfcc(headers: &mut HeaderMap, value: HeaderValue) {
+    headers.remove(XFCC);
+    headers.insert(XFCC, value);
+}
+
+/// Returns the request's `x-request-id`, adding a fresh one when it has none.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(REQUEST_ID) {
+        if !id.is_empty() && id.len() <= 128 {
+            return id.clone();
+        }
+    }
+    let id = new_request_id();
+    headers.insert(REQUEST_ID, id.clone());
+    id
+}
+
+fn new_request_id() -> HeaderValue {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ (u64::from(std::process::id()) << 32)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::try_from(format!("{seed:016x}-{n:012x}")).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::TE, "gzip".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn keeps_te_trailers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key(header::TE));
+    }
+
+    #[test]
+    fn replaces_client_xfcc() {
+        let mut h = HeaderMap::new();
+        h.append(XFCC, "URI=spiffe://evil/x".parse().unwrap());
+        h.append(XFCC, "URI=spiffe://evil/y".parse().unwrap());
+        set_xfcc(
+            &mut h,
+            xfcc_value("spiffe://td/a", "ab12", "spiffe://td/b").unwrap(),
+        );
+        let all: Vec<_> = h.get_all(XFCC).iter().collect();
+        assert_eq!(all, ["By=spiffe://td/a;Hash=ab12;URI=spiffe://td/b"]);
+    }
+
+    #[test]
+    fn keeps_or_creates_request_ids() {
+        let mut h = HeaderMap::new();
+        let a = ensure_request_id(&mut h);
+        assert_eq!(h.get(REQUEST_ID), Some(&a));
+        let mut h2 = HeaderMap::new();
+        let b = ensure_request_id(&mut h2);
+        assert_ne!(a, b);
+        h2.insert(REQUEST_ID, "given".parse().unwrap());
+        assert_eq!(ensure_request_id(&mut h2), "given");
+    }
+}

@@ -1,0 +1,276 @@
+//! Inbound listener: terminates mTLS, judges each request by the policy, forwards to the app.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::HeaderValue;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use super::forward::Upstream;
+use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
+use super::respond::{is_grpc, refusal, Body, Refusal};
+use super::serve::{accept_loop, http_builder, serve_http};
+use super::stream::{Connector, Endpoint};
+use super::Shared;
+use crate::config::{self, Inbound, Timeouts};
+use crate::policy::{self, normalize_path, Policy, Verdict};
+use crate::telemetry::requests::PeerCounters;
+use crate::telemetry::DecisionRecord;
+use crate::tls::{self, PeerIdentity};
+
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A bound inbound listener, ready to serve.
+pub struct InboundListener {
+    listener: TcpListener,
+    state: Arc<ListenerState>,
+}
+
+struct ListenerState {
+    name: String,
+    acceptor: TlsAcceptor,
+    policy: Arc<ArcSwap<Policy>>,
+    upstream: Upstream,
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    shared: Shared,
+}
+
+/// One mTLS connection: the verified peer and what every request on it reuses.
+struct Connection {
+    state: Arc<ListenerState>,
+    peer: PeerIdentity,
+    own_id: String,
+    xfcc: Option<HeaderValue>,
+    counters: PeerCounters,
+}
+
+impl InboundListener {
+    /// Binds the listener (nothing is accepted until [`InboundListener::run`]).
+    pub async fn bind(config: &Inbound, shared: &Shared) -> io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let (endpoint, base) = match &config.upstream {
+            config::Upstream::Tcp { authority, .. } => (
+                Endpoint::Tcp(authority.clone()),
+                format!("http://{authority}"),
+            ),
+            config::Upstream::Unix(path) => {
+                (Endpoint::Unix(path.clone()), "http://localhost".into())
+            }
+        };
+        let base: Uri = base
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let connector = Connector::plain(endpoint, config.timeouts.connect.0);
+        let state = ListenerState {
+            name: config.name.clone(),
+            acceptor: TlsAcceptor::from(tls::server_config(shared.identity.clone(), ALPN)),
+            policy: Arc::new(ArcSwap::new(config.policy.clone())),
+            upstream: Upstream::new(connector, base, config.timeouts.response.0),
+            builder: http_builder(&config.timeouts),
+            timeouts: config.timeouts,
+            shared: shared.clone(),
+        };
+        Ok(Self {
+            listener,
+            state: Arc::new(state),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The policy in force, swappable for reloads.
+    pub fn policy(&self) -> Arc<ArcSwap<Policy>> {
+        self.state.policy.clone()
+    }
+
+    /// Accepts and serves connections until shutdown.
+    pub async fn run(self) {
+        let state = self.state;
+        let shared = state.shared.clone();
+        accept_loop(self.listener, &state.name.clone(), shared.shutdown, shared.tasks, |tcp, addr| {
+            let state = state.clone();
+            let span = tracing::info_span!("conn", listener = %state.name, peer.addr = %addr, peer.id = tracing::field::Empty);
+            state.serve_connection(tcp, addr).instrument(span)
+        })
+        .await;
+    }
+}
+
+impl ListenerState {
+    async fn serve_connection(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
+        let _open = self.shared.requests.connection(&self.name);
+        let handshake = tokio::time::timeout(self.timeouts.handshake.0, self.acceptor.accept(tcp));
+        let tls = match handshake.await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                self.shared.tls.handshake_failed(&self.name, addr, &error);
+                return;
+            }
+            Err(_) => {
+                let error = io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
+                self.shared.tls.handshake_failed(&self.name, addr, &error);
+                return;
+            }
+        };
+        let Some(peer) = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(PeerIdentity::from_certs)
+        else {
+            tracing::warn!("handshake completed without a usable peer certificate");
+            return;
+        };
+        tracing::Span::current().record("peer.id", peer.spiffe_id.as_str());
+        let own_id = self
+            .shared
+            .identity
+            .current()
+            .map(|m| m.svid.spiffe_id.to_string())
+            .unwrap_or_default();
+        let connection = Arc::new(Connection {
+            xfcc: xfcc_value(&own_id, &peer.leaf_sha256, peer.spiffe_id.as_str()),
+            counters: self
+                .shared
+                .requests
+                .for_peer(&self.name, "inbound", peer.spiffe_id.as_str()),
+            state: self.clone(),
+            peer,
+            own_id,
+        });
+        let service = service_fn(move |request| {
+            let connection = connection.clone();
+            async move { Ok::<_, Infallible>(connection.handle(request).await) }
+        });
+        serve_http(&self.builder, tls, service, &self.shared.shutdown).await;
+    }
+}
+
+impl Connection {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = ensure_request_id(request.headers_mut());
+        let grpc = is_grpc(request.headers());
+        let uri = request.uri().clone();
+        let method = request.method().clone();
+        let mut log = Log {
+            connection: self,
+            started,
+            method: method.as_str(),
+            path: uri.path(),
+            request_id: &request_id,
+        };
+        let path = match normalize_path(uri.path()) {
+            Ok(path) => path,
+            Err(error) => {
+                log.write(Verdict::Deny, None, 400, Some(&error.to_string()), None);
+                return refusal(Refusal::BadPath, request_id, grpc);
+            }
+        };
+        log.path = &path;
+        let policy = self.state.policy.load();
+        let decision = policy.evaluate(&policy::Request {
+            source: &self.peer.spiffe_id,
+            method: method.as_str(),
+            path: &path,
+            headers: request.headers(),
+        });
+        let rule = decision.rule.as_deref();
+        if !decision.verdict.passes() {
+            let reason = match rule {
+                Some(rule) => format!("denied by rule {rule}"),
+                None => "no rule allows it (default deny)".to_string(),
+            };
+            tracing::info!(source = %self.peer.spiffe_id, method = %method, path = %path, rule, "request denied");
+            log.write(
+                Verdict::Deny,
+                rule,
+                403,
+                Some(&reason),
+                Some(policy.version()),
+            );
+            return refusal(Refusal::Denied, request_id, grpc);
+        }
+        if let Some(xfcc) = &self.xfcc {
+            set_xfcc(request.headers_mut(), xfcc.clone());
+        }
+        match self.state.upstream.forward(request, &path).await {
+            Ok(response) => {
+                log.write(
+                    decision.verdict,
+                    rule,
+                    response.status().as_u16(),
+                    None,
+                    Some(policy.version()),
+                );
+                response
+            }
+            Err(error) => {
+                tracing::warn!(reason = %error.reason, "upstream failed");
+                let status = error.refusal.status().as_u16();
+                log.write(
+                    decision.verdict,
+                    rule,
+                    status,
+                    Some(&error.reason),
+                    Some(policy.version()),
+                );
+                refusal(error.refusal, request_id, grpc)
+            }
+        }
+    }
+}
+
+/// The parts of a decision line known before the decision.
+struct Log<'a> {
+    connection: &'a Connection,
+    started: Instant,
+    method: &'a str,
+    path: &'a str,
+    request_id: &'a HeaderValue,
+}
+
+impl Log<'_> {
+    fn write(
+        &self,
+        verdict: Verdict,
+        rule: Option<&str>,
+        status: u16,
+        reason: Option<&str>,
+        version: Option<&str>,
+    ) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let c = self.connection;
+        c.counters.record(verdict, elapsed);
+        c.state.shared.decisions.record(&DecisionRecord {
+            listener: &c.state.name,
+            direction: "inbound",
+            source: Some(c.peer.spiffe_id.as_str()),
+            destination: Some(&c.own_id),
+            method: Some(self.method),
+            path: Some(self.path),
+            decision: verdict.as_str(),
+            rule,
+            status,
+            duration_ms: elapsed * 1000.0,
+            request_id: self.request_id.to_str().unwrap_or_default(),
+            reason,
+            policy_version: version,
+        });
+    }
+}

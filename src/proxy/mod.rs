@@ -1,0 +1,40 @@
+//! The data path: inbound (mTLS in, policy, to the local app) and outbound (plain in, mTLS to a peer).
+//!
+//! accept -> TLS handshake -> peer SPIFFE ID -> HTTP request -> policy decision -> upstream.
+//! This room owns sockets and HTTP; it asks `tls` who the peer is and `policy` what
+//! the peer may do, and never decides either itself.
+
+mod forward;
+mod headers;
+mod inbound;
+mod outbound;
+mod respond;
+mod serve;
+mod stream;
+
+pub use inbound::InboundListener;
+pub use outbound::OutboundListener;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::identity::IdentityHandle;
+use crate::telemetry::{DecisionLog, RequestMetrics};
+use crate::tls::TlsMetrics;
+
+/// What every listener shares: identity, telemetry, and the shutdown signal.
+#[derive(Clone)]
+pub struct Shared {
+    /// Our identity and trust bundles.
+    pub identity: IdentityHandle,
+    /// Decision log.
+    pub decisions: DecisionLog,
+    /// Request metrics.
+    pub requests: RequestMetrics,
+    /// Handshake failure metrics.
+    pub tls: TlsMetrics,
+    /// Cancelled when the process starts draining.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so the drain can wait for them.
+    pub tasks: TaskTracker,
+}

@@ -1,0 +1,167 @@
+//! Outbound listener: plain HTTP from the local app, mTLS with our SVID to the peer sidecar.
+//!
+//! The peer must present one of `server_ids`, checked in the handshake by `tls`; a wrong
+//! identity aborts the handshake and the app gets a 502. Connections to the peer are
+//! pooled and use HTTP/2 when ALPN agrees.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use super::forward::Upstream;
+use super::headers::ensure_request_id;
+use super::respond::{is_grpc, refusal, Body};
+use super::serve::{accept_loop, http_builder, serve_http};
+use super::stream::Connector;
+use super::Shared;
+use crate::config::Outbound;
+use crate::policy::Verdict;
+use crate::telemetry::requests::PeerCounters;
+use crate::telemetry::DecisionRecord;
+use crate::tls::{self, PeerIdentity};
+
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A bound outbound listener, ready to serve.
+pub struct OutboundListener {
+    listener: TcpListener,
+    state: Arc<ListenerState>,
+}
+
+struct ListenerState {
+    name: String,
+    peer: Upstream,
+    builder: auto::Builder<TokioExecutor>,
+    shared: Shared,
+}
+
+impl OutboundListener {
+    /// Binds the listener (nothing is accepted until [`OutboundListener::run`]).
+    pub async fn bind(config: &Outbound, shared: &Shared) -> io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let client_config =
+            tls::client_config(shared.identity.clone(), config.server_ids.clone(), ALPN);
+        let connector = Connector::mtls(&config.target, client_config, config.timeouts.connect.0);
+        let base: Uri = format!("https://{}", config.target)
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let state = ListenerState {
+            name: config.name.clone(),
+            peer: Upstream::new(connector, base, config.timeouts.response.0),
+            builder: http_builder(&config.timeouts),
+            shared: shared.clone(),
+        };
+        Ok(Self {
+            listener,
+            state: Arc::new(state),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts and serves connections until shutdown.
+    pub async fn run(self) {
+        let state = self.state;
+        let shared = state.shared.clone();
+        accept_loop(
+            self.listener,
+            &state.name.clone(),
+            shared.shutdown,
+            shared.tasks,
+            |tcp, addr| {
+                let state = state.clone();
+                let span = tracing::info_span!("conn", listener = %state.name, peer.addr = %addr);
+                state.serve_connection(tcp).instrument(span)
+            },
+        )
+        .await;
+    }
+}
+
+/// One connection from the local app.
+struct Connection {
+    state: Arc<ListenerState>,
+    own_id: String,
+    counters: PeerCounters,
+}
+
+impl ListenerState {
+    async fn serve_connection(self: Arc<Self>, tcp: TcpStream) {
+        let _open = self.shared.requests.connection(&self.name);
+        let own_id = self
+            .shared
+            .identity
+            .current()
+            .map(|m| m.svid.spiffe_id.to_string())
+            .unwrap_or_default();
+        let connection = Arc::new(Connection {
+            counters: self
+                .shared
+                .requests
+                .for_peer(&self.name, "outbound", &own_id),
+            state: self.clone(),
+            own_id,
+        });
+        let service = service_fn(move |request| {
+            let connection = connection.clone();
+            async move { Ok::<_, Infallible>(connection.handle(request).await) }
+        });
+        serve_http(&self.builder, tcp, service, &self.shared.shutdown).await;
+    }
+}
+
+impl Connection {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = ensure_request_id(request.headers_mut());
+        let grpc = is_grpc(request.headers());
+        let uri = request.uri().clone();
+        let method = request.method().clone();
+        let (response, reason) = match self.state.peer.forward(request, uri.path()).await {
+            Ok(response) => (response, None),
+            Err(error) => {
+                tracing::warn!(reason = %error.reason, "peer sidecar unavailable");
+                (
+                    refusal(error.refusal, request_id.clone(), grpc),
+                    Some(error.reason),
+                )
+            }
+        };
+        let destination = response
+            .extensions()
+            .get::<Option<PeerIdentity>>()
+            .cloned()
+            .flatten();
+        let elapsed = started.elapsed().as_secs_f64();
+        self.counters.record(Verdict::Allow, elapsed);
+        self.state.shared.decisions.record(&DecisionRecord {
+            listener: &self.state.name,
+            direction: "outbound",
+            source: Some(&self.own_id),
+            destination: destination.as_ref().map(|p| p.spiffe_id.as_str()),
+            method: Some(method.as_str()),
+            path: Some(uri.path()),
+            decision: Verdict::Allow.as_str(),
+            rule: None,
+            status: response.status().as_u16(),
+            duration_ms: elapsed * 1000.0,
+            request_id: request_id.to_str().unwrap_or_default(),
+            reason: reason.as_deref(),
+            policy_version: None,
+        });
+        response
+    }
+}

@@ -1,0 +1,88 @@
+//! Every response idgate writes itself, and the one mapping from proxy errors to statuses.
+//!
+//! A denied gRPC call gets `grpc-status: 7` in an HTTP 200 (gRPC clients cannot read a
+//! 403); everything else gets a short text body. Never forwards anything.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use super::headers::REQUEST_ID;
+
+/// The body of every proxied response: streamed from upstream or written here.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Why idgate answered a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The policy denied the request.
+    Denied,
+    /// The path was refused by normalisation.
+    BadPath,
+    /// The upstream could not be reached, or its identity was wrong.
+    Unreachable,
+    /// The upstream did not answer in time.
+    Timeout,
+}
+
+impl Refusal {
+    /// The HTTP status of this refusal.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::Denied => StatusCode::FORBIDDEN,
+            Refusal::BadPath => StatusCode::BAD_REQUEST,
+            Refusal::Unreachable => StatusCode::BAD_GATEWAY,
+            Refusal::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Refusal::Denied => "access denied\n",
+            Refusal::BadPath => "bad request path\n",
+            Refusal::Unreachable => "upstream unavailable\n",
+            Refusal::Timeout => "upstream timed out\n",
+        }
+    }
+
+    fn grpc_status(self) -> (&'static str, &'static str) {
+        match self {
+            Refusal::Denied => ("7", "access denied"),
+            Refusal::BadPath => ("3", "bad request path"),
+            Refusal::Unreachable => ("14", "upstream unavailable"),
+            Refusal::Timeout => ("4", "upstream timed out"),
+        }
+    }
+}
+
+/// Whether a request is a gRPC call (by its content type).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Builds the response for a refusal, carrying the request's ID.
+pub fn refusal(refusal: Refusal, request_id: HeaderValue, grpc: bool) -> Response<Body> {
+    let mut response = if grpc {
+        let (code, message) = refusal.grpc_status();
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("grpc-status", code)
+            .header("grpc-message", message)
+            .body(Either::Right(Full::new(Bytes::new())))
+    } else {
+        Response::builder()
+            .status(refusal.status())
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Either::Right(Full::new(Bytes::from_static(
+                refusal.body().as_bytes(),
+            ))))
+    }
+    .expect("static parts make a valid response");
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    response
+}

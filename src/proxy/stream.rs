@@ -1,0 +1,218 @@
+//! The byte streams the proxy talks to upstreams over, and the connectors that open them.
+//!
+//! One stream type for TCP, Unix sockets and mTLS, so every upstream client shares the
+//! pooling code. Connectors only connect: they never look at requests.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::Target;
+use crate::tls::PeerIdentity;
+
+/// A connected upstream byte stream.
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// Unix domain socket.
+    Unix(UnixStream),
+    /// mTLS over TCP, with the verified server identity.
+    Tls(Box<TlsStream<TcpStream>>, Option<PeerIdentity>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s, _) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s, _) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+            Stream::Tls(s, _) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s, _) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s, _) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        match self {
+            Stream::Tls(tls, peer) => {
+                let connected = Connected::new().extra(peer.clone());
+                match tls.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => connected.negotiated_h2(),
+                    _ => connected,
+                }
+            }
+            _ => Connected::new(),
+        }
+    }
+}
+
+/// Where a connector dials.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// `host:port`, resolved at each connect.
+    Tcp(String),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+/// Dials a fixed endpoint (whatever the request URI says), optionally wrapping it in mTLS.
+#[derive(Clone)]
+pub struct Connector {
+    endpoint: Endpoint,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+}
+
+/// A connect failure, telling timeouts apart (504) from refusals (502).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out after {1:?}")]
+    Timeout(String, Duration),
+    #[error("connect to {0}: {1}")]
+    Io(String, io::Error),
+    #[error("mTLS handshake with {0}: {1}")]
+    Handshake(String, io::Error),
+}
+
+impl Connector {
+    /// A plain connector.
+    pub fn plain(endpoint: Endpoint, connect_timeout: Duration) -> Self {
+        Self {
+            endpoint,
+            tls: None,
+            connect_timeout,
+        }
+    }
+
+    /// An mTLS connector to a peer sidecar.
+    pub fn mtls(
+        target: &Target,
+        config: Arc<rustls::ClientConfig>,
+        connect_timeout: Duration,
+    ) -> Self {
+        let server_name = ServerName::try_from(target.host.clone()).unwrap_or_else(|_| {
+            ServerName::try_from("idgate.invalid").expect("static name is valid")
+        });
+        Self {
+            endpoint: Endpoint::Tcp(target.to_string()),
+            tls: Some((TlsConnector::from(config), server_name)),
+            connect_timeout,
+        }
+    }
+
+    async fn connect(self) -> Result<TokioIo<Stream>, ConnectError> {
+        let label = match &self.endpoint {
+            Endpoint::Tcp(addr) => addr.clone(),
+            Endpoint::Unix(path) => format!("unix://{}", path.display()),
+        };
+        let dial = async {
+            match &self.endpoint {
+                Endpoint::Tcp(addr) => {
+                    let tcp = TcpStream::connect(addr.as_str()).await?;
+                    tcp.set_nodelay(true)?;
+                    Ok(Stream::Tcp(tcp))
+                }
+                Endpoint::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+            }
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, dial)
+            .await
+            .map_err(|_| ConnectError::Timeout(label.clone(), self.connect_timeout))?
+            .map_err(|e| ConnectError::Io(label.clone(), e))?;
+        let (tls, name, tcp) = match (self.tls, stream) {
+            (Some((tls, name)), Stream::Tcp(tcp)) => (tls, name, tcp),
+            (_, plain) => return Ok(TokioIo::new(plain)),
+        };
+        let handshake = tls.connect(name, tcp);
+        let tls = tokio::time::timeout(self.connect_timeout, handshake)
+            .await
+            .map_err(|_| ConnectError::Timeout(label.clone(), self.connect_timeout))?
+            .map_err(|e| ConnectError::Handshake(label, e))?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(PeerIdentity::from_certs);
+        Ok(TokioIo::new(Stream::Tls(Box::new(tls), peer)))
+    }
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<Stream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        Box::pin(self.clone().connect())
+    }
+}

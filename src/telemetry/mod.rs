@@ -1,0 +1,10 @@
+//! What idgate tells operators: the decision log and request metrics.
+//!
+//! The proxy records here; the admin endpoint only encodes the registry. This room
+//! never decides anything about a request.
+
+pub mod decisions;
+pub mod requests;
+
+pub use decisions::{DecisionLog, DecisionRecord};
+pub use requests::RequestMetrics;

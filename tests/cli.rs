@@ -1,0 +1,292 @@
+//! The `idgate` binary: exit codes and error messages of SPEC.md.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn idgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("IDGATE_CONFIG")
+        .env_remove("IDGATE_CONFIG_TOML")
+        .output()
+        .expect("run idgate")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A copy of the sample billing config with one line changed, in a temp dir that also
+/// holds the policy (the certs are referenced absolutely).
+fn broken_config(dir: &Path, from: &str, to: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config/idgate.toml"))
+        .unwrap()
+        .replace(
+            "../certs-dev",
+            &root.join("certs-dev").display().to_string(),
+        );
+    assert!(text.contains(from), "sample config no longer has {from:?}");
+    std::fs::copy(
+        root.join("config/billing-policy.toml"),
+        dir.join("billing-policy.toml"),
+    )
+    .unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn sample_configs_validate() {
+    for config in ["config/idgate.toml", "config/frontend.toml"] {
+        let out = idgate(&["validate", "--config", config]);
+        assert_eq!(out.status.code(), Some(0), "{config}: {}", stderr(&out));
+        assert!(stdout(&out).contains("valid"), "{}", stdout(&out));
+    }
+}
+
+#[test]
+fn unknown_key_is_refused_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = broken_config(dir.path(), "protocol = \"http\"", "protocl = \"http\"");
+    for command in ["validate", "run"] {
+        let out = idgate(&[command, "--config", &path]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with(&format!(
+                "error: {path}:16: inbound[0].protocl: unknown field"
+            )),
+            "{command}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bad_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = broken_config(
+        dir.path(),
+        "listen = \"127.0.0.1:8443\"",
+        "listen = \"127.0.0.1:http\"",
+    );
+    let out = idgate(&["run", "--config", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{path}:13: inbound[0].listen: invalid socket address"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_upstream_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = broken_config(dir.path(), "http://127.0.0.1:8080", "127.0.0.1:8080");
+    let out = idgate(&["validate", "--config", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{path}:14: inbound[0].upstream: expected http://host:port"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn missing_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = broken_config(dir.path(), "billing-key.pem", "no-such-key.pem");
+    let out = idgate(&["run", "--config", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{path}:8: identity.key: cannot read"))
+            && err.contains("no-such-key.pem"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_config_file_is_refused() {
+    let out = idgate(&["run", "--config", "/nonexistent/idgate.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/idgate.toml: cannot read file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn config_from_environment() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(["validate"])
+        .current_dir(root)
+        .env("IDGATE_CONFIG", "config/frontend.toml")
+        .env_remove("IDGATE_CONFIG_TOML")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("config/frontend.toml"));
+}
+
+#[test]
+fn demo_once_shows_allowed_and_denied_calls() {
+    let out = idgate(&["demo", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(" allow ") && text.contains(" deny "),
+        "{text}"
+    );
+    assert!(
+        text.contains("nobody-uses-admin"),
+        "the reason for a denial is shown: {text}"
+    );
+    assert!(
+        text.contains("default deny") || text.contains("no rule allows"),
+        "{text}"
+    );
+}
+
+#[test]
+fn certs_dev_then_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().display().to_string();
+    let out = idgate(&[
+        "certs",
+        "dev",
+        "--out",
+        &out_dir,
+        "--trust-domain",
+        "example.org",
+        "--id",
+        "spiffe://example.org/ns/a/sa/web",
+        "--id",
+        "spiffe://example.org/ns/b/sa/db",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for file in [
+        "ca.pem",
+        "ca-key.pem",
+        "bundle.pem",
+        "web.pem",
+        "web-key.pem",
+        "db.pem",
+        "db-key.pem",
+    ] {
+        assert!(dir.path().join(file).exists(), "{file}");
+    }
+    let out = idgate(&["inspect", &dir.path().join("web.pem").display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("spiffe://example.org/ns/a/sa/web"),
+        "{}",
+        stdout(&out)
+    );
+    let out = idgate(&["inspect", "/nonexistent.pem"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_exit_codes() {
+    let policy = "config/billing-policy.toml";
+    let frontend = "spiffe://example.org/ns/shop/sa/frontend";
+    let allow = idgate(&[
+        "check",
+        "--policy",
+        policy,
+        "--from",
+        frontend,
+        "--path",
+        "/api/invoices",
+    ]);
+    assert_eq!(
+        allow.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&allow),
+        stderr(&allow)
+    );
+    assert!(stdout(&allow).contains("frontend-reads-invoices"));
+    let deny = idgate(&[
+        "check",
+        "--policy",
+        policy,
+        "--from",
+        frontend,
+        "--method",
+        "DELETE",
+        "--path",
+        "/api/invoices/1",
+    ]);
+    assert_eq!(deny.status.code(), Some(1), "{}", stdout(&deny));
+    let bad_id = idgate(&[
+        "check", "--policy", policy, "--from", "frontend", "--path", "/",
+    ]);
+    assert_eq!(bad_id.status.code(), Some(2));
+    let bad_path = idgate(&[
+        "check", "--policy", policy, "--from", frontend, "--path", "/a%2fb",
+    ]);
+    assert_eq!(bad_path.status.code(), Some(2));
+}
+
+#[test]
+fn policy_test_runs_the_sample_cases() {
+    let out = idgate(&["policy", "test", "config/billing-policy.test.toml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("4 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn run_drains_and_exits_zero_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = broken_config(dir.path(), "127.0.0.1:8443", "127.0.0.1:0");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("127.0.0.1:15002", "127.0.0.1:0")
+        .replace("127.0.0.1:15000", "127.0.0.1:0");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(["run", "--config", &path])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("idgate running"));
+    assert!(started, "idgate did not report it was running");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

@@ -1,0 +1,329 @@
+//! Shared test fixtures: a generated PKI on disk, sidecars started in-process from real
+//! config files, the echo upstream, and HTTP clients (plain, h2c, and direct mTLS).
+#![allow(dead_code)] // each test binary uses a different part of the fixtures
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use idgate::app::{self, App};
+use idgate::config::Config;
+use idgate::devpki::{DevCa, IssuedCert, LeafSpec};
+use idgate::spiffe_id::SpiffeId;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::ServerName;
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+
+pub const TD: &str = "example.org";
+pub const SERVER_ID: &str = "spiffe://example.org/ns/billing/sa/api";
+pub const FRONTEND_ID: &str = "spiffe://example.org/ns/shop/sa/frontend";
+pub const REPORTS_ID: &str = "spiffe://example.org/ns/analytics/sa/reports";
+
+/// A CA and a temp directory holding its bundle and the certs issued for a test.
+pub struct Pki {
+    pub ca: DevCa,
+    pub dir: TempDir,
+}
+
+impl Pki {
+    pub fn new(trust_domain: &str) -> Self {
+        let pki = Self {
+            ca: DevCa::new(trust_domain).expect("dev CA"),
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        std::fs::write(pki.bundle(), pki.ca.root_pem()).expect("write bundle");
+        pki
+    }
+
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle.pem")
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// An SVID for `id` that also names `localhost` (so plain rustls clients can verify it).
+    pub fn svid(&self, id: &str) -> IssuedCert {
+        let mut spec = LeafSpec::svid(&SpiffeId::parse(id).expect("test ID"));
+        spec.dns = vec!["localhost".into()];
+        self.ca.issue(&spec).expect("issue SVID")
+    }
+
+    /// Issues `spec` and writes `NAME.pem` and `NAME-key.pem`.
+    pub fn write(&self, name: &str, cert: &IssuedCert) -> (PathBuf, PathBuf) {
+        let (c, k) = (
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, &cert.chain_pem).expect("write cert");
+        std::fs::write(&k, &cert.key_pem).expect("write key");
+        (c, k)
+    }
+
+    /// The `[identity]` table for a files identity `name` with an SVID for `id`.
+    pub fn identity_toml(&self, name: &str, id: &str) -> String {
+        let (cert, key) = self.write(name, &self.svid(id));
+        format!(
+            "[identity]\nsource = \"files\"\ncert = {cert:?}\nkey = {key:?}\nbundle = {bundle:?}\n",
+            bundle = self.bundle()
+        )
+    }
+}
+
+/// A sidecar running in this process from a real config file.
+pub struct Sidecar {
+    pub app: App,
+    pub decisions: PathBuf,
+}
+
+impl Sidecar {
+    /// Writes `toml` (plus admin on port 0 and a decision log file) and starts it.
+    pub async fn start(dir: &Path, name: &str, toml: &str) -> Self {
+        let decisions = dir.join(format!("{name}-decisions.log"));
+        let text = format!(
+            "{toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\ndecisions = {decisions:?}\n"
+        );
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("config {name}: {e}"));
+        let app = app::start(&config)
+            .await
+            .unwrap_or_else(|e| panic!("start {name}: {e:#}"));
+        Self { app, decisions }
+    }
+
+    pub fn inbound(&self) -> SocketAddr {
+        self.app.inbound[0]
+    }
+
+    pub fn outbound(&self) -> SocketAddr {
+        self.app.outbound[0]
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.outbound())
+    }
+
+    /// Waits for the decision line of `request_id` (lines reach the file within 1 s).
+    pub async fn decision(&self, request_id: &str) -> serde_json::Value {
+        for _ in 0..60 {
+            if let Ok(text) = tokio::fs::read_to_string(&self.decisions).await {
+                let found = text
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).expect("decision line is JSON")
+                    })
+                    .find(|v| v["request_id"] == request_id);
+                if let Some(found) = found {
+                    return found;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no decision line for {request_id} in {}",
+            self.decisions.display()
+        );
+    }
+
+    /// GET on the admin endpoint.
+    pub async fn admin(&self, path: &str) -> Reply {
+        send(
+            &plain_client(),
+            "GET",
+            &format!("http://{}{path}", self.app.admin),
+            &[],
+            Bytes::new(),
+        )
+        .await
+    }
+}
+
+/// A server sidecar (inbound, policy given) in front of the echo app, and the PKI behind it.
+pub struct Mesh {
+    pub pki: Pki,
+    pub server: Sidecar,
+}
+
+impl Mesh {
+    pub async fn start(policy: &str) -> Self {
+        Self::start_with(policy, "").await
+    }
+
+    /// Like [`Mesh::start`], with extra keys for the `[[inbound]]` table.
+    pub async fn start_with(policy: &str, inbound_extra: &str) -> Self {
+        let pki = Pki::new(TD);
+        std::fs::write(pki.path("policy.toml"), policy).expect("write policy");
+        let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("echo");
+        let toml = format!(
+            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{echo}\"\npolicy = \"policy.toml\"\n{inbound_extra}\n",
+            pki.identity_toml("server", SERVER_ID)
+        );
+        let server = Sidecar::start(pki.dir.path(), "server", &toml).await;
+        Self { pki, server }
+    }
+
+    /// A client workload `id` with an outbound listener to the server expecting `server_ids`.
+    pub async fn client(&self, name: &str, id: &str, server_ids: &[&str]) -> Sidecar {
+        let toml = format!(
+            "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{}\"\nserver_ids = {:?}\n",
+            self.pki.identity_toml(name, id),
+            self.server.inbound(),
+            server_ids
+        );
+        Sidecar::start(self.pki.dir.path(), name, &toml).await
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The echo app's report of the request it received.
+    pub fn echoed(&self) -> serde_json::Value {
+        let header = self
+            .headers
+            .get("x-echo-request")
+            .expect("response came from the echo app");
+        serde_json::from_slice(header.as_bytes()).expect("echo report is JSON")
+    }
+}
+
+pub fn plain_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = client
+        .request(request.body(Full::new(body)).expect("request"))
+        .await
+        .expect("request sent");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET through a plain HTTP/1.1 client.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(&plain_client(), "GET", url, headers, Bytes::new()).await
+}
+
+/// A rustls client presenting `client` (or nothing), trusting `ca_pem`, verifying `localhost`.
+pub fn tls_client(
+    ca_pem: &str,
+    client: Option<&IssuedCert>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("add root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(idgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(c) => builder
+            .with_client_auth_cert(c.chain_der.clone(), c.key_der.clone_key())
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// One request straight to an inbound listener over mTLS; `Err` when the handshake or
+/// the request fails.
+pub async fn mtls_send(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(Full::new(Bytes::new())).expect("request");
+    let io = TokioIo::new(tls);
+    let response = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender.send_request(request).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("h1 handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender.send_request(request).await
+    }
+    .map_err(|e| format!("request: {e}"))?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Reads one counter sample from `/metrics` text, 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
