@@ -15,9 +15,9 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::identity::{IdentityError, Svid, TrustBundles};
+use crate::identity::{IdentityError, Svid};
 use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 
 /// Validity of CAs and leaves written by [`write_dev_pki`]: 10 years, so that dev certs
@@ -151,9 +151,8 @@ impl DevCa {
                 "key does not match certificate".to_owned(),
             ));
         }
-        let trust_domain = uri_sans(&parsed)
-            .into_iter()
-            .find_map(|uri| SpiffeId::parse(uri).ok())
+        let trust_domain = crate::tls::spiffe_id_of(&parsed)
+            .ok()
             .map(|id| id.trust_domain());
         let root = Issuer::from_ca_cert_der(&root_der, key)?;
         Ok(Self {
@@ -206,13 +205,6 @@ impl DevCa {
     /// The root's private key, PKCS#8 PEM.
     pub fn root_key_pem(&self) -> String {
         self.root.key().serialize_pem()
-    }
-
-    /// Trust bundles holding only this CA's root, under `trust_domain`.
-    pub fn bundles(&self, trust_domain: &str) -> Result<TrustBundles, IdentityError> {
-        let mut bundles = TrustBundles::default();
-        bundles.insert_der(trust_domain, std::slice::from_ref(&self.root_der))?;
-        Ok(bundles)
     }
 
     /// Issues a leaf as `spec` says, signed by the intermediate if there is one.
@@ -327,7 +319,8 @@ fn leaf_names(trust_domain: &TrustDomain, ids: &[SpiffeId]) -> io::Result<Vec<St
     if ids.is_empty() {
         return Err(bad("at least one SPIFFE ID is needed".into()));
     }
-    let mut seen = HashSet::new();
+    // File stems in use: the CA files, then NAME and NAME-key per ID.
+    let mut seen: HashSet<String> = ["ca", "ca-key", "bundle"].map(String::from).into();
     let mut names = Vec::with_capacity(ids.len());
     for id in ids {
         if id.trust_domain_name() != trust_domain.as_str() {
@@ -337,13 +330,10 @@ fn leaf_names(trust_domain: &TrustDomain, ids: &[SpiffeId]) -> io::Result<Vec<St
             .segments()
             .last()
             .ok_or_else(|| bad(format!("{id} has no path segment to name its files after")))?;
-        if matches!(name, "ca" | "ca-key" | "bundle") || name.ends_with("-key") {
+        if !seen.insert(name.to_owned()) || !seen.insert(format!("{name}-key")) {
             return Err(bad(format!(
-                "{id}: file name {name}.pem would clash with the CA files"
+                "{id}: {name}.pem or {name}-key.pem would overwrite another file of this PKI"
             )));
-        }
-        if !seen.insert(name.to_owned()) {
-            return Err(bad(format!("{id}: another ID also ends in /{name}")));
         }
         names.push(name.to_owned());
     }
@@ -368,20 +358,6 @@ fn dn(common_name: &str) -> DistinguishedName {
     dn.push(DnType::OrganizationName, "idgate dev");
     dn.push(DnType::CommonName, common_name);
     dn
-}
-
-fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Writes `contents` to a temporary file next to `path`, then renames it into place,
@@ -494,11 +470,16 @@ mod tests {
     fn refuses_bad_id_lists() {
         let dir = tempfile::tempdir().expect("tempdir");
         let td = TrustDomain::new("example.org").expect("td");
-        let cases: [&[&str]; 4] = [
+        let cases: [&[&str]; 6] = [
             &[],
             &["spiffe://other.org/a"],
             &["spiffe://example.org"],
             &["spiffe://example.org/a/api", "spiffe://example.org/b/api"],
+            &[
+                "spiffe://example.org/a/api",
+                "spiffe://example.org/b/api-key",
+            ],
+            &["spiffe://example.org/a/ca"],
         ];
         for case in cases {
             assert!(

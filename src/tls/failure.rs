@@ -64,14 +64,15 @@ impl TlsMetrics {
         reason
     }
 
-    /// How many handshakes failed on `listener` for `reason` so far.
+    /// How many handshakes failed on `listener` for `reason` so far (creates no series).
     pub fn failures(&self, listener: &str, reason: &'static str) -> u64 {
+        let labels = FailureLabels {
+            listener: listener.to_owned(),
+            reason,
+        };
         self.failures
-            .get_or_create(&FailureLabels {
-                listener: listener.to_owned(),
-                reason,
-            })
-            .get()
+            .get(&labels)
+            .map_or(0, |counter| counter.get())
     }
 }
 
