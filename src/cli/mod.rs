@@ -3,3 +3,4 @@
 pub mod certs;
 pub mod check;
 pub mod inspect;
+pub mod policy_test;
