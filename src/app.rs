@@ -15,7 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::{Config, IdentityConfig};
-use crate::identity::{self, IdentityHandle, IdentityMetrics};
+use crate::identity::spire::SpireSource;
+use crate::identity::{self, HealthSettings, IdentityHandle, IdentityHealth, IdentityMetrics};
 use crate::proxy::{InboundListener, OutboundListener, Shared};
 use crate::telemetry::{DecisionLog, RequestMetrics};
 use crate::tls::TlsMetrics;
@@ -37,14 +38,16 @@ pub struct App {
 
 /// Starts a sidecar: loads the identity, binds every listener, and serves in the background.
 pub async fn start(config: &Config) -> anyhow::Result<App> {
-    let identity = start_identity(&config.identity)?;
     let mut registry = Registry::default();
+    let shutdown = CancellationToken::new();
+    let (identity, health) = start_identity(&config.identity, &mut registry, &shutdown)?;
+    tokio::spawn(health.clone().watch(identity.clone(), shutdown.clone()));
     let shared = Shared {
         identity: identity.clone(),
         decisions: DecisionLog::open(&config.log.decisions, &mut registry)?,
         requests: RequestMetrics::register(&mut registry),
         tls: TlsMetrics::register(&mut registry),
-        shutdown: CancellationToken::new(),
+        shutdown,
         tasks: TaskTracker::new(),
     };
     tokio::spawn(IdentityMetrics::register(&mut registry).follow(identity.clone()));
@@ -86,6 +89,7 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
         AdminState {
             registry: Arc::new(registry),
             identity: identity.clone(),
+            health,
             readiness,
             shutdown: shared.shutdown.clone(),
         },
@@ -103,7 +107,13 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
     })
 }
 
-fn start_identity(config: &IdentityConfig) -> anyhow::Result<IdentityHandle> {
+/// Starts the identity source; listeners may bind before it has an SVID (they refuse
+/// handshakes until then, and `/readyz` says what it waits for).
+fn start_identity(
+    config: &IdentityConfig,
+    registry: &mut Registry,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(IdentityHandle, IdentityHealth)> {
     match config {
         IdentityConfig::Files {
             cert,
@@ -114,10 +124,24 @@ fn start_identity(config: &IdentityConfig) -> anyhow::Result<IdentityHandle> {
             let handle = IdentityHandle::new(format!("files {}", cert.display()));
             let (svid, bundles) = identity::files::load(cert, key, bundle, federation)?;
             handle.publish(svid, bundles);
-            Ok(handle)
+            Ok((handle, IdentityHealth::new(HealthSettings::files())))
         }
-        IdentityConfig::Spire { socket, .. } => {
-            anyhow::bail!("identity source \"spire\" ({socket}) is not available in this build yet")
+        IdentityConfig::Spire {
+            socket,
+            spiffe_id,
+            expiry_margin,
+            max_bundle_age,
+        } => {
+            let handle = IdentityHandle::new(socket.clone());
+            let health = IdentityHealth::new(HealthSettings {
+                expiry_margin: *expiry_margin,
+                max_bundle_age: Some(*max_bundle_age),
+            });
+            health.register(registry);
+            let source =
+                SpireSource::new(socket, spiffe_id.clone(), handle.clone(), health.clone())?;
+            tokio::spawn(source.run(shutdown.clone()));
+            Ok((handle, health))
         }
     }
 }

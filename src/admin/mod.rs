@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::IdentityHandle;
+use crate::identity::{IdentityHandle, IdentityHealth};
 
 /// What the admin endpoint reports on.
 #[derive(Clone)]
@@ -32,6 +32,8 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// The identity in use.
     pub identity: IdentityHandle,
+    /// Whether that identity is still fit to serve (expiry, bundle age).
+    pub health: IdentityHealth,
     /// Startup conditions.
     pub readiness: Readiness,
     /// Cancelled when draining: `/readyz` turns 503 at once.
@@ -91,6 +93,7 @@ pub fn not_ready_reasons(state: &AdminState) -> Vec<String> {
     if state.identity.current().is_none() {
         reasons.push(format!("waiting for SVID from {}", state.identity.source()));
     }
+    reasons.extend(state.health.reasons(&state.identity));
     reasons.extend(state.readiness.reasons());
     reasons
 }

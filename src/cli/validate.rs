@@ -24,7 +24,9 @@ pub fn run(path: Option<&Path>) -> u8 {
                 federation.len()
             );
         }
-        IdentityConfig::Spire { socket, spiffe_id } => {
+        IdentityConfig::Spire {
+            socket, spiffe_id, ..
+        } => {
             let id = spiffe_id
                 .as_ref()
                 .map_or("agent default".to_string(), |id| id.to_string());

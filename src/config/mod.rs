@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
+use crate::identity::{DEFAULT_EXPIRY_MARGIN, DEFAULT_MAX_BUNDLE_AGE};
 use crate::policy::Policy;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use model::{InboundConfig, OutboundConfig, RawConfig, RawIdentity};
@@ -63,6 +64,10 @@ pub enum IdentityConfig {
         socket: String,
         /// Which SVID to pick when the agent offers several.
         spiffe_id: Option<SpiffeId>,
+        /// Not ready once the SVID is this close to expiry with no replacement (default 30 s).
+        expiry_margin: std::time::Duration,
+        /// Not ready once the agent last delivered the bundle longer ago (default 24 h).
+        max_bundle_age: std::time::Duration,
     },
 }
 
@@ -257,6 +262,18 @@ fn check_identity(
                     "only for source = \"spire\"",
                 ));
             }
+            for (value, field) in [
+                (&raw.expiry_margin, "expiry_margin"),
+                (&raw.max_bundle_age, "max_bundle_age"),
+            ] {
+                if let Some(v) = value {
+                    return Err(source.error_at(
+                        v.span(),
+                        &format!("identity.{field}"),
+                        "only for source = \"spire\"",
+                    ));
+                }
+            }
             let file = |value: &Option<Spanned<PathBuf>>, field: &str| match value {
                 Some(path) => readable_file(source, path, &format!("identity.{field}")),
                 None => Err(refuse(field, "required when source = \"files\"")),
@@ -313,6 +330,14 @@ fn check_identity(
             Ok(IdentityConfig::Spire {
                 socket,
                 spiffe_id: raw.spiffe_id.as_ref().map(|id| id.get_ref().clone()),
+                expiry_margin: raw
+                    .expiry_margin
+                    .as_ref()
+                    .map_or(DEFAULT_EXPIRY_MARGIN, |d| d.get_ref().0),
+                max_bundle_age: raw
+                    .max_bundle_age
+                    .as_ref()
+                    .map_or(DEFAULT_MAX_BUNDLE_AGE, |d| d.get_ref().0),
             })
         }
     }

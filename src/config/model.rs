@@ -55,6 +55,10 @@ pub struct RawIdentity {
     pub socket: Option<Spanned<String>>,
     /// spire: which SVID to use when the agent offers several.
     pub spiffe_id: Option<Spanned<SpiffeId>>,
+    /// spire: not ready once the SVID is this close to expiry with no replacement.
+    pub expiry_margin: Option<Spanned<Seconds>>,
+    /// spire: not ready once the agent last delivered the trust bundle longer ago than this.
+    pub max_bundle_age: Option<Spanned<Seconds>>,
     /// files: certificate chain, leaf first.
     pub cert: Option<Spanned<PathBuf>>,
     /// files: private key.

@@ -5,9 +5,12 @@
 //! material they shook hands with. This room never opens sockets or judges requests.
 
 pub mod files;
+mod health;
 mod material;
 mod metrics;
+pub mod spire;
 
+pub use health::{HealthSettings, IdentityHealth, DEFAULT_EXPIRY_MARGIN, DEFAULT_MAX_BUNDLE_AGE};
 pub use metrics::IdentityMetrics;
 
 pub use material::{IdentityError, Material, Svid, TrustBundles};
