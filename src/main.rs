@@ -22,6 +22,11 @@ enum Command {
     Run(ConfigArgs),
     /// Check a config and every policy it names.
     Validate(ConfigArgs),
+    /// Evaluate one request against a policy, offline.
+    Check(cli::check::CheckArgs),
+    /// Policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Development certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -29,6 +34,12 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Run a whole local mesh on loopback and show allowed and denied calls.
     Demo(cli::demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run policy test cases.
+    Test(cli::policy_test::PolicyTestArgs),
 }
 
 #[derive(Subcommand)]
@@ -49,6 +60,8 @@ fn main() -> ExitCode {
     let code = match args.command {
         Command::Run(a) => run(&a),
         Command::Validate(a) => cli::validate::run(a.config.as_deref()),
+        Command::Check(a) => cli::check::run(&a),
+        Command::Policy(PolicyCommand::Test(a)) => cli::policy_test::run(&a),
         Command::Certs(CertsCommand::Dev(a)) => cli::certs::run(&a),
         Command::Inspect(a) => cli::inspect::run(&a),
         Command::Demo(a) => cli::demo::run(&a),
@@ -76,6 +89,13 @@ fn run(args: &ConfigArgs) -> u8 {
         }
     };
     runtime.block_on(async {
+        let mut signals = match idgate::app::ShutdownSignals::install() {
+            Ok(signals) => signals,
+            Err(error) => {
+                eprintln!("error: cannot watch SIGTERM/SIGINT: {error}");
+                return 1;
+            }
+        };
         let app = match idgate::app::start(&config).await {
             Ok(app) => app,
             Err(error) => {
@@ -83,7 +103,7 @@ fn run(args: &ConfigArgs) -> u8 {
                 return 2;
             }
         };
-        idgate::app::shutdown_signal().await;
+        signals.recv().await;
         app.drain().await;
         0
     })

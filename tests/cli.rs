@@ -61,7 +61,7 @@ fn unknown_key_is_refused_with_file_line_and_field() {
         let err = stderr(&out);
         assert!(
             err.starts_with(&format!(
-                "error: {path}:16: inbound[0].protocl: unknown field"
+                "error: {path}:15: inbound[0].protocl: unknown field"
             )),
             "{command}: {err}"
         );

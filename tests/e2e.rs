@@ -204,3 +204,25 @@ async fn drain_lets_in_flight_requests_finish() {
         reply.text()
     );
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let mesh = Mesh::start_with(ALLOW_ALL_FRONTEND, "timeouts = { idle = \"300ms\" }").await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get("https://localhost/first")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(3), connection).await;
+    assert!(
+        closed.is_ok(),
+        "the server should close a connection idle for longer than 300ms"
+    );
+}

@@ -113,6 +113,7 @@ struct Mesh {
 }
 
 async fn demo(once: bool) -> anyhow::Result<()> {
+    let mut signals = app::ShutdownSignals::install()?;
     let mesh = start_mesh().await?;
     println!("idgate demo: three workloads on loopback (trust domain {TRUST_DOMAIN})");
     println!(
@@ -144,7 +145,7 @@ async fn demo(once: bool) -> anyhow::Result<()> {
             "  decision log: {}",
             mesh.dir.join("billing-decisions.log").display()
         );
-        app::shutdown_signal().await;
+        signals.recv().await;
     }
     for app in mesh.apps {
         app.drain().await;

@@ -1,6 +1,10 @@
-//! Offline commands: policy check, dev certificates, certificate inspection, the demo.
+//! Offline commands: validate, policy check and tests, dev certificates, certificate
+//! inspection, and the demo (with the echo app it runs behind its sidecars).
 
 pub mod certs;
 pub mod check;
+pub mod demo;
+pub mod echo;
 pub mod inspect;
 pub mod policy_test;
+pub mod validate;

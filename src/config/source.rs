@@ -76,12 +76,12 @@ impl SourceFile {
             ..FileError::file(&self.path, e.message().trim_end())
         })?;
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let path = e.path().to_string();
+            let path = field_path(e.path());
             let inner = e.into_inner();
             FileError {
                 file: self.path.clone(),
                 line: inner.span().map(|s| self.line_of(s.start)),
-                field: (path != ".").then_some(path),
+                field: (!path.is_empty()).then_some(path),
                 message: inner.message().trim_end().to_string(),
             }
         })
@@ -120,6 +120,26 @@ impl SourceFile {
     }
 }
 
+/// `inbound[0].upstream`, skipping the internal names `toml::Spanned` adds on the way.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key.starts_with("$__serde_spanned") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,7 +149,7 @@ mod tests {
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Doc {
-        item: Vec<Item>,
+        item: Vec<toml::Spanned<Item>>,
     }
 
     #[derive(Debug, Deserialize)]

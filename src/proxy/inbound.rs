@@ -22,8 +22,9 @@ use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
 use super::respond::{is_grpc, refusal, Body, Refusal};
 use super::serve::{accept_loop, http_builder, serve_http};
 use super::stream::{Connector, Endpoint};
+use super::tcp;
 use super::Shared;
-use crate::config::{self, Inbound, Timeouts};
+use crate::config::{self, Inbound, Protocol, Timeouts};
 use crate::policy::{self, normalize_path, Policy, Verdict};
 use crate::telemetry::requests::PeerCounters;
 use crate::telemetry::DecisionRecord;
@@ -42,6 +43,8 @@ struct ListenerState {
     acceptor: TlsAcceptor,
     policy: Arc<ArcSwap<Policy>>,
     upstream: Upstream,
+    connector: Connector,
+    protocol: Protocol,
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
     shared: Shared,
@@ -77,7 +80,9 @@ impl InboundListener {
             name: config.name.clone(),
             acceptor: TlsAcceptor::from(tls::server_config(shared.identity.clone(), ALPN)),
             policy: Arc::new(ArcSwap::new(config.policy.clone())),
-            upstream: Upstream::new(connector, base, config.timeouts.response.0),
+            upstream: Upstream::new(connector.clone(), base, config.timeouts.response.0),
+            connector,
+            protocol: config.protocol,
             builder: http_builder(&config.timeouts),
             timeouts: config.timeouts,
             shared: shared.clone(),
@@ -143,6 +148,27 @@ impl ListenerState {
             .current()
             .map(|m| m.svid.spiffe_id.to_string())
             .unwrap_or_default();
+        if self.protocol == Protocol::Tcp {
+            let policy = self.policy.load();
+            let decision = tcp::authorise(&policy, &peer);
+            let relay = tcp::Relay {
+                listener: &self.name,
+                direction: "inbound",
+                source: peer.spiffe_id.as_str(),
+                destination: Some(&own_id),
+            };
+            let upstream = self.connector.clone();
+            tcp::relay(
+                &self.shared,
+                relay,
+                &decision,
+                Some(policy.version()),
+                tls,
+                upstream,
+            )
+            .await;
+            return;
+        }
         let connection = Arc::new(Connection {
             xfcc: xfcc_value(&own_id, &peer.leaf_sha256, peer.spiffe_id.as_str()),
             counters: self
@@ -157,7 +183,14 @@ impl ListenerState {
             let connection = connection.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
-        serve_http(&self.builder, tls, service, &self.shared.shutdown).await;
+        serve_http(
+            &self.builder,
+            tls,
+            service,
+            self.timeouts.idle.0,
+            &self.shared.shutdown,
+        )
+        .await;
     }
 }
 
@@ -271,6 +304,8 @@ impl Log<'_> {
             request_id: self.request_id.to_str().unwrap_or_default(),
             reason,
             policy_version: version,
+            bytes_in: None,
+            bytes_out: None,
         });
     }
 }

@@ -11,6 +11,7 @@ mod outbound;
 mod respond;
 mod serve;
 mod stream;
+mod tcp;
 
 pub use inbound::InboundListener;
 pub use outbound::OutboundListener;

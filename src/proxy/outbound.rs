@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -23,9 +23,10 @@ use super::headers::ensure_request_id;
 use super::respond::{is_grpc, refusal, Body};
 use super::serve::{accept_loop, http_builder, serve_http};
 use super::stream::Connector;
+use super::tcp;
 use super::Shared;
-use crate::config::Outbound;
-use crate::policy::Verdict;
+use crate::config::{Outbound, Protocol};
+use crate::policy::{Decision, Verdict};
 use crate::telemetry::requests::PeerCounters;
 use crate::telemetry::DecisionRecord;
 use crate::tls::{self, PeerIdentity};
@@ -41,7 +42,10 @@ pub struct OutboundListener {
 struct ListenerState {
     name: String,
     peer: Upstream,
+    connector: Connector,
+    protocol: Protocol,
     builder: auto::Builder<TokioExecutor>,
+    idle: Duration,
     shared: Shared,
 }
 
@@ -57,8 +61,11 @@ impl OutboundListener {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let state = ListenerState {
             name: config.name.clone(),
-            peer: Upstream::new(connector, base, config.timeouts.response.0),
+            peer: Upstream::new(connector.clone(), base, config.timeouts.response.0),
+            connector,
+            protocol: config.protocol,
             builder: http_builder(&config.timeouts),
+            idle: config.timeouts.idle.0,
             shared: shared.clone(),
         };
         Ok(Self {
@@ -107,6 +114,29 @@ impl ListenerState {
             .current()
             .map(|m| m.svid.spiffe_id.to_string())
             .unwrap_or_default();
+        if self.protocol == Protocol::Tcp {
+            let relay = tcp::Relay {
+                listener: &self.name,
+                direction: "outbound",
+                source: &own_id,
+                destination: None,
+            };
+            let allow = Decision {
+                verdict: Verdict::Allow,
+                rule: None,
+                audit_rule: None,
+            };
+            tcp::relay(
+                &self.shared,
+                relay,
+                &allow,
+                None,
+                tcp,
+                self.connector.clone(),
+            )
+            .await;
+            return;
+        }
         let connection = Arc::new(Connection {
             counters: self
                 .shared
@@ -119,7 +149,14 @@ impl ListenerState {
             let connection = connection.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
-        serve_http(&self.builder, tcp, service, &self.shared.shutdown).await;
+        serve_http(
+            &self.builder,
+            tcp,
+            service,
+            self.idle,
+            &self.shared.shutdown,
+        )
+        .await;
     }
 }
 
@@ -161,6 +198,8 @@ impl Connection {
             request_id: request_id.to_str().unwrap_or_default(),
             reason: reason.as_deref(),
             policy_version: None,
+            bytes_in: None,
+            bytes_out: None,
         });
         response
     }

@@ -5,11 +5,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::Service;
+use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,12 +41,14 @@ pub fn http_builder(timeouts: &Timeouts) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves HTTP on one connection until the client is done or shutdown asks it to end
-/// (then HTTP/1.1 finishes its request with `Connection: close`, HTTP/2 sends GOAWAY).
+/// Serves HTTP on one connection until the client is done, the connection has had no new
+/// request for `idle`, or shutdown asks it to end. Ending is always graceful: HTTP/1.1
+/// finishes the response in flight and closes, HTTP/2 sends GOAWAY and lets open streams end.
 pub async fn serve_http<I, S>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
+    idle: Duration,
     shutdown: &CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -52,18 +56,43 @@ pub async fn serve_http<I, S>(
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let started = Instant::now();
+    let last_request = Arc::new(AtomicU64::new(0));
+    let touched = last_request.clone();
+    let service = service_fn(move |request| {
+        touched.store(millis_since(started), Ordering::Relaxed);
+        service.call(request)
+    });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let mut deadline = started + idle;
+    let mut ending = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = shutdown.cancelled(), if !ending => {
+                connection.as_mut().graceful_shutdown();
+                ending = true;
+            }
+            _ = tokio::time::sleep_until(deadline.into()), if !ending => {
+                let last = started + Duration::from_millis(last_request.load(Ordering::Relaxed));
+                if last + idle <= Instant::now() {
+                    tracing::debug!(?idle, "closing idle connection");
+                    connection.as_mut().graceful_shutdown();
+                    ending = true;
+                } else {
+                    deadline = last + idle;
+                }
+            }
         }
     };
     if let Err(error) = result {
         tracing::debug!(%error, "connection ended with an error");
     }
+}
+
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Accepts connections until shutdown, spawning `handle` for each on the tracker.

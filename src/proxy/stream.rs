@@ -97,6 +97,16 @@ impl AsyncWrite for Stream {
     }
 }
 
+impl Stream {
+    /// The verified identity of an mTLS peer.
+    pub fn peer(&self) -> Option<&PeerIdentity> {
+        match self {
+            Stream::Tls(_, peer) => peer.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 impl Connection for Stream {
     fn connected(&self) -> Connected {
         match self {
@@ -166,7 +176,8 @@ impl Connector {
         }
     }
 
-    async fn connect(self) -> Result<TokioIo<Stream>, ConnectError> {
+    /// Opens one connection (and, for mTLS, completes the handshake).
+    pub async fn connect(self) -> Result<Stream, ConnectError> {
         let label = match &self.endpoint {
             Endpoint::Tcp(addr) => addr.clone(),
             Endpoint::Unix(path) => format!("unix://{}", path.display()),
@@ -187,7 +198,7 @@ impl Connector {
             .map_err(|e| ConnectError::Io(label.clone(), e))?;
         let (tls, name, tcp) = match (self.tls, stream) {
             (Some((tls, name)), Stream::Tcp(tcp)) => (tls, name, tcp),
-            (_, plain) => return Ok(TokioIo::new(plain)),
+            (_, plain) => return Ok(plain),
         };
         let handshake = tls.connect(name, tcp);
         let tls = tokio::time::timeout(self.connect_timeout, handshake)
@@ -199,7 +210,7 @@ impl Connector {
             .1
             .peer_certificates()
             .and_then(PeerIdentity::from_certs);
-        Ok(TokioIo::new(Stream::Tls(Box::new(tls), peer)))
+        Ok(Stream::Tls(Box::new(tls), peer))
     }
 }
 
@@ -213,6 +224,7 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
-        Box::pin(self.clone().connect())
+        let connector = self.clone();
+        Box::pin(async move { connector.connect().await.map(TokioIo::new) })
     }
 }

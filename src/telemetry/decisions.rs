@@ -51,6 +51,12 @@ pub struct DecisionRecord<'a> {
     /// Version of the policy that judged the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_version: Option<&'a str>,
+    /// TCP listeners: bytes from the client to the upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    /// TCP listeners: bytes from the upstream to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
 }
 
 #[derive(Serialize)]

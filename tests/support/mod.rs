@@ -135,6 +135,27 @@ impl Sidecar {
         );
     }
 
+    /// Waits for at least `n` decision lines and returns them all.
+    pub async fn decision_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..60 {
+            let text = tokio::fs::read_to_string(&self.decisions)
+                .await
+                .unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("decision line is JSON"))
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "fewer than {n} decision lines in {}",
+            self.decisions.display()
+        );
+    }
+
     /// GET on the admin endpoint.
     pub async fn admin(&self, path: &str) -> Reply {
         send(
@@ -161,13 +182,23 @@ impl Mesh {
 
     /// Like [`Mesh::start`], with extra keys for the `[[inbound]]` table.
     pub async fn start_with(policy: &str, inbound_extra: &str) -> Self {
-        let pki = Pki::new(TD);
-        std::fs::write(pki.path("policy.toml"), policy).expect("write policy");
         let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
             .await
             .expect("echo");
+        Self::start_upstream(policy, &format!("http://{echo}"), inbound_extra).await
+    }
+
+    /// A TCP inbound listener in front of `upstream` (`tcp://` or `unix://`).
+    pub async fn start_tcp(policy: &str, upstream: &str) -> Self {
+        Self::start_upstream(policy, upstream, "protocol = \"tcp\"").await
+    }
+
+    /// The server sidecar in front of any upstream, with extra `[[inbound]]` keys.
+    pub async fn start_upstream(policy: &str, upstream: &str, inbound_extra: &str) -> Self {
+        let pki = Pki::new(TD);
+        std::fs::write(pki.path("policy.toml"), policy).expect("write policy");
         let toml = format!(
-            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{echo}\"\npolicy = \"policy.toml\"\n{inbound_extra}\n",
+            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\npolicy = \"policy.toml\"\n{inbound_extra}\n",
             pki.identity_toml("server", SERVER_ID)
         );
         let server = Sidecar::start(pki.dir.path(), "server", &toml).await;
@@ -176,8 +207,19 @@ impl Mesh {
 
     /// A client workload `id` with an outbound listener to the server expecting `server_ids`.
     pub async fn client(&self, name: &str, id: &str, server_ids: &[&str]) -> Sidecar {
+        self.client_with(name, id, server_ids, "").await
+    }
+
+    /// Like [`Mesh::client`], with extra keys for the `[[outbound]]` table.
+    pub async fn client_with(
+        &self,
+        name: &str,
+        id: &str,
+        server_ids: &[&str],
+        extra: &str,
+    ) -> Sidecar {
         let toml = format!(
-            "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{}\"\nserver_ids = {:?}\n",
+            "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{}\"\nserver_ids = {:?}\n{extra}\n",
             self.pki.identity_toml(name, id),
             self.server.inbound(),
             server_ids
@@ -281,11 +323,7 @@ pub async fn mtls_send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Reply, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+    let tls = mtls_connect(addr, config).await?;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let mut request = Request::builder()
         .method(method)
@@ -316,6 +354,18 @@ pub async fn mtls_send(
         headers: parts.headers,
         body,
     })
+}
+
+/// A TLS connection to `addr`, verifying the server as `localhost`.
+pub async fn mtls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))
 }
 
 /// Reads one counter sample from `/metrics` text, 0 when absent.

@@ -1,0 +1,205 @@
+//! TCP (L4) mode: identity-only authorisation, byte relay with half-close, Unix upstreams.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+
+const TCP_POLICY: &str = r#"
+default = "deny"
+[[rule]]
+name = "frontend-may-connect"
+action = "allow"
+from = ["spiffe://example.org/ns/shop/sa/frontend"]
+"#;
+
+/// An echo server that counts the connections it accepted.
+async fn tcp_echo() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn tcp_mesh(upstream: &str) -> (Mesh, Sidecar, Sidecar) {
+    let mesh = Mesh::start_tcp(TCP_POLICY, upstream).await;
+    let frontend = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], "protocol = \"tcp\"")
+        .await;
+    let reports = mesh
+        .client_with("reports", REPORTS_ID, &[SERVER_ID], "protocol = \"tcp\"")
+        .await;
+    (mesh, frontend, reports)
+}
+
+/// Sends `size` bytes, half-closes, reads the echo to EOF; returns (sent hash, received hash, received len).
+async fn round_trip(addr: SocketAddr, size: usize) -> (Vec<u8>, Vec<u8>, usize) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let mut hash = Sha256::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        let mut n = 0u8;
+        while sent < size {
+            let len = chunk.len().min(size - sent);
+            for b in &mut chunk[..len] {
+                *b = n;
+                n = n.wrapping_mul(31).wrapping_add(7);
+            }
+            writer.write_all(&chunk[..len]).await.unwrap();
+            hash.update(&chunk[..len]);
+            sent += len;
+        }
+        writer.shutdown().await.unwrap();
+        hash.finalize().to_vec()
+    });
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    loop {
+        let n = reader.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        received += n;
+    }
+    (sender.await.unwrap(), hash.finalize().to_vec(), received)
+}
+
+#[tokio::test]
+async fn large_transfers_survive_both_ways_with_half_close() {
+    let (echo, _) = tcp_echo().await;
+    let (mesh, frontend, _) = tcp_mesh(&format!("tcp://{echo}")).await;
+    let size = 100 * 1024 * 1024;
+    let (sent, received, len) = round_trip(frontend.outbound(), size).await;
+    assert_eq!(len, size);
+    assert_eq!(sent, received, "payload changed on the way");
+    let lines = mesh.server.decision_lines(1).await;
+    let line = &lines[0];
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["rule"], "frontend-may-connect");
+    assert_eq!(line["method"], serde_json::Value::Null);
+    assert_eq!(line["path"], serde_json::Value::Null);
+    assert_eq!(line["bytes_in"], size as u64);
+    assert_eq!(line["bytes_out"], size as u64);
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn denied_identity_is_cut_before_the_upstream_sees_a_byte() {
+    let (echo, accepted) = tcp_echo().await;
+    let (mesh, _, reports) = tcp_mesh(&format!("tcp://{echo}")).await;
+    let mut stream = TcpStream::connect(reports.outbound()).await.unwrap();
+    let _ = stream.write_all(b"secret").await;
+    let mut buf = [0u8; 16];
+    let n = stream.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0, "a denied connection must be closed without data");
+    let lines = mesh.server.decision_lines(1).await;
+    assert_eq!(lines[0]["decision"], "deny");
+    assert_eq!(lines[0]["source"], REPORTS_ID);
+    assert_eq!(lines[0]["bytes_in"], 0);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the upstream must never be contacted"
+    );
+}
+
+#[tokio::test]
+async fn tcp_listener_policy_may_not_use_http_fields() {
+    let pki = Pki::new(TD);
+    std::fs::write(
+        pki.path("policy.toml"),
+        "[[rule]]\nname = \"x\"\naction = \"allow\"\npaths = [\"/a\"]\n",
+    )
+    .unwrap();
+    let toml = format!(
+        "{}\n[[inbound]]\nname = \"db\"\nlisten = \"127.0.0.1:0\"\nupstream = \"tcp://127.0.0.1:5432\"\nprotocol = \"tcp\"\npolicy = \"policy.toml\"\n",
+        pki.identity_toml("server", SERVER_ID)
+    );
+    let path = pki.path("tcp.toml");
+    std::fs::write(&path, toml).unwrap();
+    let err = idgate::config::Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("policy.toml:4") && err.contains("paths"),
+        "{err}"
+    );
+}
+
+async fn unix_echo_http(path: &Path) {
+    let listener = UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = format!("unix saw {}", req.uri().path());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn unix_socket_upstream_for_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("app.sock");
+    unix_echo_http(&socket).await;
+    let mesh = Mesh::start_upstream(
+        "default = \"allow\"\n",
+        &format!("unix://{}", socket.display()),
+        "",
+    )
+    .await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let reply = get(&client.url("/via/unix"), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "unix saw /via/unix");
+}
+
+#[tokio::test]
+async fn unix_socket_upstream_for_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("echo.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let (_mesh, frontend, _) = tcp_mesh(&format!("unix://{}", socket.display())).await;
+    let (sent, received, len) = round_trip(frontend.outbound(), 1024 * 1024).await;
+    assert_eq!(len, 1024 * 1024);
+    assert_eq!(sent, received);
+}
