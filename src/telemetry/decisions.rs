@@ -1,13 +1,13 @@
 //! The decision log: one JSON line per request (or TCP connection), as SPEC.md lays out.
 //!
 //! Lines are serialised on the request task and handed to a writer thread through a
-//! bounded channel, so a slow disk never stalls a request; the writer flushes whenever
-//! it catches up, which keeps every line on disk within a second.
+//! bounded channel, so a slow disk never stalls a request; the writer batches bursts and
+//! flushes at least every half second, which keeps every line on disk within a second.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::time::{Duration, SystemTime};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -119,21 +119,29 @@ impl DecisionLog {
 }
 
 fn write_lines(lines: Receiver<Vec<u8>>, sink: Box<dyn Write + Send>) {
+    const FLUSH_EVERY: Duration = Duration::from_millis(500);
     let mut out = BufWriter::with_capacity(64 * 1024, sink);
-    while let Ok(line) = lines.recv() {
-        let _ = out.write_all(&line);
-        // Drain what is already queued, then flush: a burst costs one write.
-        loop {
-            match lines.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    let _ = out.write_all(&line);
-                    if out.buffer().len() > 48 * 1024 {
-                        let _ = out.flush();
-                    }
+    let mut last_flush = Instant::now();
+    loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                let _ = out.write_all(&line);
+                // Batch bursts into few writes, but never hold a line longer than FLUSH_EVERY.
+                if out.buffer().len() > 48 * 1024 || last_flush.elapsed() >= FLUSH_EVERY {
+                    let _ = out.flush();
+                    last_flush = Instant::now();
                 }
-                Err(_) => break,
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if !out.buffer().is_empty() {
+                    let _ = out.flush();
+                }
+                last_flush = Instant::now();
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
             }
         }
-        let _ = out.flush();
     }
 }
