@@ -1,0 +1,488 @@
+//! A real SPIRE for the integration tests: server + agent on temporary Unix sockets, and
+//! idgate sidecars run as separate `idgate run` processes under their own uid.
+//!
+//! SPIRE v1.13.3 comes from `tests/spire/install.sh` (cached; a test FAILS when it cannot be
+//! installed). Workloads are told apart by `unix:uid` selectors; every process started here
+//! is killed when its handle drops, and on a failing test the logs are printed.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+
+/// Our trust domain in every test.
+pub const TD: &str = "example.org";
+const SERVER_CONF: &str = include_str!("server.conf.in");
+const AGENT_CONF: &str = include_str!("agent.conf.in");
+
+/// The directory holding `spire-server` and `spire-agent`, installed once per test binary.
+pub fn spire_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = match std::env::var_os("IDGATE_SPIRE_BIN") {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let home = std::env::var_os("HOME")
+                    .expect("SPIRE: neither $IDGATE_SPIRE_BIN nor $HOME is set");
+                Path::new(&home).join(".cache/idgate/spire-1.13.3")
+            }
+        };
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spire/install.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&bin)
+            .output()
+            .unwrap_or_else(|e| panic!("SPIRE: cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success() && bin.join("spire-server").is_file() && bin.join("spire-agent").is_file(),
+            "SPIRE v1.13.3 could not be installed into {} by {} (needs Go and the Go module proxy):\n{}{}",
+            bin.display(),
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+}
+
+/// A free loopback address (bound, read, released).
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr")
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A running SPIRE server and agent in a temporary directory.
+pub struct Spire {
+    pub dir: TempDir,
+    server: Child,
+    agent: Option<Child>,
+    port: u16,
+    /// The join token the agent attested with.
+    pub token: String,
+    /// Whether the agent has attested (later starts use its stored SVID, not the token).
+    attested: bool,
+}
+
+impl Spire {
+    /// Starts server and agent with `default_x509_svid_ttl = ttl_secs` and waits until both
+    /// pass their health checks.
+    pub fn start(ttl_secs: u32) -> Self {
+        let bin = spire_bin();
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Workloads run under other uids: they must reach the agent socket and configs.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let port = free_addr().port();
+        let fill = |template: &str| {
+            template
+                .replace("@DIR@", &dir.path().display().to_string())
+                .replace("@PORT@", &port.to_string())
+                .replace("@TTL@", &ttl_secs.to_string())
+        };
+        fs::write(dir.path().join("server.conf"), fill(SERVER_CONF)).expect("server.conf");
+        fs::write(dir.path().join("agent.conf"), fill(AGENT_CONF)).expect("agent.conf");
+        let server = spawn_logged(
+            Command::new(bin.join("spire-server"))
+                .args(["run", "-config"])
+                .arg(dir.path().join("server.conf")),
+            &dir.path().join("server.log"),
+        );
+        let mut spire = Self {
+            dir,
+            server,
+            agent: None,
+            port,
+            token: String::new(),
+            attested: false,
+        };
+        spire.wait_healthy("spire-server", &spire.server_socket());
+        let out = spire.server_cli(&[
+            "token",
+            "generate",
+            "-spiffeID",
+            "spiffe://example.org/idgate-test-node",
+        ]);
+        spire.token = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Token:"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|| panic!("no token in {out:?}"));
+        spire.start_agent();
+        spire
+    }
+
+    fn server_socket(&self) -> String {
+        self.dir.path().join("server.sock").display().to_string()
+    }
+
+    fn agent_socket_path(&self) -> String {
+        self.dir.path().join("agent.sock").display().to_string()
+    }
+
+    /// The Workload API address for idgate's `[identity] socket`.
+    pub fn socket(&self) -> String {
+        format!("unix://{}", self.agent_socket_path())
+    }
+
+    /// The SPIFFE ID of the agent, parent of every workload entry.
+    pub fn agent_id(&self) -> String {
+        format!("spiffe://{TD}/spire/agent/join_token/{}", self.token)
+    }
+
+    /// Starts the agent (first time with the join token, later from its stored SVID).
+    pub fn start_agent(&mut self) {
+        assert!(self.agent.is_none(), "agent already running");
+        let bin = spire_bin();
+        let mut command = Command::new(bin.join("spire-agent"));
+        command
+            .args(["run", "-config"])
+            .arg(self.dir.path().join("agent.conf"));
+        if !self.attested {
+            command.args(["-joinToken", &self.token]);
+            self.attested = true;
+        }
+        self.agent = Some(spawn_logged(
+            &mut command,
+            &self.dir.path().join("agent.log"),
+        ));
+        self.wait_healthy("spire-agent", &self.agent_socket_path());
+    }
+
+    /// Kills the agent (SIGKILL, as a crash would).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+    }
+
+    fn wait_healthy(&self, binary: &str, socket: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new(spire_bin().join(binary))
+                .args(["healthcheck", "-socketPath", socket])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{binary} not healthy after 60 s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs `spire-server ARGS -socketPath ...`, panics on failure, returns stdout.
+    pub fn server_cli(&self, args: &[&str]) -> String {
+        let out = Command::new(spire_bin().join("spire-server"))
+            .args(args)
+            .args(["-socketPath", &self.server_socket()])
+            .output()
+            .expect("run spire-server");
+        assert!(
+            out.status.success(),
+            "spire-server {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Registers `spiffe_id` for processes of `uid` on our agent; returns the entry ID.
+    pub fn register(&self, spiffe_id: &str, uid: u32, ttl_secs: u32) -> String {
+        let out = self.server_cli(&[
+            "entry",
+            "create",
+            "-parentID",
+            &self.agent_id(),
+            "-spiffeID",
+            spiffe_id,
+            "-selector",
+            &format!("unix:uid:{uid}"),
+            "-x509SVIDTTL",
+            &ttl_secs.to_string(),
+        ]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("Entry ID"))
+            .and_then(|rest| rest.split(':').nth(1))
+            .map(|id| id.trim().to_string())
+            .unwrap_or_else(|| panic!("no entry ID in {out:?}"))
+    }
+
+    /// Deletes a registration entry.
+    pub fn delete_entry(&self, entry_id: &str) {
+        self.server_cli(&["entry", "delete", "-entryID", entry_id]);
+    }
+
+    /// Server and agent logs (tails), for failure messages.
+    pub fn logs(&self) -> String {
+        ["server.log", "agent.log"]
+            .iter()
+            .map(|f| format!("--- {f}\n{}", tail(&self.dir.path().join(f), 40)))
+            .collect()
+    }
+
+    /// A directory for a workload's files, readable by any uid.
+    pub fn workload_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        fs::create_dir_all(&dir).expect("workload dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        dir
+    }
+}
+
+impl Drop for Spire {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("SPIRE logs:\n{}", self.logs());
+        }
+        self.kill_agent();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn spawn_logged(command: &mut Command, log: &Path) -> Child {
+    let file = fs::File::create(log).expect("log file");
+    let err = file.try_clone().expect("log file");
+    command
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// An `idgate run` process under its own uid, with its admin address.
+pub struct Idgate {
+    child: Child,
+    pub name: String,
+    pub admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Idgate {
+    /// Writes a config (identity from `spire`'s agent with `expiry_margin = "1s"`, then
+    /// `listeners`, admin on a free port) and runs `idgate run` as `uid`.
+    pub fn spawn(
+        spire: &Spire,
+        name: &str,
+        uid: u32,
+        listeners: &str,
+        files: &[(&str, &str)],
+    ) -> Self {
+        let dir = spire.workload_dir(name);
+        for (file, text) in files {
+            write_readable(&dir.join(file), text);
+        }
+        let admin = free_addr();
+        let config = format!(
+            "[identity]\nsource = \"spire\"\nsocket = \"{}\"\nexpiry_margin = \"1s\"\n\n{listeners}\n[admin]\nlisten = \"{admin}\"\n",
+            spire.socket()
+        );
+        let path = dir.join("idgate.toml");
+        write_readable(&path, &config);
+        let log = dir.join("idgate.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_idgate"));
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .uid(uid)
+            .gid(uid);
+        let child = spawn_logged(&mut command, &log);
+        Self {
+            child,
+            name: name.to_string(),
+            admin,
+            log,
+        }
+    }
+
+    /// `GET` on the admin endpoint: status and body, `None` while it does not answer.
+    pub async fn admin_get(&self, path: &str) -> Option<(StatusCode, String)> {
+        let reply = http1_once(self.admin, path).await.ok()?;
+        Some((reply.0, String::from_utf8_lossy(&reply.1).into_owned()))
+    }
+
+    /// Waits until `/readyz` is 200 (an SVID from SPIRE arrived and every listener is bound).
+    pub async fn ready(&self) {
+        eventually(
+            &format!("{} ready; log:\n{}", self.name, self.log()),
+            Duration::from_secs(60),
+            || async {
+                match self.admin_get("/readyz").await {
+                    Some((StatusCode::OK, _)) => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await
+    }
+
+    /// `/identity` as JSON.
+    pub async fn identity(&self) -> serde_json::Value {
+        let (status, body) = self.admin_get("/identity").await.expect("admin answers");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_str(&body).expect("identity JSON")
+    }
+
+    /// The serial of the SVID in use now.
+    pub async fn serial(&self) -> String {
+        self.identity().await["serial"]
+            .as_str()
+            .expect("serial")
+            .to_string()
+    }
+
+    /// One sample from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await.expect("admin answers");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `text`.
+    pub async fn logged(&self, text: &str, timeout: Duration) {
+        eventually(
+            &format!("{:?} in {}'s log:\n{}", text, self.name, self.log()),
+            timeout,
+            || async { self.log().contains(text).then_some(()) },
+        )
+        .await
+    }
+}
+
+impl Drop for Idgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {} log (tail)\n{}", self.name, tail(&self.log, 60));
+        }
+    }
+}
+
+fn write_readable(path: &Path, text: &str) {
+    let mut file = fs::File::create(path).expect("create file");
+    file.write_all(text.as_bytes()).expect("write file");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).expect("chmod");
+}
+
+/// One HTTP/1.1 GET on a fresh connection: status and body.
+pub async fn http1_once(addr: SocketAddr, path: &str) -> Result<(StatusCode, Bytes), String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
+    Ok((status, body.to_bytes()))
+}
+
+/// One request over a fresh HTTP/2 (prior knowledge) connection to `addr`: a TCP outbound
+/// listener makes a new mTLS handshake for each. Returns status and the echo app's XFCC.
+pub async fn h2_once(addr: SocketAddr, path: &str) -> Result<(StatusCode, Option<String>), String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+    tokio::spawn(conn);
+    let request = Request::get(format!("http://{addr}{path}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status();
+    let xfcc = echoed_xfcc(response.headers());
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
+    Ok((status, xfcc))
+}
+
+/// The `x-forwarded-client-cert` the echo app received, from its `x-echo-request` report.
+pub fn echoed_xfcc(headers: &http::HeaderMap) -> Option<String> {
+    let report: serde_json::Value =
+        serde_json::from_slice(headers.get("x-echo-request")?.as_bytes()).ok()?;
+    report["headers"]["x-forwarded-client-cert"][0]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// One field (`By`, `Hash`, `URI`) of an XFCC element.
+pub fn xfcc_field<'a>(xfcc: &'a str, key: &str) -> Option<&'a str> {
+    xfcc.split(';')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
