@@ -40,6 +40,10 @@ enum Command {
 enum PolicyCommand {
     /// Run policy test cases.
     Test(cli::policy_test::PolicyTestArgs),
+    /// Write a least-privilege policy from decision logs.
+    Learn(cli::learn::LearnArgs),
+    /// Replay decision logs against two policies and list what changes.
+    Diff(cli::diff::DiffArgs),
 }
 
 #[derive(Subcommand)]
@@ -62,6 +66,8 @@ fn main() -> ExitCode {
         Command::Validate(a) => cli::validate::run(a.config.as_deref()),
         Command::Check(a) => cli::check::run(&a),
         Command::Policy(PolicyCommand::Test(a)) => cli::policy_test::run(&a),
+        Command::Policy(PolicyCommand::Learn(a)) => cli::learn::run(&a),
+        Command::Policy(PolicyCommand::Diff(a)) => cli::diff::run(&a),
         Command::Certs(CertsCommand::Dev(a)) => cli::certs::run(&a),
         Command::Inspect(a) => cli::inspect::run(&a),
         Command::Demo(a) => cli::demo::run(&a),

@@ -3,8 +3,11 @@
 
 pub mod certs;
 pub mod check;
+pub mod decision_log;
 pub mod demo;
+pub mod diff;
 pub mod echo;
 pub mod inspect;
+pub mod learn;
 pub mod policy_test;
 pub mod validate;

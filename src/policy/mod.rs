@@ -7,6 +7,7 @@
 mod bucket;
 mod compile;
 mod evaluate;
+mod learn;
 mod model;
 mod path;
 mod principal;
@@ -19,6 +20,7 @@ use crate::config::{FileError, SourceFile};
 use crate::spiffe_id::SpiffeId;
 use compile::Compiled;
 
+pub use learn::{Learned, Learner};
 pub use model::{Action, Mode};
 pub use path::normalize_path;
 
