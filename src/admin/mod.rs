@@ -3,6 +3,7 @@
 //! It only reads state other rooms own (readiness guards, the identity handle, the
 //! metrics registry) and encodes it; it never changes anything.
 
+pub mod policy;
 mod readiness;
 
 pub use readiness::{Readiness, ReadyGuard};

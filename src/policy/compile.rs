@@ -18,6 +18,7 @@ use super::bucket::Bucket;
 use super::model::{Action, Mode, RawPolicy, RawRule};
 use super::path::{PathPattern, PathSet};
 use super::principal::{PrincipalIndex, PrincipalPattern};
+use super::stats::RuleStats;
 use crate::config::{FileError, SourceFile};
 
 /// One rule, ready to match.
@@ -45,6 +46,7 @@ pub(super) struct Compiled {
     pub index: PrincipalIndex<Bucket>,
     pub has_expiry: bool,
     pub tcp_violation: Option<FileError>,
+    pub stats: RuleStats,
 }
 
 /// Parses, checks and indexes a policy file.
@@ -93,6 +95,7 @@ pub(super) fn compile(source: &SourceFile) -> Result<Compiled, FileError> {
         default: raw.default,
         version: hex::encode(Sha256::digest(source.text.as_bytes()))[..12].to_string(),
         has_expiry: rules.iter().any(|r| r.expires.is_some()),
+        stats: RuleStats::new(&rules),
         rules,
         index,
         tcp_violation,

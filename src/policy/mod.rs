@@ -11,6 +11,7 @@ mod learn;
 mod model;
 mod path;
 mod principal;
+mod stats;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use compile::Compiled;
 pub use learn::{Learned, Learner};
 pub use model::{Action, Mode};
 pub use path::normalize_path;
+pub use stats::{RuleHits, DEFAULT_RULE};
 
 /// One request as the policy sees it.
 #[derive(Debug, Clone, Copy)]
