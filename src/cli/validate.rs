@@ -1,8 +1,14 @@
-//! `idgate validate`: load a config and every policy it names, print a summary.
+//! `idgate validate`: load a config and every policy it names, print a summary, and warn
+//! (exit still 0) about rules that cannot do what they say: expired, shadowed by a deny
+//! rule, or naming a trust domain with no bundle. The analysis is `policy::lint`'s; this
+//! command only finds the trust domains and prints `warning: file:line: rule[i].field: ...`.
 
 use std::path::Path;
+use std::time::SystemTime;
 
-use crate::config::{Config, IdentityConfig, Protocol};
+use crate::config::{Config, IdentityConfig, Protocol, SourceFile};
+use crate::identity::files;
+use crate::policy::{lint, LintContext};
 
 /// Runs `validate`; exit 0 valid, 2 invalid.
 pub fn run(path: Option<&Path>) -> u8 {
@@ -56,7 +62,61 @@ pub fn run(path: Option<&Path>) -> u8 {
         );
     }
     println!("  admin    {}", config.admin.listen);
+    let (trust_domains, why) = trust_domains(&config.identity);
+    if let Some(why) = why {
+        println!("  note: {why}");
+    }
+    let context = LintContext {
+        now: SystemTime::now(),
+        trust_domains,
+    };
+    let mut warnings = 0;
+    for l in &config.inbound {
+        let found = SourceFile::read(&l.policy_path).and_then(|source| lint(&source, &context));
+        match found {
+            Ok(found) => {
+                for warning in &found {
+                    eprintln!("warning: {warning}");
+                }
+                warnings += found.len();
+            }
+            Err(error) => {
+                eprintln!("warning: {error} (the policy changed since it was loaded?)");
+                warnings += 1;
+            }
+        }
+    }
+    println!("  {warnings} warning(s)");
     0
+}
+
+/// The trust domains peers can come from, or why they are not known offline.
+fn trust_domains(identity: &IdentityConfig) -> (Option<Vec<String>>, Option<String>) {
+    match identity {
+        IdentityConfig::Files {
+            cert,
+            key,
+            bundle,
+            federation,
+        } => match files::load(cert, key, bundle, federation) {
+            Ok((_, bundles)) => {
+                let mut domains: Vec<String> =
+                    bundles.trust_domains().into_iter().map(String::from).collect();
+                domains.sort();
+                (Some(domains), None)
+            }
+            Err(error) => (
+                None,
+                Some(format!(
+                    "identity files not loadable ({error}); from patterns not checked against trust bundles"
+                )),
+            ),
+        },
+        IdentityConfig::Spire { .. } => (
+            None,
+            Some("identity source is spire: trust bundles come from the agent at run time, so from patterns are not checked against them".into()),
+        ),
+    }
 }
 
 fn protocol(p: Protocol) -> &'static str {

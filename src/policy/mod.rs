@@ -8,6 +8,7 @@ mod bucket;
 mod compile;
 mod evaluate;
 mod learn;
+mod lint;
 mod model;
 mod path;
 mod principal;
@@ -22,6 +23,7 @@ use crate::spiffe_id::SpiffeId;
 use compile::Compiled;
 
 pub use learn::{Learned, Learner};
+pub use lint::{lint, LintContext};
 pub use model::{Action, Mode};
 pub use path::normalize_path;
 pub use stats::{RuleHits, DEFAULT_RULE};
