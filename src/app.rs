@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::config::{Config, IdentityConfig};
+use crate::config::{Config, IdentityConfig, Protocol};
 use crate::identity::spire::SpireSource;
 use crate::identity::{self, HealthSettings, IdentityHandle, IdentityHealth, IdentityMetrics};
 use crate::proxy::{InboundListener, OutboundListener, Shared};
+use crate::reload::{IdentityFiles, PolicySlot, ReloadMetrics, Reloader};
 use crate::telemetry::{DecisionLog, RequestMetrics};
 use crate::tls::TlsMetrics;
 
@@ -56,6 +57,7 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
     let readiness = Readiness::default();
     let binding = readiness.pending("binding listeners");
     let mut inbound = Vec::new();
+    let mut policies = Vec::new();
     for listener in &config.inbound {
         let bound = InboundListener::bind(listener, &shared)
             .await
@@ -66,6 +68,12 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
                 )
             })?;
         inbound.push(bound.local_addr()?);
+        policies.push(PolicySlot {
+            listener: listener.name.clone(),
+            path: listener.policy_path.clone(),
+            policy: bound.policy(),
+            tcp_only: listener.protocol == Protocol::Tcp,
+        });
         tokio::spawn(bound.run());
     }
     let mut outbound = Vec::new();
@@ -81,6 +89,12 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
         outbound.push(bound.local_addr()?);
         tokio::spawn(bound.run());
     }
+    let reloader = Reloader::new(
+        policies,
+        identity_files(&config.identity, &identity),
+        ReloadMetrics::register(&mut registry),
+    );
+    tokio::spawn(reloader.run(shared.shutdown.clone()));
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
@@ -144,6 +158,25 @@ fn start_identity(
             tokio::spawn(source.run(shutdown.clone()));
             Ok((handle, health))
         }
+    }
+}
+
+/// The files a `files` identity is reloaded from (none for SPIRE, which streams updates).
+fn identity_files(config: &IdentityConfig, handle: &IdentityHandle) -> Option<IdentityFiles> {
+    match config {
+        IdentityConfig::Files {
+            cert,
+            key,
+            bundle,
+            federation,
+        } => Some(IdentityFiles {
+            handle: handle.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            bundle: bundle.clone(),
+            federation: federation.clone(),
+        }),
+        IdentityConfig::Spire { .. } => None,
     }
 }
 

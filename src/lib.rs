@@ -9,6 +9,7 @@ pub mod devpki;
 pub mod identity;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod spiffe_id;
 pub mod telemetry;
 pub mod tls;

@@ -290,3 +290,47 @@ fn run_drains_and_exits_zero_on_sigterm() {
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[cfg(unix)]
+#[test]
+fn sighup_reloads_a_policy_the_watcher_cannot_see() {
+    use std::io::{BufRead, BufReader};
+    // The config names a symlink whose target lives in a directory nobody watches, so
+    // only SIGHUP can bring the edit in.
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let path = broken_config(dir.path(), "127.0.0.1:8443", "127.0.0.1:0");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("127.0.0.1:15002", "127.0.0.1:0")
+        .replace("127.0.0.1:15000", "127.0.0.1:0");
+    std::fs::write(&path, text).unwrap();
+    let target = elsewhere.path().join("real-policy.toml");
+    std::fs::rename(dir.path().join("billing-policy.toml"), &target).unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("billing-policy.toml")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(["run", "--config", &path])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    assert!(lines.by_ref().any(|l| l.contains("idgate running")));
+    std::fs::write(&target, "default = \"allow\"\n").unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let reloaded = lines.by_ref().any(|l| l.contains("policy reloaded"));
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait();
+    assert!(reloaded, "SIGHUP should reload the policy");
+}

@@ -152,10 +152,14 @@ impl Compiled {
         } else {
             verdict
         };
+        let break_glass = rule
+            .and_then(|n| self.rules.get(n as usize))
+            .is_some_and(|r| r.expires.is_some());
         Decision {
             verdict,
             rule: rule.and_then(name),
             audit_rule,
+            break_glass,
         }
     }
 

@@ -77,6 +77,8 @@ pub struct Decision {
     pub rule: Option<Arc<str>>,
     /// An `audit = true` rule that would have decided had it been enforced (it did not).
     pub audit_rule: Option<Arc<str>>,
+    /// The deciding rule has `expires` (a break-glass rule).
+    pub break_glass: bool,
 }
 
 /// Why a request path is refused before any rule is looked at (answered with 400).

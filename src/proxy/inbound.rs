@@ -25,7 +25,7 @@ use super::stream::{Connector, Endpoint};
 use super::tcp;
 use super::Shared;
 use crate::config::{self, Inbound, Protocol, Timeouts};
-use crate::policy::{self, normalize_path, Policy, Verdict};
+use crate::policy::{self, normalize_path, Decision, Policy, Verdict};
 use crate::telemetry::requests::PeerCounters;
 use crate::telemetry::DecisionRecord;
 use crate::tls::{self, PeerIdentity};
@@ -211,32 +211,36 @@ impl Connection {
         let path = match normalize_path(uri.path()) {
             Ok(path) => path,
             Err(error) => {
-                log.write(Verdict::Deny, None, 400, Some(&error.to_string()), None);
+                let refused = Decision {
+                    verdict: Verdict::Deny,
+                    rule: None,
+                    audit_rule: None,
+                    break_glass: false,
+                };
+                log.write(&refused, 400, Some(&error.to_string()), None);
                 return refusal(Refusal::BadPath, request_id, grpc);
             }
         };
         log.path = &path;
         let policy = self.state.policy.load();
-        let decision = policy.evaluate(&policy::Request {
+        let judged = policy::Request {
             source: &self.peer.spiffe_id,
             method: method.as_str(),
             path: &path,
             headers: request.headers(),
-        });
-        let rule = decision.rule.as_deref();
+        };
+        let decision = policy.evaluate(&judged);
+        let denial = denial_reason(&decision);
+        if let Some(reason) = &denial {
+            let rule = decision.rule.as_deref();
+            tracing::info!(source = %self.peer.spiffe_id, %method, %path, rule, decision = decision.verdict.as_str(), "{reason}");
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let why = policy.explain(&judged, &decision, std::time::SystemTime::now());
+                tracing::debug!(source = %self.peer.spiffe_id, %method, %path, "{why}");
+            }
+        }
         if !decision.verdict.passes() {
-            let reason = match rule {
-                Some(rule) => format!("denied by rule {rule}"),
-                None => "no rule allows it (default deny)".to_string(),
-            };
-            tracing::info!(source = %self.peer.spiffe_id, method = %method, path = %path, rule, "request denied");
-            log.write(
-                Verdict::Deny,
-                rule,
-                403,
-                Some(&reason),
-                Some(policy.version()),
-            );
+            log.write(&decision, 403, denial.as_deref(), Some(policy.version()));
             return refusal(Refusal::Denied, request_id, grpc);
         }
         if let Some(xfcc) = &self.xfcc {
@@ -244,21 +248,15 @@ impl Connection {
         }
         match self.state.upstream.forward(request, &path).await {
             Ok(response) => {
-                log.write(
-                    decision.verdict,
-                    rule,
-                    response.status().as_u16(),
-                    None,
-                    Some(policy.version()),
-                );
+                let status = response.status().as_u16();
+                log.write(&decision, status, denial.as_deref(), Some(policy.version()));
                 response
             }
             Err(error) => {
                 tracing::warn!(reason = %error.reason, "upstream failed");
                 let status = error.refusal.status().as_u16();
                 log.write(
-                    decision.verdict,
-                    rule,
+                    &decision,
                     status,
                     Some(&error.reason),
                     Some(policy.version()),
@@ -266,6 +264,19 @@ impl Connection {
                 refusal(error.refusal, request_id, grpc)
             }
         }
+    }
+}
+
+/// Why a request was (or, in audit mode, would have been) denied; `None` when allowed.
+fn denial_reason(decision: &Decision) -> Option<String> {
+    let by = match decision.rule.as_deref() {
+        Some(rule) => format!("rule {rule}"),
+        None => "the default (no rule allows it)".to_string(),
+    };
+    match decision.verdict {
+        Verdict::Allow => None,
+        Verdict::Deny => Some(format!("denied by {by}")),
+        Verdict::AuditDeny => Some(format!("audit mode: would be denied by {by}")),
     }
 }
 
@@ -279,17 +290,10 @@ struct Log<'a> {
 }
 
 impl Log<'_> {
-    fn write(
-        &self,
-        verdict: Verdict,
-        rule: Option<&str>,
-        status: u16,
-        reason: Option<&str>,
-        version: Option<&str>,
-    ) {
+    fn write(&self, decision: &Decision, status: u16, reason: Option<&str>, version: Option<&str>) {
         let elapsed = self.started.elapsed().as_secs_f64();
         let c = self.connection;
-        c.counters.record(verdict, elapsed);
+        c.counters.record(decision.verdict, elapsed);
         c.state.shared.decisions.record(&DecisionRecord {
             listener: &c.state.name,
             direction: "inbound",
@@ -297,13 +301,15 @@ impl Log<'_> {
             destination: Some(&c.own_id),
             method: Some(self.method),
             path: Some(self.path),
-            decision: verdict.as_str(),
-            rule,
+            decision: decision.verdict.as_str(),
+            rule: decision.rule.as_deref(),
             status,
             duration_ms: elapsed * 1000.0,
             request_id: self.request_id.to_str().unwrap_or_default(),
             reason,
             policy_version: version,
+            audit_rule: decision.audit_rule.as_deref(),
+            break_glass: decision.break_glass,
             bytes_in: None,
             bytes_out: None,
         });

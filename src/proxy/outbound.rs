@@ -125,6 +125,7 @@ impl ListenerState {
                 verdict: Verdict::Allow,
                 rule: None,
                 audit_rule: None,
+                break_glass: false,
             };
             tcp::relay(
                 &self.shared,
@@ -198,6 +199,8 @@ impl Connection {
             request_id: request_id.to_str().unwrap_or_default(),
             reason: reason.as_deref(),
             policy_version: None,
+            audit_rule: None,
+            break_glass: false,
             bytes_in: None,
             bytes_out: None,
         });

@@ -67,6 +67,8 @@ pub async fn relay<C>(
             request_id: "",
             reason,
             policy_version: version,
+            audit_rule: decision.audit_rule.as_deref(),
+            break_glass: decision.break_glass,
             bytes_in: Some(bytes.0),
             bytes_out: Some(bytes.1),
         });

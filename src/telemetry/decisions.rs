@@ -51,6 +51,12 @@ pub struct DecisionRecord<'a> {
     /// Version of the policy that judged the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_version: Option<&'a str>,
+    /// An `audit = true` rule that would have decided (dry run), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_rule: Option<&'a str>,
+    /// The deciding rule is a break-glass rule (it has `expires`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
     /// TCP listeners: bytes from the client to the upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,

@@ -1,0 +1,248 @@
+//! Hot reload: policy files and `files` identity, on change (notify) and on SIGHUP.
+//!
+//! Watches the parent directory of every file (editors rename over files; Kubernetes
+//! swaps a `..data` symlink), so a change is seen within a second. A file that fails to
+//! parse or validate is refused with a logged `file:line: field:` error and the last
+//! good version stays in force; a later good write is picked up. Each swap is one
+//! atomic store, so every request is judged by exactly one policy version.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::{self, IdentityHandle};
+use crate::policy::Policy;
+
+/// Events closer together than this are handled as one reload.
+const SETTLE: Duration = Duration::from_millis(150);
+
+/// One inbound listener's policy file and the slot requests read it from.
+pub struct PolicySlot {
+    /// Listener name, for logs.
+    pub listener: String,
+    /// The policy file.
+    pub path: PathBuf,
+    /// What requests load.
+    pub policy: Arc<ArcSwap<Policy>>,
+    /// TCP listeners accept only identity rules.
+    pub tcp_only: bool,
+}
+
+/// The `files` identity to reload.
+pub struct IdentityFiles {
+    /// Where new material is published.
+    pub handle: IdentityHandle,
+    /// Chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// Our trust domain's bundle.
+    pub bundle: PathBuf,
+    /// Federated bundles.
+    pub federation: Vec<(String, PathBuf)>,
+}
+
+impl IdentityFiles {
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        [&self.cert, &self.key, &self.bundle]
+            .into_iter()
+            .chain(self.federation.iter().map(|(_, p)| p))
+            .map(PathBuf::as_path)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// `idgate_policy_reloads_total{result}` and `idgate_identity_reloads_total{result}`.
+#[derive(Clone)]
+pub struct ReloadMetrics {
+    policy: Family<ResultLabels, Counter>,
+    identity: Family<ResultLabels, Counter>,
+}
+
+impl ReloadMetrics {
+    /// Registers the reload counters.
+    pub fn register(registry: &mut Registry) -> Self {
+        let policy = Family::default();
+        registry.register(
+            "idgate_policy_reloads",
+            "Policy file reloads by result",
+            policy.clone(),
+        );
+        let identity = Family::default();
+        registry.register(
+            "idgate_identity_reloads",
+            "files identity reloads by result",
+            identity.clone(),
+        );
+        Self { policy, identity }
+    }
+
+    fn count(family: &Family<ResultLabels, Counter>, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        family.get_or_create(&ResultLabels { result }).inc();
+    }
+}
+
+/// Everything that is reloaded, what it was built from last time, and the watches.
+pub struct Reloader {
+    policies: Vec<PolicySlot>,
+    identity: Option<(IdentityFiles, [u8; 32])>,
+    metrics: ReloadMetrics,
+    changes: mpsc::UnboundedReceiver<()>,
+    watcher: Option<RecommendedWatcher>,
+    hangup: Option<Signal>,
+}
+
+impl Reloader {
+    /// Starts watching the files' directories and SIGHUP at once (so a change made right
+    /// after start-up is not missed); [`Reloader::run`] acts on them.
+    pub fn new(
+        policies: Vec<PolicySlot>,
+        identity: Option<IdentityFiles>,
+        metrics: ReloadMetrics,
+    ) -> Self {
+        let identity = identity.map(|files| {
+            let digest = digest_files(files.paths());
+            (files, digest)
+        });
+        let (tx, changes) = mpsc::unbounded_channel();
+        let paths = policies
+            .iter()
+            .map(|slot| slot.path.as_path())
+            .chain(identity.iter().flat_map(|(files, _)| files.paths()));
+        let watcher = watch_dirs(paths, tx)
+            .inspect_err(|error| tracing::warn!(%error, "cannot watch files for changes; reload with SIGHUP"))
+            .ok();
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|error| tracing::warn!(%error, "cannot watch SIGHUP"))
+            .ok();
+        Self {
+            policies,
+            identity,
+            metrics,
+            changes,
+            watcher,
+            hangup,
+        }
+    }
+
+    /// Reloads on each file change or SIGHUP until shutdown.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let _watching = self.watcher.take();
+        let mut hangup = self.hangup.take();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(()) = self.changes.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while self.changes.try_recv().is_ok() {}
+                }
+                Some(()) = async { hangup.as_mut()?.recv().await } => {
+                    tracing::info!("SIGHUP: reloading policy and identity files");
+                }
+            }
+            self.reload();
+        }
+    }
+
+    /// Reloads whatever changed on disk since the last successful load.
+    pub fn reload(&mut self) {
+        for slot in &self.policies {
+            reload_policy(slot, &self.metrics);
+        }
+        if let Some((files, digest)) = &mut self.identity {
+            reload_identity(files, digest, &self.metrics);
+        }
+    }
+}
+
+/// Watches the parent directory of each path (not the files: editors and Kubernetes
+/// replace them), sending one message per change.
+fn watch_dirs<'a>(
+    paths: impl Iterator<Item = &'a Path>,
+    tx: mpsc::UnboundedSender<()>,
+) -> notify::Result<RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })?;
+    let dirs: BTreeSet<PathBuf> = paths
+        .map(|p| match p.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect();
+    for dir in dirs {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}
+
+fn reload_policy(slot: &PolicySlot, metrics: &ReloadMetrics) {
+    let loaded = Policy::load(&slot.path).and_then(|policy| {
+        if slot.tcp_only {
+            policy.check_tcp_only()?;
+        }
+        Ok(policy)
+    });
+    match loaded {
+        Ok(policy) if policy.version() == slot.policy.load().version() => {}
+        Ok(policy) => {
+            let old = slot.policy.load().version().to_string();
+            tracing::info!(listener = %slot.listener, old_version = %old, new_version = %policy.version(), "policy reloaded");
+            slot.policy.store(Arc::new(policy));
+            ReloadMetrics::count(&metrics.policy, true);
+        }
+        Err(error) => {
+            tracing::error!(listener = %slot.listener, "policy reload refused, keeping version {}: {error}", slot.policy.load().version());
+            ReloadMetrics::count(&metrics.policy, false);
+        }
+    }
+}
+
+fn reload_identity(files: &IdentityFiles, digest: &mut [u8; 32], metrics: &ReloadMetrics) {
+    let now = digest_files(files.paths());
+    if now == *digest {
+        return;
+    }
+    match identity::files::load(&files.cert, &files.key, &files.bundle, &files.federation) {
+        Ok((svid, bundles)) => {
+            tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "identity files reloaded");
+            files.handle.publish(svid, bundles);
+            *digest = now;
+            ReloadMetrics::count(&metrics.identity, true);
+        }
+        Err(error) => {
+            tracing::error!("identity reload refused, keeping the SVID in use: {error}");
+            ReloadMetrics::count(&metrics.identity, false);
+        }
+    }
+}
+
+/// Hash of the files' contents (unreadable files hash as empty, so a later write differs).
+fn digest_files<'a>(paths: impl Iterator<Item = &'a Path>) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for path in paths {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&bytes);
+    }
+    hash.finalize().into()
+}

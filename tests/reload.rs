@@ -1,0 +1,207 @@
+//! Hot reload, audit mode and break-glass rules on a running sidecar.
+
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+const ALLOW_A: &str = r#"
+[[rule]]
+name = "frontend-a"
+action = "allow"
+from = ["spiffe://example.org/ns/shop/sa/frontend"]
+paths = ["/a", "/b"]
+"#;
+
+const DENY_A: &str = r#"
+[[rule]]
+name = "frontend-a"
+action = "allow"
+from = ["spiffe://example.org/ns/shop/sa/frontend"]
+paths = ["/a", "/b"]
+
+[[rule]]
+name = "close-a"
+action = "deny"
+paths = ["/a"]
+"#;
+
+/// Replaces a file the way editors do: write a temp file, rename it over the old one.
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls until `GET path` through `client` returns `status` (reloads land within 1 s).
+async fn until_status(client: &Sidecar, path: &str, status: u16) {
+    for _ in 0..40 {
+        if get(&client.url(path), &[]).await.status == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("GET {path} never returned {status}");
+}
+
+#[tokio::test]
+async fn reload_under_load_judges_every_request_by_one_version() {
+    let mesh = Mesh::start(ALLOW_A).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let policy = mesh.pki.path("policy.toml");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), client.url("/a"));
+        tokio::spawn(async move {
+            let http = plain_client();
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let reply = send(&http, "GET", &url, &[], bytes::Bytes::new()).await;
+                statuses.push(reply.status.as_u16());
+            }
+            statuses
+        })
+    };
+    for i in 0..50 {
+        replace(&policy, if i % 2 == 0 { DENY_A } else { ALLOW_A });
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    replace(&policy, DENY_A);
+    until_status(&client, "/a", 403).await;
+    stop.store(true, Ordering::Relaxed);
+    let statuses = load.await.unwrap();
+    assert!(
+        statuses.len() > 50,
+        "the client should have kept sending: {}",
+        statuses.len()
+    );
+    let unexpected: Vec<_> = statuses
+        .iter()
+        .filter(|s| **s != 200 && **s != 403)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "responses outside both versions: {unexpected:?}"
+    );
+    assert!(
+        statuses.contains(&200) && statuses.contains(&403),
+        "both versions should have served"
+    );
+    assert_eq!(
+        get(&client.url("/b"), &[]).await.status,
+        200,
+        "the last version is in force"
+    );
+    let metrics = mesh.server.admin("/metrics").await.text();
+    assert!(
+        metric(&metrics, "idgate_policy_reloads_total{result=\"ok\"}") >= 2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_edit_keeps_the_last_good_policy() {
+    let mesh = Mesh::start(ALLOW_A).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let policy = mesh.pki.path("policy.toml");
+    replace(&policy, "[[rule]]\nname = \"x\"\nacton = \"allow\"\n");
+    for _ in 0..40 {
+        let metrics = mesh.server.admin("/metrics").await.text();
+        if metric(&metrics, "idgate_policy_reloads_total{result=\"error\"}") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = mesh.server.admin("/metrics").await.text();
+    assert!(
+        metric(&metrics, "idgate_policy_reloads_total{result=\"error\"}") >= 1.0,
+        "{metrics}"
+    );
+    let reply = get(&client.url("/a"), &[("x-request-id", "after-broken")]).await;
+    assert_eq!(reply.status, 200, "the old policy must stay in force");
+    replace(&policy, DENY_A);
+    until_status(&client, "/a", 403).await;
+}
+
+#[tokio::test]
+async fn identity_files_are_reloaded_for_new_handshakes() {
+    let mesh = Mesh::start(ALLOW_A).await;
+    let before = mesh.server.admin("/identity").await.text();
+    let cert = mesh.pki.svid(SERVER_ID);
+    replace(&mesh.pki.path("server-key.pem"), &cert.key_pem);
+    replace(&mesh.pki.path("server.pem"), &cert.chain_pem);
+    let mut after = before.clone();
+    for _ in 0..40 {
+        after = mesh.server.admin("/identity").await.text();
+        if after != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let serial =
+        |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap()["serial"].clone();
+    assert_ne!(
+        serial(&before),
+        serial(&after),
+        "the new SVID should be in use"
+    );
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    assert_eq!(get(&client.url("/a"), &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn audit_mode_lets_denied_requests_through_and_logs_them() {
+    let policy = format!("mode = \"audit\"\n{DENY_A}");
+    let mesh = Mesh::start(&policy).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let reply = get(&client.url("/a"), &[("x-request-id", "audit-1")]).await;
+    assert_eq!(reply.status, 200, "audit mode must not block");
+    let line = mesh.server.decision("audit-1").await;
+    assert_eq!(line["decision"], "audit_deny");
+    assert_eq!(line["rule"], "close-a");
+    let reply = get(&client.url("/c"), &[("x-request-id", "audit-2")]).await;
+    assert_eq!(reply.status, 200);
+    let line = mesh.server.decision("audit-2").await;
+    assert_eq!(line["decision"], "audit_deny");
+    assert_eq!(line["rule"], serde_json::Value::Null);
+    let metrics = mesh.server.admin("/metrics").await.text();
+    let label = format!("idgate_requests_total{{listener=\"api\",direction=\"inbound\",source=\"{FRONTEND_ID}\",decision=\"audit_deny\"}}");
+    assert_eq!(metric(&metrics, &label), 2.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn an_audit_rule_only_logs_what_it_would_do() {
+    let policy = format!("{ALLOW_A}\n[[rule]]\nname = \"trial-close-b\"\naction = \"deny\"\npaths = [\"/b\"]\naudit = true\n");
+    let mesh = Mesh::start(&policy).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let reply = get(&client.url("/b"), &[("x-request-id", "trial-1")]).await;
+    assert_eq!(reply.status, 200);
+    let line = mesh.server.decision("trial-1").await;
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["audit_rule"], "trial-close-b");
+}
+
+#[tokio::test]
+async fn break_glass_rules_expire_and_are_flagged() {
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1500);
+    let expires = expires
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let policy = format!("[[rule]]\nname = \"incident-42\"\naction = \"allow\"\nfrom = [\"{FRONTEND_ID}\"]\nexpires = \"{expires}\"\n");
+    let mesh = Mesh::start(&policy).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let reply = get(&client.url("/x"), &[("x-request-id", "glass-1")]).await;
+    assert_eq!(reply.status, 200);
+    let line = mesh.server.decision("glass-1").await;
+    assert_eq!(line["rule"], "incident-42");
+    assert_eq!(line["break_glass"], true);
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let reply = get(&client.url("/x"), &[("x-request-id", "glass-2")]).await;
+    assert_eq!(reply.status, 403, "the rule expired");
+    let line = mesh.server.decision("glass-2").await;
+    assert_eq!(line.get("break_glass"), None);
+}
