@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod devpki;
 pub mod identity;
+pub mod k8s;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

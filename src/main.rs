@@ -34,6 +34,10 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Run a whole local mesh on loopback and show allowed and denied calls.
     Demo(cli::demo::DemoArgs),
+    /// Add the idgate sidecar to Kubernetes YAML (pods annotated idgate.io/inject: "true").
+    Inject(cli::inject::InjectArgs),
+    /// Serve the Kubernetes mutating admission webhook (POST /mutate) over HTTPS.
+    Webhook(cli::webhook::WebhookArgs),
 }
 
 #[derive(Subcommand)]
@@ -71,6 +75,8 @@ fn main() -> ExitCode {
         Command::Certs(CertsCommand::Dev(a)) => cli::certs::run(&a),
         Command::Inspect(a) => cli::inspect::run(&a),
         Command::Demo(a) => cli::demo::run(&a),
+        Command::Inject(a) => cli::inject::run(&a),
+        Command::Webhook(a) => cli::webhook::run(&a),
     };
     ExitCode::from(code)
 }
