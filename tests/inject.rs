@@ -1,0 +1,393 @@
+//! `idgate inject` and `idgate webhook`: golden files for every workload kind, idempotence,
+//! untouched documents, schema validation against the real Kubernetes schemas
+//! (tests/k8s/validate.sh, which fails when the validator is missing), the webhook over
+//! HTTPS giving the same pod as `inject`, and static checks of the deployment files
+//! (docker/compose.yaml, the systemd unit, the webhook manifests).
+//!
+//! Regenerate the golden files with `IDGATE_BLESS=1 cargo test --test inject`, then read
+//! the diff before committing it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/k8s");
+const KINDS: &[&str] = &[
+    "pod",
+    "pod-unannotated",
+    "deployment",
+    "statefulset",
+    "daemonset",
+    "job",
+    "cronjob",
+    "list",
+    "multi",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Runs `idgate inject` with `args`, feeding `stdin`; returns stdout, panics on failure.
+fn inject(args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .arg("inject")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("idgate runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "idgate inject {args:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn inject_file(name: &str) -> String {
+    inject(
+        &["-f", fixture(&format!("{name}.yaml")).to_str().unwrap()],
+        "",
+    )
+}
+
+#[test]
+fn golden_output_for_every_kind() {
+    let bless = std::env::var_os("IDGATE_BLESS").is_some();
+    for kind in KINDS {
+        let out = inject_file(kind);
+        let golden = fixture(&format!("golden/{kind}.yaml"));
+        if bless {
+            std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+            std::fs::write(&golden, &out).unwrap();
+        }
+        assert_eq!(
+            out,
+            read(&golden),
+            "{kind}: output differs from {}",
+            golden.display()
+        );
+        assert_eq!(
+            out,
+            idgate::k8s::inject_yaml(&read(&fixture(&format!("{kind}.yaml")))).unwrap()
+        );
+    }
+}
+
+#[test]
+fn injecting_twice_is_injecting_once() {
+    for kind in KINDS {
+        let once = inject_file(kind);
+        let twice = inject(&["-f", "-"], &once);
+        assert_eq!(twice, once, "{kind}");
+        assert_eq!(inject(&[], &once), once, "{kind} (stdin by default)");
+    }
+}
+
+#[test]
+fn pods_without_the_annotation_and_other_objects_are_untouched() {
+    let input = read(&fixture("pod-unannotated.yaml"));
+    assert_eq!(inject_file("pod-unannotated"), input);
+
+    // Every document but the annotated Deployment comes back byte for byte.
+    let input = read(&fixture("multi.yaml"));
+    let out = inject_file("multi");
+    let docs_in: Vec<&str> = input.split("\n---").collect();
+    let docs_out: Vec<&str> = out.split("\n---").collect();
+    assert_eq!(docs_in.len(), docs_out.len());
+    for (i, (a, b)) in docs_in.iter().zip(&docs_out).enumerate() {
+        let injected = a.contains("idgate.io/inject: \"true\"");
+        assert_eq!(
+            a == b,
+            !injected,
+            "document {i}:\n{a}\n---- became ----\n{b}"
+        );
+    }
+    assert!(out.contains("selector: {app: billing}   # flow style and comments survive"));
+    assert!(out.contains("--- # the workload\n"));
+    assert_eq!(out.matches("name: idgate\n").count(), 1);
+}
+
+#[test]
+fn the_sidecar_is_a_hardened_native_sidecar() {
+    let out: Value = serde_yaml_ng::from_str(&inject_file("pod")).unwrap();
+    let spec = &out["spec"];
+    let sidecar = &spec["initContainers"][0];
+    assert_eq!(sidecar["name"], "idgate");
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let sc = &sidecar["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert!(sidecar["resources"]["requests"]["cpu"].is_string());
+    let config = sidecar["env"][0]["value"].as_str().unwrap();
+    assert_eq!(sidecar["env"][0]["name"], "IDGATE_CONFIG_TOML");
+    assert!(config.contains("source = \"spire\""));
+    assert!(config.contains("socket = \"unix:///spiffe-workload-api/spire-agent.sock\""));
+    assert!(config.contains("listen = \"0.0.0.0:8443\""));
+    assert!(config.contains("upstream = \"http://127.0.0.1:8080\""));
+    let volumes = spec["volumes"].as_array().unwrap();
+    assert!(volumes
+        .iter()
+        .any(|v| v["csi"]["driver"] == "csi.spiffe.io"));
+    assert!(volumes
+        .iter()
+        .any(|v| v["configMap"]["name"] == "billing-policy"));
+    // The app container is left alone.
+    assert_eq!(spec["containers"].as_array().unwrap().len(), 1);
+    assert!(spec["containers"][0].get("volumeMounts").is_none());
+
+    let sts: Value = serde_yaml_ng::from_str(&inject_file("statefulset")).unwrap();
+    let volumes = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(volumes
+        .iter()
+        .any(|v| v["hostPath"]["path"] == "/run/spire/agent-sockets"));
+}
+
+#[test]
+fn bad_annotations_are_refused_with_the_object_named() {
+    let bad = read(&fixture("pod.yaml")).replace(
+        "idgate.io/upstream-port: \"8080\"",
+        "idgate.io/upstream-port: \"eighty\"",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(["inject", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(bad.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Pod shop/billing") && stderr.contains("idgate.io/upstream-port"),
+        "{stderr}"
+    );
+}
+
+/// Validates files with the real Kubernetes schemas; fails (never skips) without the
+/// validator: CI installs it with `tests/k8s/validate.sh --install`.
+fn validate(files: &[PathBuf]) {
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/k8s/validate.sh"
+    ))
+    .args(files)
+    .output()
+    .expect("tests/k8s/validate.sh runs");
+    assert!(
+        out.status.success(),
+        "schema validation failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn output_validates_against_kubernetes_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = KINDS
+        .iter()
+        .map(|kind| {
+            let path = dir.path().join(format!("{kind}.yaml"));
+            std::fs::write(&path, inject_file(kind)).unwrap();
+            path
+        })
+        .collect();
+    validate(&files);
+}
+
+#[test]
+fn webhook_manifests_validate_against_kubernetes_schemas() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    validate(&files);
+}
+
+/// A self-signed serving certificate for `localhost`, written to `dir`.
+fn serving_cert(dir: &Path) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let der = CertificateDer::from_pem_file(&cert).unwrap();
+    (cert, key, der)
+}
+
+async fn post_review(
+    addr: std::net::SocketAddr,
+    ca: CertificateDer<'static>,
+    body: String,
+) -> Value {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(idgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::post("/mutate")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn webhook_patch_over_https_equals_inject_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = serving_cert(dir.path());
+    let certs = idgate::k8s::server::CertFiles::load(&cert, &key).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(idgate::k8s::server::serve(
+        listener,
+        certs,
+        shutdown.clone(),
+    ));
+
+    let review_text = read(&fixture("admission-review.json"));
+    let review: Value = serde_json::from_str(&review_text).unwrap();
+    let answer = post_review(addr, ca.clone(), review_text).await;
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    let response = &answer["response"];
+    assert_eq!(response["uid"], review["request"]["uid"]);
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+
+    use base64::Engine;
+    let patch_bytes = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch_bytes).unwrap();
+    let mut patched = review["request"]["object"].clone();
+    json_patch::patch(&mut patched, &patch).unwrap();
+
+    // `idgate inject` on the very same pod, written as YAML.
+    let pod_yaml = serde_yaml_ng::to_string(&review["request"]["object"]).unwrap();
+    let injected: Value = serde_yaml_ng::from_str(&inject(&["-f", "-"], &pod_yaml)).unwrap();
+    assert_eq!(patched, injected);
+    assert_eq!(patched["spec"]["initContainers"][0]["name"], "idgate");
+
+    // The injected pod comes back with no patch: the webhook is idempotent too.
+    let mut again = review.clone();
+    again["request"]["object"] = patched;
+    let answer = post_review(addr, ca, again.to_string()).await;
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none(), "{answer}");
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+#[test]
+fn compose_file_is_valid() {
+    let compose = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/compose.yaml");
+    for profile in [None, Some("files")] {
+        let mut command = Command::new("docker-compose");
+        command.args(["-f", compose]);
+        if let Some(profile) = profile {
+            command.args(["--profile", profile]);
+        }
+        let out = command.args(["config", "--quiet"]).output().expect(
+            "docker-compose (Debian package docker-compose) is installed; .ci/run installs it",
+        );
+        assert!(
+            out.status.success(),
+            "docker-compose config ({profile:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/k8s/check-systemd.sh"
+    ))
+    .env("IDGATE_BIN", env!("CARGO_BIN_EXE_idgate"))
+    .output()
+    .expect("tests/k8s/check-systemd.sh runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn compose_mesh_configs_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root.join("docker/mesh/billing-policy.toml"),
+        dir.path().join("billing-policy.toml"),
+    )
+    .unwrap();
+    for name in ["billing", "frontend", "billing-files", "frontend-files"] {
+        // The containers mount certs-dev/ at /certs.
+        let text = read(&root.join(format!("docker/mesh/{name}.toml")))
+            .replace("\"/certs/", &format!("\"{}/certs-dev/", root.display()));
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_idgate"))
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
