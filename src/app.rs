@@ -18,6 +18,7 @@ use crate::admin::{self, AdminState, Readiness};
 use crate::config::{Config, IdentityConfig, Protocol};
 use crate::identity::spire::SpireSource;
 use crate::identity::{self, HealthSettings, IdentityHandle, IdentityHealth, IdentityMetrics};
+use crate::policy::RuleHits;
 use crate::proxy::{InboundListener, OutboundListener, Shared};
 use crate::reload::{IdentityFiles, PolicySlot, ReloadMetrics, Reloader};
 use crate::telemetry::{DecisionLog, RequestMetrics};
@@ -36,6 +37,7 @@ pub struct App {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     drain_timeout: Duration,
+    admin_stop: CancellationToken,
 }
 
 /// Starts a sidecar: loads the identity, binds every listener, and serves in the background.
@@ -89,6 +91,13 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
         outbound.push(bound.local_addr()?);
         tokio::spawn(bound.run());
     }
+    let rule_hits = RuleHits::new(
+        policies
+            .iter()
+            .map(|slot| (slot.listener.clone(), slot.policy.clone()))
+            .collect(),
+    );
+    rule_hits.register(&mut registry);
     let reloader = Reloader::new(
         policies,
         identity_files(&config.identity, &identity),
@@ -99,6 +108,7 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
         .await
         .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
     let admin = admin_listener.local_addr()?;
+    let admin_stop = CancellationToken::new();
     tokio::spawn(admin::serve(
         admin_listener,
         AdminState {
@@ -107,7 +117,9 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
             health,
             readiness,
             shutdown: shared.shutdown.clone(),
+            rule_hits,
         },
+        admin_stop.clone(),
     ));
     drop(binding);
     tracing::info!(?inbound, ?outbound, %admin, spiffe_id = ?identity.current().map(|m| m.svid.spiffe_id.to_string()), "idgate running");
@@ -119,6 +131,7 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
         shutdown: shared.shutdown,
         tasks: shared.tasks,
         drain_timeout: config.drain_timeout(),
+        admin_stop,
     })
 }
 
@@ -191,6 +204,7 @@ impl App {
         if !drained {
             tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing remaining connections");
         }
+        self.admin_stop.cancel();
         drained
     }
 }

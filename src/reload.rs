@@ -207,7 +207,9 @@ fn reload_policy(slot: &PolicySlot, metrics: &ReloadMetrics) {
         Ok(policy) => {
             let old = slot.policy.load().version().to_string();
             tracing::info!(listener = %slot.listener, old_version = %old, new_version = %policy.version(), "policy reloaded");
-            slot.policy.store(Arc::new(policy));
+            let new = Arc::new(policy);
+            let previous = slot.policy.swap(new.clone());
+            new.inherit_stats(&previous);
             ReloadMetrics::count(&metrics.policy, true);
         }
         Err(error) => {

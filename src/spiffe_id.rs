@@ -107,7 +107,10 @@ impl SpiffeId {
     /// The path segments (none for a bare trust domain ID).
     pub fn segments(&self) -> impl Iterator<Item = &str> {
         let path = self.path();
-        path.get(1..).unwrap_or("").split('/').filter(|s| !s.is_empty())
+        path.get(1..)
+            .unwrap_or("")
+            .split('/')
+            .filter(|s| !s.is_empty())
     }
 
     /// The whole URI.
@@ -177,7 +180,10 @@ mod tests {
         let id = SpiffeId::parse("spiffe://example.org/ns/billing/sa/api").unwrap();
         assert_eq!(id.trust_domain_name(), "example.org");
         assert_eq!(id.path(), "/ns/billing/sa/api");
-        assert_eq!(id.segments().collect::<Vec<_>>(), ["ns", "billing", "sa", "api"]);
+        assert_eq!(
+            id.segments().collect::<Vec<_>>(),
+            ["ns", "billing", "sa", "api"]
+        );
         let bare = SpiffeId::parse("spiffe://example.org").unwrap();
         assert_eq!(bare.segments().count(), 0);
     }

@@ -192,10 +192,18 @@ async fn drain_lets_in_flight_requests_finish() {
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let Mesh { server, .. } = mesh;
+    let admin = server.app.admin;
+    let readyz = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        get(&format!("http://{admin}/readyz"), &[]).await
+    });
     assert!(
         server.app.drain().await,
         "drain should finish before its timeout"
     );
+    let readyz = readyz.await.unwrap();
+    assert_eq!(readyz.status, 503, "/readyz must turn 503 while draining");
+    assert!(readyz.text().contains("draining"), "{}", readyz.text());
     let reply = in_flight.await.unwrap();
     assert_eq!(
         reply.status,

@@ -205,3 +205,40 @@ async fn break_glass_rules_expire_and_are_flagged() {
     let line = mesh.server.decision("glass-2").await;
     assert_eq!(line.get("break_glass"), None);
 }
+
+#[tokio::test]
+async fn rule_hits_are_counted_and_listed() {
+    let mesh = Mesh::start(DENY_A).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    for _ in 0..3 {
+        assert_eq!(get(&client.url("/b"), &[]).await.status, 200);
+    }
+    assert_eq!(get(&client.url("/a"), &[]).await.status, 403);
+    let metrics = mesh.server.admin("/metrics").await.text();
+    assert_eq!(
+        metric(
+            &metrics,
+            "idgate_rule_hits_total{rule=\"frontend-a\",decision=\"allow\"}"
+        ),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "idgate_rule_hits_total{rule=\"close-a\",decision=\"deny\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    let listing = mesh.server.admin("/policy").await;
+    assert_eq!(listing.status, 200);
+    let text = listing.text();
+    assert!(
+        text.contains("frontend-a") && text.contains("close-a"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).expect("/policy is JSON");
+    let rendered = json.to_string();
+    assert!(rendered.contains("\"last_hit\""), "{rendered}");
+}

@@ -1,4 +1,4 @@
-//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/identity` over plain HTTP.
+//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/identity`, `/policy` over plain HTTP.
 //!
 //! It only reads state other rooms own (readiness guards, the identity handle, the
 //! metrics registry) and encodes it; it never changes anything.
@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::{IdentityHandle, IdentityHealth};
+use crate::policy::RuleHits;
 
 /// What the admin endpoint reports on.
 #[derive(Clone)]
@@ -39,10 +40,13 @@ pub struct AdminState {
     pub readiness: Readiness,
     /// Cancelled when draining: `/readyz` turns 503 at once.
     pub shutdown: CancellationToken,
+    /// Per-rule hit counts, for `/policy`.
+    pub rule_hits: RuleHits,
 }
 
-/// Serves the admin endpoint until shutdown.
-pub async fn serve(listener: TcpListener, state: AdminState) {
+/// Serves the admin endpoint until `stop` (after the drain, so `/readyz` can tell load
+/// balancers about it while it runs).
+pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
@@ -53,7 +57,7 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
                     continue;
                 }
             },
-            _ = state.shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
         };
         let state = state.clone();
         let builder = builder.clone();
@@ -78,9 +82,10 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
         "/readyz" => readyz(state),
         "/metrics" => metrics(state),
         "/identity" => identity(state),
+        "/policy" => policy::respond(&state.rule_hits),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz /readyz /metrics /identity\n".into(),
+            "not found: try /healthz /readyz /metrics /identity /policy\n".into(),
         ),
     }
 }

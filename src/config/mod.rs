@@ -7,8 +7,8 @@ mod model;
 mod source;
 
 pub use model::{
-    AdminConfig, IdentitySourceKind, LogConfig, LogFormat, Protocol, Seconds, Target, Timeouts,
-    Upstream,
+    AdminConfig, IdentitySourceKind, Limits, LogConfig, LogFormat, Protocol, Seconds, Target,
+    Timeouts, Upstream,
 };
 pub use source::{FileError, SourceFile};
 
@@ -88,6 +88,8 @@ pub struct Inbound {
     pub policy: Arc<Policy>,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Limits.
+    pub limits: Limits,
 }
 
 /// A checked outbound listener.
@@ -105,6 +107,8 @@ pub struct Outbound {
     pub protocol: Protocol,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Limits.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -403,6 +407,7 @@ fn check_inbound(
         policy_path,
         policy: Arc::new(policy),
         timeouts: l.timeouts,
+        limits: l.limits,
     })
 }
 
@@ -429,5 +434,6 @@ fn check_outbound(
         server_ids: l.server_ids.clone(),
         protocol: l.protocol,
         timeouts: l.timeouts,
+        limits: l.limits,
     })
 }

@@ -98,6 +98,9 @@ pub struct InboundConfig {
     /// Timeouts overriding the defaults.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Limits overriding the defaults.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// One `[[outbound]]` listener.
@@ -118,6 +121,9 @@ pub struct OutboundConfig {
     /// Timeouts overriding the defaults.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Limits overriding the defaults.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Per-listener timeouts; each key is optional and written like `"10s"` or `"500ms"`.
@@ -148,6 +154,31 @@ impl Default for Timeouts {
             connect: s(5),
             response: s(60),
             drain: s(30),
+        }
+    }
+}
+
+/// Per-listener resource limits; each key is optional.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open client connections at once; more are accepted and closed at once (default 10,000).
+    pub max_connections: usize,
+    /// Bytes of request headers (default 64 KiB; HTTP/1.1 at least 8 KiB).
+    pub max_header_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection (default 256).
+    pub max_concurrent_streams: u32,
+    /// Close (gracefully) any connection older than this (default: no limit).
+    pub max_connection_age: Option<Seconds>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_concurrent_streams: 256,
+            max_connection_age: None,
         }
     }
 }

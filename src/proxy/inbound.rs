@@ -20,11 +20,11 @@ use tracing::Instrument;
 use super::forward::Upstream;
 use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
 use super::respond::{is_grpc, refusal, Body, Refusal};
-use super::serve::{accept_loop, http_builder, serve_http};
+use super::serve::{accept_loop, http_builder, serve_http, Lifetime};
 use super::stream::{Connector, Endpoint};
 use super::tcp;
 use super::Shared;
-use crate::config::{self, Inbound, Protocol, Timeouts};
+use crate::config::{self, Inbound, Limits, Protocol, Timeouts};
 use crate::policy::{self, normalize_path, Decision, Policy, Verdict};
 use crate::telemetry::requests::PeerCounters;
 use crate::telemetry::DecisionRecord;
@@ -47,6 +47,7 @@ struct ListenerState {
     protocol: Protocol,
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
+    limits: Limits,
     shared: Shared,
 }
 
@@ -83,7 +84,8 @@ impl InboundListener {
             upstream: Upstream::new(connector.clone(), base, config.timeouts.response.0),
             connector,
             protocol: config.protocol,
-            builder: http_builder(&config.timeouts),
+            builder: http_builder(&config.timeouts, &config.limits),
+            limits: config.limits,
             timeouts: config.timeouts,
             shared: shared.clone(),
         };
@@ -107,7 +109,8 @@ impl InboundListener {
     pub async fn run(self) {
         let state = self.state;
         let shared = state.shared.clone();
-        accept_loop(self.listener, &state.name.clone(), shared.shutdown, shared.tasks, |tcp, addr| {
+        let max_connections = state.limits.max_connections;
+        accept_loop(self.listener, &state.name.clone(), max_connections, &shared, |tcp, addr| {
             let state = state.clone();
             let span = tracing::info_span!("conn", listener = %state.name, peer.addr = %addr, peer.id = tracing::field::Empty);
             state.serve_connection(tcp, addr).instrument(span)
@@ -151,6 +154,7 @@ impl ListenerState {
         if self.protocol == Protocol::Tcp {
             let policy = self.policy.load();
             let decision = tcp::authorise(&policy, &peer);
+            policy.record(&decision);
             let relay = tcp::Relay {
                 listener: &self.name,
                 direction: "inbound",
@@ -158,17 +162,22 @@ impl ListenerState {
                 destination: Some(&own_id),
             };
             let upstream = self.connector.clone();
+            let close_at =
+                Lifetime::new(&self.timeouts, &self.limits, Some(peer.not_after)).close_at;
+            let version = Some(policy.version());
             tcp::relay(
                 &self.shared,
                 relay,
                 &decision,
-                Some(policy.version()),
+                version,
                 tls,
                 upstream,
+                close_at,
             )
             .await;
             return;
         }
+        let lifetime = Lifetime::new(&self.timeouts, &self.limits, Some(peer.not_after));
         let connection = Arc::new(Connection {
             xfcc: xfcc_value(&own_id, &peer.leaf_sha256, peer.spiffe_id.as_str()),
             counters: self
@@ -183,14 +192,7 @@ impl ListenerState {
             let connection = connection.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
-        serve_http(
-            &self.builder,
-            tls,
-            service,
-            self.timeouts.idle.0,
-            &self.shared.shutdown,
-        )
-        .await;
+        serve_http(&self.builder, tls, service, lifetime, &self.shared.shutdown).await;
     }
 }
 
@@ -230,6 +232,7 @@ impl Connection {
             headers: request.headers(),
         };
         let decision = policy.evaluate(&judged);
+        policy.record(&decision);
         let denial = denial_reason(&decision);
         if let Some(reason) = &denial {
             let rule = decision.rule.as_deref();

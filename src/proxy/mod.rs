@@ -5,7 +5,9 @@
 //! the peer may do, and never decides either itself.
 
 mod forward;
-mod headers;
+/// Header rules (hop-by-hop removal, XFCC, request IDs): pure functions, public for the
+/// micro-benchmarks in `benches/`.
+pub mod headers;
 mod inbound;
 mod outbound;
 mod respond;

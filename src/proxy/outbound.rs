@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -21,11 +21,11 @@ use tracing::Instrument;
 use super::forward::Upstream;
 use super::headers::ensure_request_id;
 use super::respond::{is_grpc, refusal, Body};
-use super::serve::{accept_loop, http_builder, serve_http};
+use super::serve::{accept_loop, http_builder, serve_http, Lifetime};
 use super::stream::Connector;
 use super::tcp;
 use super::Shared;
-use crate::config::{Outbound, Protocol};
+use crate::config::{Limits, Outbound, Protocol, Timeouts};
 use crate::policy::{Decision, Verdict};
 use crate::telemetry::requests::PeerCounters;
 use crate::telemetry::DecisionRecord;
@@ -45,7 +45,8 @@ struct ListenerState {
     connector: Connector,
     protocol: Protocol,
     builder: auto::Builder<TokioExecutor>,
-    idle: Duration,
+    timeouts: Timeouts,
+    limits: Limits,
     shared: Shared,
 }
 
@@ -64,8 +65,9 @@ impl OutboundListener {
             peer: Upstream::new(connector.clone(), base, config.timeouts.response.0),
             connector,
             protocol: config.protocol,
-            builder: http_builder(&config.timeouts),
-            idle: config.timeouts.idle.0,
+            builder: http_builder(&config.timeouts, &config.limits),
+            timeouts: config.timeouts,
+            limits: config.limits,
             shared: shared.clone(),
         };
         Ok(Self {
@@ -83,11 +85,12 @@ impl OutboundListener {
     pub async fn run(self) {
         let state = self.state;
         let shared = state.shared.clone();
+        let max_connections = state.limits.max_connections;
         accept_loop(
             self.listener,
             &state.name.clone(),
-            shared.shutdown,
-            shared.tasks,
+            max_connections,
+            &shared,
             |tcp, addr| {
                 let state = state.clone();
                 let span = tracing::info_span!("conn", listener = %state.name, peer.addr = %addr);
@@ -127,15 +130,9 @@ impl ListenerState {
                 audit_rule: None,
                 break_glass: false,
             };
-            tcp::relay(
-                &self.shared,
-                relay,
-                &allow,
-                None,
-                tcp,
-                self.connector.clone(),
-            )
-            .await;
+            let close_at = Lifetime::new(&self.timeouts, &self.limits, None).close_at;
+            let upstream = self.connector.clone();
+            tcp::relay(&self.shared, relay, &allow, None, tcp, upstream, close_at).await;
             return;
         }
         let connection = Arc::new(Connection {
@@ -150,14 +147,8 @@ impl ListenerState {
             let connection = connection.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
-        serve_http(
-            &self.builder,
-            tcp,
-            service,
-            self.idle,
-            &self.shared.shutdown,
-        )
-        .await;
+        let lifetime = Lifetime::new(&self.timeouts, &self.limits, None);
+        serve_http(&self.builder, tcp, service, lifetime, &self.shared.shutdown).await;
     }
 }
 

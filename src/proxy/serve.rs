@@ -16,39 +16,74 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::respond::Body;
-use crate::config::Timeouts;
+use super::Shared;
+use crate::config::{Limits, Timeouts};
 
-/// HTTP/2 streams a client may open at once on one connection.
-const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// hyper refuses HTTP/1.1 read buffers smaller than this.
+const MIN_H1_BUFFER: usize = 8192;
 
 /// The HTTP server settings of one listener.
-pub fn http_builder(timeouts: &Timeouts) -> auto::Builder<TokioExecutor> {
+pub fn http_builder(timeouts: &Timeouts, limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header.0)
+        .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUFFER))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }
 
+/// When a served connection must end even though its client is still using it.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetime {
+    /// No new request for this long.
+    pub idle: Duration,
+    /// A hard end (max connection age, or the peer certificate's expiry).
+    pub close_at: Option<Instant>,
+}
+
+impl Lifetime {
+    /// The lifetime of a connection opened now under a listener's settings, ending at
+    /// the latest when `expires` (a peer certificate's notAfter, Unix seconds) passes.
+    pub fn new(timeouts: &Timeouts, limits: &Limits, expires: Option<i64>) -> Self {
+        let now = Instant::now();
+        let age_limit = limits.max_connection_age.map(|age| now + age.0);
+        let expiry = expires.map(|not_after| {
+            let unix_now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let left = u64::try_from(not_after)
+                .unwrap_or(0)
+                .saturating_sub(unix_now);
+            now + Duration::from_secs(left)
+        });
+        Self {
+            idle: timeouts.idle.0,
+            close_at: age_limit.into_iter().chain(expiry).min(),
+        }
+    }
+}
+
 /// Serves HTTP on one connection until the client is done, the connection has had no new
-/// request for `idle`, or shutdown asks it to end. Ending is always graceful: HTTP/1.1
-/// finishes the response in flight and closes, HTTP/2 sends GOAWAY and lets open streams end.
+/// request for `lifetime.idle`, reached `lifetime.close_at`, or shutdown asks it to end.
+/// Ending is always graceful: HTTP/1.1 finishes the response in flight and closes,
+/// HTTP/2 sends GOAWAY and lets open streams end.
 pub async fn serve_http<I, S>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
-    idle: Duration,
+    lifetime: Lifetime,
     shutdown: &CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -65,12 +100,21 @@ pub async fn serve_http<I, S>(
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
+    let idle = lifetime.idle;
     let mut deadline = started + idle;
+    let close_at = lifetime
+        .close_at
+        .unwrap_or(started + Duration::from_secs(100 * 365 * 86_400));
     let mut ending = false;
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
             _ = shutdown.cancelled(), if !ending => {
+                connection.as_mut().graceful_shutdown();
+                ending = true;
+            }
+            _ = tokio::time::sleep_until(close_at.into()), if !ending => {
+                tracing::info!("closing connection: maximum age or peer certificate expiry reached");
                 connection.as_mut().graceful_shutdown();
                 ending = true;
             }
@@ -96,25 +140,38 @@ fn millis_since(start: Instant) -> u64 {
 }
 
 /// Accepts connections until shutdown, spawning `handle` for each on the tracker.
+/// Beyond `max_connections` open at once, a new connection is closed straight away
+/// (the client sees a clean close, not a hang) and counted as refused.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     name: &str,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    max_connections: usize,
+    shared: &Shared,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => break,
+            _ = shared.shutdown.cancelled() => break,
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    shared.requests.refused(name);
+                    tracing::warn!(listener = name, %peer, max_connections, "connection refused: too many open connections");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tasks.spawn(handle(stream, peer));
+                let connection = handle(stream, peer);
+                shared.tasks.spawn(async move {
+                    connection.await;
+                    drop(slot);
+                });
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.

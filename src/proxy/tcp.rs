@@ -39,8 +39,9 @@ pub fn authorise(policy: &Policy, peer: &PeerIdentity) -> policy::Decision {
     })
 }
 
-/// Connects to `upstream` and copies bytes both ways until both sides are done, then
-/// writes the connection's decision line.
+/// Connects to `upstream` and copies bytes both ways until both sides are done (or
+/// `close_at`, the max connection age or peer certificate expiry, passes), then writes
+/// the connection's decision line.
 pub async fn relay<C>(
     shared: &Shared,
     relay: Relay<'_>,
@@ -48,6 +49,7 @@ pub async fn relay<C>(
     version: Option<&str>,
     mut client: C,
     upstream: Connector,
+    close_at: Option<Instant>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -96,11 +98,24 @@ pub async fn relay<C>(
     };
     let destination = server.peer().map(|p| p.spiffe_id.to_string());
     let destination = destination.as_deref().or(relay.destination);
-    match copy_bidirectional(&mut client, &mut server).await {
-        Ok(bytes) => log(destination, bytes, None),
-        Err(error) => {
-            tracing::debug!(%error, "TCP relay ended with an error");
-            log(destination, (0, 0), Some(&format!("relay: {error}")));
+    let copy = copy_bidirectional(&mut client, &mut server);
+    let deadline = async {
+        match close_at {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        copied = copy => match copied {
+            Ok(bytes) => log(destination, bytes, None),
+            Err(error) => {
+                tracing::debug!(%error, "TCP relay ended with an error");
+                log(destination, (0, 0), Some(&format!("relay: {error}")));
+            }
+        },
+        () = deadline => {
+            tracing::info!("closing TCP relay: maximum age or peer certificate expiry reached");
+            log(destination, (0, 0), Some("closed: maximum connection age or peer certificate expiry"));
         }
     }
 }

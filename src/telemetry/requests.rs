@@ -36,6 +36,7 @@ pub struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Histogram,
     connections: Family<ListenerLabels, Gauge>,
+    refused: Family<ListenerLabels, Counter>,
 }
 
 impl RequestMetrics {
@@ -55,10 +56,17 @@ impl RequestMetrics {
             "Open client connections",
             connections.clone(),
         );
+        let refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "idgate_connections_refused",
+            "Connections closed at once because the listener had max_connections open",
+            refused.clone(),
+        );
         Self {
             requests,
             duration,
             connections,
+            refused,
         }
     }
 
@@ -72,6 +80,14 @@ impl RequestMetrics {
             counters: Default::default(),
             duration: self.duration.clone(),
         }
+    }
+
+    /// Counts a connection refused for being over the listener's limit.
+    pub fn refused(&self, listener: &str) {
+        let labels = ListenerLabels {
+            listener: listener.to_string(),
+        };
+        self.refused.get_or_create(&labels).inc();
     }
 
     /// Marks a connection open until the returned guard drops.

@@ -1,0 +1,251 @@
+//! Limits and timeouts that keep a listener honest under slow, greedy or long-lived clients.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use idgate::devpki::LeafSpec;
+use idgate::spiffe_id::SpiffeId;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ALLOW_ALL: &str = "default = \"allow\"\n";
+
+fn frontend_config(mesh: &Mesh) -> std::sync::Arc<rustls::ClientConfig> {
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"])
+}
+
+/// Reads until EOF or error; the time it took.
+async fn until_closed<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
+    let mesh = Mesh::start_with(ALLOW_ALL, "timeouts = { header = \"1s\" }").await;
+    let mut slow = mtls_connect(mesh.server.inbound(), frontend_config(&mesh))
+        .await
+        .unwrap();
+    let request = b"GET /slow HTTP/1.1\r\nHost: localhost\r\nX-Drip: ";
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in request.iter().chain(b"aaaaaaaa".iter()) {
+        if slow.write_all(&[*byte]).await.is_err() || slow.flush().await.is_err() {
+            cut = true;
+            break;
+        }
+        // Meanwhile a normal client is served.
+        let reply = mtls_send(
+            mesh.server.inbound(),
+            frontend_config(&mesh),
+            "GET",
+            "/fast",
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200);
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if !cut {
+        let closed = until_closed(&mut slow, Duration::from_secs(3)).await;
+        assert!(closed.is_some(), "a client dripping headers must be cut");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut near the 1 s header timeout"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_not_left_hanging() {
+    let mesh = Mesh::start_with(ALLOW_ALL, "limits = { max_connections = 2 }").await;
+    let config = frontend_config(&mesh);
+    let held: Vec<_> = futures_join(vec![
+        mtls_connect(mesh.server.inbound(), config.clone()),
+        mtls_connect(mesh.server.inbound(), config.clone()),
+    ])
+    .await;
+    assert!(held.iter().all(Result::is_ok));
+    let mut third = TcpStream::connect(mesh.server.inbound()).await.unwrap();
+    let closed = until_closed(&mut third, Duration::from_secs(2)).await;
+    assert!(
+        closed.is_some(),
+        "the third connection should be closed promptly"
+    );
+    let metrics = mesh.server.admin("/metrics").await.text();
+    assert_eq!(
+        metric(
+            &metrics,
+            "idgate_connections_refused_total{listener=\"api\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    drop(held);
+    let mut ok = false;
+    for _ in 0..40 {
+        if mtls_send(mesh.server.inbound(), config.clone(), "GET", "/", &[])
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "a slot frees up when a held connection closes");
+}
+
+async fn futures_join<T>(futures: Vec<impl std::future::Future<Output = T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for f in futures {
+        out.push(f.await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused() {
+    let mesh = Mesh::start_with(ALLOW_ALL, "limits = { max_header_bytes = 16384 }").await;
+    let big = "x".repeat(32 * 1024);
+    let result = mtls_send(
+        mesh.server.inbound(),
+        frontend_config(&mesh),
+        "GET",
+        "/",
+        &[("x-big", &big)],
+    )
+    .await;
+    match result {
+        Ok(reply) => assert_eq!(reply.status, 431),
+        Err(error) => assert!(!error.is_empty()),
+    }
+    let small = mtls_send(
+        mesh.server.inbound(),
+        frontend_config(&mesh),
+        "GET",
+        "/",
+        &[("x-small", "1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(small.status, 200);
+}
+
+#[tokio::test]
+async fn connections_end_at_their_maximum_age() {
+    let mesh = Mesh::start_with(ALLOW_ALL, "limits = { max_connection_age = \"600ms\" }").await;
+    let tls = mtls_connect(mesh.server.inbound(), frontend_config(&mesh))
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) && !connection.is_finished() {
+        let request = http::Request::get("https://localhost/busy")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        if sender.send_request(request).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(1), connection)
+        .await
+        .is_ok();
+    assert!(ended, "a busy connection must still end at its maximum age");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_connection_ends_when_the_peer_certificate_expires() {
+    let mesh = Mesh::start(ALLOW_ALL).await;
+    let mut spec = LeafSpec::svid(&SpiffeId::parse(FRONTEND_ID).unwrap());
+    spec.dns = vec!["localhost".into()];
+    spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let cert = mesh.pki.ca.issue(&spec).unwrap();
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get("https://localhost/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .is_ok();
+    assert!(
+        ended,
+        "the connection must close once the client certificate has expired"
+    );
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_aborted_handshakes_leak_nothing() {
+    let mesh = Mesh::start(ALLOW_ALL).await;
+    let addr = mesh.server.inbound();
+    // Warm up: one full request so lazily created state exists before the baseline.
+    mtls_send(addr, frontend_config(&mesh), "GET", "/", &[])
+        .await
+        .unwrap();
+    let baseline = open_fds();
+    for i in 0..10_000u32 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 0 {
+            // The start of a TLS record, then gone.
+            let _ = tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
+        }
+        drop(tcp);
+    }
+    let mut active = f64::MAX;
+    let mut fds = usize::MAX;
+    for _ in 0..100 {
+        let metrics = mesh.server.admin("/metrics").await.text();
+        active = metric(&metrics, "idgate_connections_active{listener=\"api\"}");
+        fds = open_fds();
+        if active == 0.0 && fds <= baseline + 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(active, 0.0, "every connection task must have ended");
+    assert!(
+        fds <= baseline + 4,
+        "file descriptors leaked: {baseline} before, {fds} after"
+    );
+}
