@@ -1,29 +1,39 @@
 //! Sends a request to an upstream through a pooled client and maps failures to refusals.
 //!
 //! Shared by inbound (to the local app) and outbound (to the peer sidecar). Bodies are
-//! streamed both ways; nothing here buffers a whole body.
+//! streamed both ways; nothing here buffers a whole body. gRPC calls may take an HTTP/2
+//! client and upgrade requests (WebSocket) an HTTP/1.1 one; an accepted upgrade becomes
+//! a byte tunnel between the two upgraded connections.
 
 use std::time::Duration;
 
-use http::{Request, Response, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_util::task::TaskTracker;
 
 use super::headers::strip_hop_by_hop;
-use super::respond::{Body, Refusal};
+use super::respond::{is_grpc, Body, Refusal};
 use super::stream::{ConnectError, Connector};
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
+type Pool = Client<Connector, Incoming>;
+
 /// A pooled client for one upstream.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, Incoming>,
+    client: Pool,
+    grpc: Option<Pool>,
+    upgrade: Option<Pool>,
     base: Uri,
     response_timeout: Duration,
+    tunnels: TaskTracker,
 }
 
 /// Why a forward failed, for the status and the log.
@@ -36,18 +46,34 @@ pub struct ForwardError {
 }
 
 impl Upstream {
-    /// A client that sends every request to `connector`, naming `base` (scheme and authority) in URIs.
-    pub fn new(connector: Connector, base: Uri, response_timeout: Duration) -> Self {
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(connector);
+    /// A client that sends every request to `connector`, naming `base` (scheme and
+    /// authority) in URIs; WebSocket tunnels run on `tunnels` so a drain waits for them.
+    pub fn new(
+        connector: Connector,
+        base: Uri,
+        response_timeout: Duration,
+        tunnels: TaskTracker,
+    ) -> Self {
         Self {
-            client,
+            client: pool(connector, false),
+            grpc: None,
+            upgrade: None,
             base,
             response_timeout,
+            tunnels,
         }
+    }
+
+    /// Sends gRPC calls over HTTP/2 without TLS (prior knowledge) through `connector`.
+    pub fn with_grpc_h2c(mut self, connector: Connector) -> Self {
+        self.grpc = Some(pool(connector, true));
+        self
+    }
+
+    /// Sends upgrade requests through `connector` (which must speak HTTP/1.1).
+    pub fn with_upgrades(mut self, connector: Connector) -> Self {
+        self.upgrade = Some(pool(connector, false));
+        self
     }
 
     /// Rewrites the request for the upstream (URI, version, hop-by-hop headers), sends it
@@ -66,16 +92,36 @@ impl Upstream {
         }
         *request.uri_mut() = self.uri_for(path, request.uri().query())?;
         *request.version_mut() = Version::HTTP_11;
+        let upgrade = upgrade_protocol(request.headers());
+        let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let pool = match (&upgrade, &self.upgrade, &self.grpc) {
+            (Some(_), Some(pool), _) => pool,
+            (None, _, Some(pool)) if is_grpc(request.headers()) => pool,
+            _ => &self.client,
+        };
         strip_hop_by_hop(request.headers_mut());
-        let response = tokio::time::timeout(self.response_timeout, self.client.request(request))
+        if let Some(protocol) = &upgrade {
+            keep_upgrade(request.headers_mut(), protocol.clone());
+        }
+        let response = tokio::time::timeout(self.response_timeout, pool.request(request))
             .await
             .map_err(|_| ForwardError {
                 refusal: Refusal::Timeout,
                 reason: format!("no response within {:?}", self.response_timeout),
             })?
             .map_err(classify)?;
+        let mut response = response;
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let server_protocol = upgrade_protocol(response.headers());
+        if let (true, Some(client_side), Some(_)) = (switched, client_side, &server_protocol) {
+            let server_side = hyper::upgrade::on(&mut response);
+            self.tunnels.spawn(tunnel(client_side, server_side));
+        }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if let (true, Some(protocol)) = (switched, server_protocol) {
+            keep_upgrade(&mut parts.headers, protocol);
+        }
         Ok(Response::from_parts(parts, Either::Left(body)))
     }
 
@@ -93,6 +139,49 @@ impl Upstream {
             refusal: Refusal::BadPath,
             reason: format!("cannot build upstream URI: {e}"),
         })
+    }
+}
+
+fn pool(connector: Connector, http2_only: bool) -> Pool {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .http2_only(http2_only)
+        .build(connector)
+}
+
+/// The `Upgrade` value of a message that asks for (or agrees to) an upgrade.
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back the two headers an upgrade needs after hop-by-hop removal.
+fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Relays bytes between the client's and the upstream's upgraded connections.
+async fn tunnel(client: OnUpgrade, server: OnUpgrade) {
+    let (client, server) = match tokio::try_join!(client, server) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+    match tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+        Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
     }
 }
 

@@ -81,7 +81,13 @@ impl InboundListener {
             name: config.name.clone(),
             acceptor: TlsAcceptor::from(tls::server_config(shared.identity.clone(), ALPN)),
             policy: Arc::new(ArcSwap::new(config.policy.clone())),
-            upstream: Upstream::new(connector.clone(), base, config.timeouts.response.0),
+            upstream: Upstream::new(
+                connector.clone(),
+                base,
+                config.timeouts.response.0,
+                shared.tasks.clone(),
+            )
+            .with_grpc_h2c(connector.clone()),
             connector,
             protocol: config.protocol,
             builder: http_builder(&config.timeouts, &config.limits),

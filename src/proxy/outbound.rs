@@ -32,6 +32,7 @@ use crate::telemetry::DecisionRecord;
 use crate::tls::{self, PeerIdentity};
 
 const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
 
 /// A bound outbound listener, ready to serve.
 pub struct OutboundListener {
@@ -57,12 +58,25 @@ impl OutboundListener {
         let client_config =
             tls::client_config(shared.identity.clone(), config.server_ids.clone(), ALPN);
         let connector = Connector::mtls(&config.target, client_config, config.timeouts.connect.0);
+        // WebSocket needs HTTP/1.1 to the peer (HTTP/2 extended CONNECT is not supported yet).
+        let h1_config = tls::client_config(
+            shared.identity.clone(),
+            config.server_ids.clone(),
+            ALPN_HTTP1,
+        );
+        let upgrades = Connector::mtls(&config.target, h1_config, config.timeouts.connect.0);
         let base: Uri = format!("https://{}", config.target)
             .parse()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let state = ListenerState {
             name: config.name.clone(),
-            peer: Upstream::new(connector.clone(), base, config.timeouts.response.0),
+            peer: Upstream::new(
+                connector.clone(),
+                base,
+                config.timeouts.response.0,
+                shared.tasks.clone(),
+            )
+            .with_upgrades(upgrades),
             connector,
             protocol: config.protocol,
             builder: http_builder(&config.timeouts, &config.limits),

@@ -1,0 +1,142 @@
+//! Traffic beyond plain request/response: WebSocket upgrades and gRPC-style HTTP/2 with trailers.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+const POLICY: &str = r#"
+[[rule]]
+name = "frontend-ws"
+action = "allow"
+from = ["spiffe://example.org/ns/shop/sa/frontend"]
+paths = ["/ws", "/pkg.Echo/*"]
+"#;
+
+/// A WebSocket echo server.
+async fn ws_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() || message.is_binary() {
+                        if ws.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_through_both_sidecars() {
+    let echo = ws_echo().await;
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), "").await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", client.outbound()))
+            .await
+            .expect("WebSocket handshake through the sidecars");
+    assert_eq!(response.status(), 101);
+    for i in 0..20 {
+        let text = format!("hello {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).await.unwrap();
+    let denied =
+        tokio_tungstenite::connect_async(format!("ws://{}/other", client.outbound())).await;
+    match denied {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("an upgrade to a denied path must get 403, got {other:?}"),
+    }
+}
+
+/// An h2c server answering like a gRPC service: data, then `grpc-status` in trailers.
+async fn grpc_like_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let body = request
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("grpc-message", "ok".parse().unwrap());
+                    let frames = vec![
+                        Ok::<_, Infallible>(Frame::data(body)),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let response = Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(StreamBody::new(futures_util::stream::iter(frames)))
+                        .unwrap();
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn grpc_over_http2_keeps_trailers_end_to_end() {
+    let app = grpc_like_server().await;
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{app}"), "").await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let request = Request::post(client.url("/pkg.Echo/Say"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x05hello")))
+        .unwrap();
+    let response = h2c_client().request(request).await.expect("gRPC call");
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers must survive both sidecars");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(
+        collected.to_bytes(),
+        Bytes::from_static(b"\0\0\0\0\x05hello")
+    );
+
+    let denied = Request::post(client.url("/pkg.Other/Say"))
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = h2c_client().request(denied).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["grpc-status"], "7");
+}
