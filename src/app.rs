@@ -94,7 +94,7 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
     let rule_hits = RuleHits::new(
         policies
             .iter()
-            .map(|slot| (slot.listener.clone(), slot.policy.clone()))
+            .map(|slot| (slot.listener.clone(), slot.policy.slot()))
             .collect(),
     );
     rule_hits.register(&mut registry);

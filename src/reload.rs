@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::{self, IdentityHandle};
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyHandle};
 
 /// Events closer together than this are handled as one reload.
 const SETTLE: Duration = Duration::from_millis(150);
@@ -35,7 +34,7 @@ pub struct PolicySlot {
     /// The policy file.
     pub path: PathBuf,
     /// What requests load.
-    pub policy: Arc<ArcSwap<Policy>>,
+    pub policy: PolicyHandle,
     /// TCP listeners accept only identity rules.
     pub tcp_only: bool,
 }
@@ -208,8 +207,8 @@ fn reload_policy(slot: &PolicySlot, metrics: &ReloadMetrics) {
             let old = slot.policy.load().version().to_string();
             tracing::info!(listener = %slot.listener, old_version = %old, new_version = %policy.version(), "policy reloaded");
             let new = Arc::new(policy);
-            let previous = slot.policy.swap(new.clone());
-            new.inherit_stats(&previous);
+            new.inherit_stats(&slot.policy.load());
+            slot.policy.swap(new);
             ReloadMetrics::count(&metrics.policy, true);
         }
         Err(error) => {

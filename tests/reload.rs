@@ -242,3 +242,88 @@ async fn rule_hits_are_counted_and_listed() {
     let rendered = json.to_string();
     assert!(rendered.contains("\"last_hit\""), "{rendered}");
 }
+
+const NOBODY: &str = "default = \"deny\"\n";
+
+#[tokio::test]
+async fn a_reload_ends_http2_connections_of_peers_it_no_longer_admits() {
+    let mesh = Mesh::start(ALLOW_A).await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"h2"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = || {
+        http::Request::get("https://localhost/a")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(sender.send_request(request()).await.unwrap().status(), 200);
+    // A reload that still admits the peer leaves the connection alone.
+    replace(&mesh.pki.path("policy.toml"), DENY_A);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !connection.is_finished(),
+        "the peer is still admitted (it may use /b)"
+    );
+    assert_eq!(sender.send_request(request()).await.unwrap().status(), 403);
+    replace(&mesh.pki.path("policy.toml"), NOBODY);
+    let ended = tokio::time::timeout(Duration::from_secs(3), connection).await;
+    assert!(
+        ended.is_ok(),
+        "GOAWAY should end the connection of a peer the policy no longer admits"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_cuts_tcp_relays_it_no_longer_allows() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let mesh = Mesh::start_tcp(
+        &format!(
+            "[[rule]]\nname = \"db-clients\"\naction = \"allow\"\nfrom = [\"{FRONTEND_ID}\"]\n"
+        ),
+        &format!("tcp://{echo}"),
+    )
+    .await;
+    let client = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], "protocol = \"tcp\"")
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(client.outbound())
+        .await
+        .unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    replace(&mesh.pki.path("policy.toml"), NOBODY);
+    let mut rest = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the relay must be closed: {read:?}"
+    );
+    let lines = mesh.server.decision_lines(1).await;
+    let revoked = lines
+        .iter()
+        .find(|l| l["decision"] == "deny")
+        .expect("a deny line for the revoked relay");
+    assert!(
+        revoked["reason"].as_str().unwrap().contains("revoked"),
+        "{revoked}"
+    );
+}

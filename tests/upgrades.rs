@@ -34,10 +34,9 @@ async fn ws_echo() -> SocketAddr {
                     return;
                 };
                 while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() || message.is_binary() {
-                        if ws.send(message).await.is_err() {
-                            return;
-                        }
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        return;
                     }
                 }
             });
@@ -139,4 +138,43 @@ async fn grpc_over_http2_keeps_trailers_end_to_end() {
     let response = h2c_client().request(denied).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["grpc-status"], "7");
+}
+
+#[tokio::test]
+async fn a_reload_closes_websockets_it_no_longer_allows() {
+    let echo = ws_echo().await;
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), "").await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", client.outbound()))
+        .await
+        .unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "before"
+    );
+    let policy = mesh.pki.path("policy.toml");
+    let tmp = policy.with_extension("tmp");
+    std::fs::write(&tmp, POLICY.replace("\"/ws\", ", "")).unwrap();
+    std::fs::rename(&tmp, &policy).unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the WebSocket must be closed once the policy no longer allows /ws"
+    );
 }

@@ -36,6 +36,11 @@ impl Bucket {
         }
     }
 
+    /// Every rule of the bucket, in file order.
+    pub fn rules(&self) -> &[u32] {
+        &self.rules
+    }
+
     /// Builds the path index when the bucket is big.
     pub fn finish(&mut self, rules: &[Rule]) {
         if self.rules.len() <= INDEX_ABOVE {

@@ -13,6 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use super::compile::{Compiled, Rule};
 use super::model::{Action, Mode};
 use super::{Decision, Request, Verdict};
+use crate::spiffe_id::SpiffeId;
 
 /// Earliest matching rule per (audit?, action): indices into `Best.0`.
 const DENY: usize = 0;
@@ -32,6 +33,14 @@ fn slot_of(rule: &Rule) -> usize {
 impl Rule {
     fn is_live(&self, now: SystemTime) -> bool {
         self.expires.is_none_or(|(at, _)| now < at)
+    }
+
+    /// No method, path or header condition: the rule judges the source alone.
+    fn applies_to_every_request(&self) -> bool {
+        self.methods.is_empty()
+            && self.paths.is_empty()
+            && self.not_paths.is_empty()
+            && self.headers.is_empty()
     }
 
     /// Every field but `from` (the principal index has matched that already).
@@ -111,6 +120,33 @@ fn list<T: Display>(items: &[T]) -> String {
 }
 
 impl Compiled {
+    /// Whether `source` may still get some request through: an enforced allow rule can
+    /// match it (or the default allows), and no enforced deny rule shuts it out whole.
+    /// Used to end long-lived connections after a reload; cost grows with the source's rules.
+    pub(super) fn admits(&self, source: &SpiffeId, now: SystemTime) -> bool {
+        let mut allowed = self.default == Action::Allow;
+        let mut shut_out = false;
+        self.index.for_each_match(source, &mut |bucket| {
+            for rule in bucket
+                .rules()
+                .iter()
+                .filter_map(|&n| self.rules.get(n as usize))
+            {
+                if rule.audit
+                    || !rule.is_live(now)
+                    || rule.not_from.iter().any(|p| p.matches(source))
+                {
+                    continue;
+                }
+                match rule.action {
+                    Action::Allow => allowed = true,
+                    Action::Deny => shut_out |= rule.applies_to_every_request(),
+                }
+            }
+        });
+        allowed && !shut_out
+    }
+
     /// The decision for `req` at `now`; `mode` says whether a deny is enforced.
     pub(super) fn decide(&self, req: &Request<'_>, now: SystemTime, mode: Mode) -> Decision {
         let mut best: [Option<u32>; 4] = [None; 4];

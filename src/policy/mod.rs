@@ -7,6 +7,7 @@
 mod bucket;
 mod compile;
 mod evaluate;
+mod handle;
 mod learn;
 mod lint;
 mod model;
@@ -22,6 +23,7 @@ use crate::config::{FileError, SourceFile};
 use crate::spiffe_id::SpiffeId;
 use compile::Compiled;
 
+pub use handle::PolicyHandle;
 pub use learn::{Learned, Learner};
 pub use lint::{lint, LintContext};
 pub use model::{Action, Mode};
@@ -157,6 +159,12 @@ impl Policy {
     /// The rule names in file order.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.compiled.rules.iter().map(|r| &*r.name)
+    }
+
+    /// Whether `source` may still get any request through (for ending long-lived
+    /// connections after a reload; not for judging requests).
+    pub fn admits(&self, source: &SpiffeId) -> bool {
+        self.compiled.admits(source, SystemTime::now())
     }
 
     /// Refuses rules that a TCP listener cannot judge (methods, paths, not_paths, headers).

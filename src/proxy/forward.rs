@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::headers::strip_hop_by_hop;
 use super::respond::{is_grpc, Body, Refusal};
+use super::serve::{never_revoked, Revoked};
 use super::stream::{ConnectError, Connector};
 
 /// Idle pooled connections are closed after this long.
@@ -82,6 +83,7 @@ impl Upstream {
         &self,
         mut request: Request<Incoming>,
         path: &str,
+        revoked: Option<Revoked>,
     ) -> Result<Response<Body>, ForwardError> {
         if !request.headers().contains_key(http::header::HOST) {
             if let Some(authority) = request.uri().authority() {
@@ -115,7 +117,8 @@ impl Upstream {
         let server_protocol = upgrade_protocol(response.headers());
         if let (true, Some(client_side), Some(_)) = (switched, client_side, &server_protocol) {
             let server_side = hyper::upgrade::on(&mut response);
-            self.tunnels.spawn(tunnel(client_side, server_side));
+            self.tunnels
+                .spawn(tunnel(client_side, server_side, revoked));
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -169,8 +172,9 @@ fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// Relays bytes between the client's and the upstream's upgraded connections.
-async fn tunnel(client: OnUpgrade, server: OnUpgrade) {
+/// Relays bytes between the client's and the upstream's upgraded connections, until both
+/// are done or a policy reload revokes the tunnel.
+async fn tunnel(client: OnUpgrade, server: OnUpgrade, revoked: Option<Revoked>) {
     let (client, server) = match tokio::try_join!(client, server) {
         Ok(pair) => pair,
         Err(error) => {
@@ -179,9 +183,13 @@ async fn tunnel(client: OnUpgrade, server: OnUpgrade) {
         }
     };
     let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-    match tokio::io::copy_bidirectional(&mut client, &mut server).await {
-        Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-        Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
+    let revoked = revoked.unwrap_or_else(never_revoked);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut server) => match copied {
+            Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+            Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
+        },
+        reason = revoked => tracing::info!("closing upgraded connection: {reason}"),
     }
 }
 

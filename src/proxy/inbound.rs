@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -20,12 +19,12 @@ use tracing::Instrument;
 use super::forward::Upstream;
 use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
 use super::respond::{is_grpc, refusal, Body, Refusal};
-use super::serve::{accept_loop, http_builder, serve_http, Lifetime};
+use super::serve::{accept_loop, http_builder, serve_http, Lifetime, Revoked};
 use super::stream::{Connector, Endpoint};
 use super::tcp;
 use super::Shared;
 use crate::config::{self, Inbound, Limits, Protocol, Timeouts};
-use crate::policy::{self, normalize_path, Decision, Policy, Verdict};
+use crate::policy::{self, normalize_path, Decision, Policy, PolicyHandle, Verdict};
 use crate::telemetry::requests::PeerCounters;
 use crate::telemetry::DecisionRecord;
 use crate::tls::{self, PeerIdentity};
@@ -41,7 +40,7 @@ pub struct InboundListener {
 struct ListenerState {
     name: String,
     acceptor: TlsAcceptor,
-    policy: Arc<ArcSwap<Policy>>,
+    policy: PolicyHandle,
     upstream: Upstream,
     connector: Connector,
     protocol: Protocol,
@@ -80,7 +79,7 @@ impl InboundListener {
         let state = ListenerState {
             name: config.name.clone(),
             acceptor: TlsAcceptor::from(tls::server_config(shared.identity.clone(), ALPN)),
-            policy: Arc::new(ArcSwap::new(config.policy.clone())),
+            policy: PolicyHandle::new(config.policy.clone()),
             upstream: Upstream::new(
                 connector.clone(),
                 base,
@@ -107,7 +106,7 @@ impl InboundListener {
     }
 
     /// The policy in force, swappable for reloads.
-    pub fn policy(&self) -> Arc<ArcSwap<Policy>> {
+    pub fn policy(&self) -> PolicyHandle {
         self.state.policy.clone()
     }
 
@@ -161,29 +160,26 @@ impl ListenerState {
             let policy = self.policy.load();
             let decision = tcp::authorise(&policy, &peer);
             policy.record(&decision);
+            let judged = peer.clone();
             let relay = tcp::Relay {
                 listener: &self.name,
                 direction: "inbound",
                 source: peer.spiffe_id.as_str(),
                 destination: Some(&own_id),
+                close_at: Lifetime::new(&self.timeouts, &self.limits, Some(peer.not_after))
+                    .close_at,
+                revoked: revocation(self.policy.clone(), move |policy| {
+                    tcp::authorise(policy, &judged).verdict.passes()
+                }),
             };
             let upstream = self.connector.clone();
-            let close_at =
-                Lifetime::new(&self.timeouts, &self.limits, Some(peer.not_after)).close_at;
             let version = Some(policy.version());
-            tcp::relay(
-                &self.shared,
-                relay,
-                &decision,
-                version,
-                tls,
-                upstream,
-                close_at,
-            )
-            .await;
+            tcp::relay(&self.shared, relay, &decision, version, tls, upstream).await;
             return;
         }
         let lifetime = Lifetime::new(&self.timeouts, &self.limits, Some(peer.not_after));
+        let source = peer.spiffe_id.clone();
+        let revoked = revocation(self.policy.clone(), move |policy| policy.admits(&source));
         let connection = Arc::new(Connection {
             xfcc: xfcc_value(&own_id, &peer.leaf_sha256, peer.spiffe_id.as_str()),
             counters: self
@@ -198,7 +194,15 @@ impl ListenerState {
             let connection = connection.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
-        serve_http(&self.builder, tls, service, lifetime, &self.shared.shutdown).await;
+        serve_http(
+            &self.builder,
+            tls,
+            service,
+            lifetime,
+            revoked,
+            &self.shared.shutdown,
+        )
+        .await;
     }
 }
 
@@ -255,7 +259,24 @@ impl Connection {
         if let Some(xfcc) = &self.xfcc {
             set_xfcc(request.headers_mut(), xfcc.clone());
         }
-        match self.state.upstream.forward(request, &path).await {
+        let revoked = is_upgrade(request.headers()).then(|| {
+            let (source, method, path, headers) = (
+                self.peer.spiffe_id.clone(),
+                method.clone(),
+                path.to_string(),
+                request.headers().clone(),
+            );
+            revocation(self.state.policy.clone(), move |policy| {
+                let again = policy::Request {
+                    source: &source,
+                    method: method.as_str(),
+                    path: &path,
+                    headers: &headers,
+                };
+                policy.evaluate(&again).verdict.passes()
+            })
+        });
+        match self.state.upstream.forward(request, &path, revoked).await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 log.write(&decision, status, denial.as_deref(), Some(policy.version()));
@@ -274,6 +295,32 @@ impl Connection {
             }
         }
     }
+}
+
+/// A future that completes once a reload puts in force a policy under which
+/// `still_allowed` is false (only later reloads count, not the policy in force now).
+fn revocation(
+    policy: PolicyHandle,
+    still_allowed: impl Fn(&Policy) -> bool + Send + 'static,
+) -> Revoked {
+    Box::pin(async move {
+        let mut reloads = policy.subscribe();
+        while reloads.changed().await.is_ok() {
+            let current = policy.load();
+            if !still_allowed(&current) {
+                return format!(
+                    "revoked: policy version {} no longer allows it",
+                    current.version()
+                );
+            }
+        }
+        std::future::pending().await
+    })
+}
+
+/// Whether a request asks to switch protocols (WebSocket and the like).
+fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE)
 }
 
 /// Why a request was (or, in audit mode, would have been) denied; `None` when allowed.

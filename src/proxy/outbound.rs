@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::forward::Upstream;
 use super::headers::ensure_request_id;
 use super::respond::{is_grpc, refusal, Body};
-use super::serve::{accept_loop, http_builder, serve_http, Lifetime};
+use super::serve::{accept_loop, http_builder, never_revoked, serve_http, Lifetime};
 use super::stream::Connector;
 use super::tcp;
 use super::Shared;
@@ -137,6 +137,8 @@ impl ListenerState {
                 direction: "outbound",
                 source: &own_id,
                 destination: None,
+                close_at: Lifetime::new(&self.timeouts, &self.limits, None).close_at,
+                revoked: never_revoked(),
             };
             let allow = Decision {
                 verdict: Verdict::Allow,
@@ -144,9 +146,8 @@ impl ListenerState {
                 audit_rule: None,
                 break_glass: false,
             };
-            let close_at = Lifetime::new(&self.timeouts, &self.limits, None).close_at;
             let upstream = self.connector.clone();
-            tcp::relay(&self.shared, relay, &allow, None, tcp, upstream, close_at).await;
+            tcp::relay(&self.shared, relay, &allow, None, tcp, upstream).await;
             return;
         }
         let connection = Arc::new(Connection {
@@ -162,7 +163,15 @@ impl ListenerState {
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
         let lifetime = Lifetime::new(&self.timeouts, &self.limits, None);
-        serve_http(&self.builder, tcp, service, lifetime, &self.shared.shutdown).await;
+        serve_http(
+            &self.builder,
+            tcp,
+            service,
+            lifetime,
+            never_revoked(),
+            &self.shared.shutdown,
+        )
+        .await;
     }
 }
 
@@ -173,7 +182,7 @@ impl Connection {
         let grpc = is_grpc(request.headers());
         let uri = request.uri().clone();
         let method = request.method().clone();
-        let (response, reason) = match self.state.peer.forward(request, uri.path()).await {
+        let (response, reason) = match self.state.peer.forward(request, uri.path(), None).await {
             Ok(response) => (response, None),
             Err(error) => {
                 tracing::warn!(reason = %error.reason, "peer sidecar unavailable");

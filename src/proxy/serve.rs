@@ -44,6 +44,14 @@ pub fn http_builder(timeouts: &Timeouts, limits: &Limits) -> auto::Builder<Tokio
     builder
 }
 
+/// Completes (with the reason) when a policy reload revokes a live connection.
+pub type Revoked = std::pin::Pin<Box<dyn Future<Output = String> + Send>>;
+
+/// A revocation that never comes (outbound connections, which no policy judges).
+pub fn never_revoked() -> Revoked {
+    Box::pin(std::future::pending())
+}
+
 /// When a served connection must end even though its client is still using it.
 #[derive(Clone, Copy, Debug)]
 pub struct Lifetime {
@@ -84,6 +92,7 @@ pub async fn serve_http<I, S>(
     io: I,
     service: S,
     lifetime: Lifetime,
+    revoked: Revoked,
     shutdown: &CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -106,10 +115,16 @@ pub async fn serve_http<I, S>(
         .close_at
         .unwrap_or(started + Duration::from_secs(100 * 365 * 86_400));
     let mut ending = false;
+    let mut revoked = revoked;
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
             _ = shutdown.cancelled(), if !ending => {
+                connection.as_mut().graceful_shutdown();
+                ending = true;
+            }
+            reason = &mut revoked, if !ending => {
+                tracing::info!("closing connection: {reason}");
                 connection.as_mut().graceful_shutdown();
                 ending = true;
             }

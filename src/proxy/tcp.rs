@@ -10,6 +10,7 @@ use std::time::Instant;
 use http::HeaderMap;
 use tokio::io::{copy_bidirectional, AsyncRead, AsyncWrite};
 
+use super::serve::Revoked;
 use super::stream::Connector;
 use super::Shared;
 use crate::policy::{self, Policy, Verdict};
@@ -26,6 +27,10 @@ pub struct Relay<'a> {
     pub source: &'a str,
     /// Server identity (inbound: us; outbound: the peer, once known).
     pub destination: Option<&'a str>,
+    /// Max connection age or peer certificate expiry, whichever is first.
+    pub close_at: Option<Instant>,
+    /// Fires when a policy reload no longer allows the peer.
+    pub revoked: Revoked,
 }
 
 /// Judges an inbound TCP peer; the decision and whether to relay.
@@ -39,9 +44,8 @@ pub fn authorise(policy: &Policy, peer: &PeerIdentity) -> policy::Decision {
     })
 }
 
-/// Connects to `upstream` and copies bytes both ways until both sides are done (or
-/// `close_at`, the max connection age or peer certificate expiry, passes), then writes
-/// the connection's decision line.
+/// Connects to `upstream` and copies bytes both ways until both sides are done (or the
+/// relay's `close_at` passes, or a reload revokes it), then writes the decision line.
 pub async fn relay<C>(
     shared: &Shared,
     relay: Relay<'_>,
@@ -49,12 +53,14 @@ pub async fn relay<C>(
     version: Option<&str>,
     mut client: C,
     upstream: Connector,
-    close_at: Option<Instant>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let log = |destination: Option<&str>, bytes: (u64, u64), reason: Option<&str>| {
+    let log_with = |decision: &policy::Decision,
+                    destination: Option<&str>,
+                    bytes: (u64, u64),
+                    reason: Option<&str>| {
         shared.decisions.record(&DecisionRecord {
             listener: relay.listener,
             direction: relay.direction,
@@ -74,6 +80,9 @@ pub async fn relay<C>(
             bytes_in: Some(bytes.0),
             bytes_out: Some(bytes.1),
         });
+    };
+    let log = |destination: Option<&str>, bytes: (u64, u64), reason: Option<&str>| {
+        log_with(decision, destination, bytes, reason)
     };
     if decision.verdict == Verdict::Deny {
         let reason = match decision.rule.as_deref() {
@@ -100,7 +109,7 @@ pub async fn relay<C>(
     let destination = destination.as_deref().or(relay.destination);
     let copy = copy_bidirectional(&mut client, &mut server);
     let deadline = async {
-        match close_at {
+        match relay.close_at {
             Some(at) => tokio::time::sleep_until(at.into()).await,
             None => std::future::pending().await,
         }
@@ -113,6 +122,11 @@ pub async fn relay<C>(
                 log(destination, (0, 0), Some(&format!("relay: {error}")));
             }
         },
+        reason = relay.revoked => {
+            tracing::info!(source = relay.source, "closing TCP relay: {reason}");
+            let revoked = policy::Decision { verdict: Verdict::Deny, ..decision.clone() };
+            log_with(&revoked, destination, (0, 0), Some(&reason));
+        }
         () = deadline => {
             tracing::info!("closing TCP relay: maximum age or peer certificate expiry reached");
             log(destination, (0, 0), Some("closed: maximum connection age or peer certificate expiry"));
