@@ -225,7 +225,7 @@ fn output_validates_against_kubernetes_schemas() {
 
 #[test]
 fn webhook_manifests_validate_against_kubernetes_schemas() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/k8s");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
