@@ -1,0 +1,273 @@
+//! Checks that need more than one value or a look at the disk: identity sources, listener
+//! names and addresses, files that must be readable, policies that must compile.
+//!
+//! Every error names file, line and field. Nothing here opens a socket.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use super::model::{InboundConfig, OutboundConfig, RawIdentity};
+use super::{
+    FileError, IdentityConfig, IdentitySourceKind, Inbound, Outbound, Protocol, SourceFile,
+    Upstream,
+};
+use crate::identity::{DEFAULT_EXPIRY_MARGIN, DEFAULT_MAX_BUNDLE_AGE};
+use crate::policy::Policy;
+use crate::spiffe_id::TrustDomain;
+
+/// Listener names and addresses seen so far, to refuse duplicates.
+#[derive(Default)]
+pub(super) struct Names {
+    names: HashSet<String>,
+    addrs: HashSet<SocketAddr>,
+}
+
+impl Names {
+    fn claim(
+        &mut self,
+        source: &SourceFile,
+        listener: &Spanned<impl Listener>,
+        field: &str,
+    ) -> Result<(), FileError> {
+        let l = listener.get_ref();
+        if !self.names.insert(l.name().to_string()) {
+            return Err(source.error_at(
+                listener.span(),
+                &format!("{field}.name"),
+                format!("duplicate listener name {:?}", l.name()),
+            ));
+        }
+        if l.listen().port() != 0 && !self.addrs.insert(l.listen()) {
+            return Err(source.error_at(
+                listener.span(),
+                &format!("{field}.listen"),
+                format!("{} is used by another listener", l.listen()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+trait Listener {
+    fn name(&self) -> &str;
+    fn listen(&self) -> SocketAddr;
+}
+
+impl Listener for InboundConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+}
+
+impl Listener for OutboundConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+}
+
+pub(super) fn check_identity(
+    source: &SourceFile,
+    raw: &Spanned<RawIdentity>,
+) -> Result<IdentityConfig, FileError> {
+    let span = raw.span();
+    let raw = raw.get_ref();
+    let refuse = |field: &str, message: &str| {
+        source.error_at(span.clone(), &format!("identity.{field}"), message)
+    };
+    match raw.source {
+        IdentitySourceKind::Files => {
+            if let Some(s) = &raw.socket {
+                return Err(source.error_at(
+                    s.span(),
+                    "identity.socket",
+                    "only for source = \"spire\"",
+                ));
+            }
+            if let Some(s) = &raw.spiffe_id {
+                return Err(source.error_at(
+                    s.span(),
+                    "identity.spiffe_id",
+                    "only for source = \"spire\"",
+                ));
+            }
+            for (value, field) in [
+                (&raw.expiry_margin, "expiry_margin"),
+                (&raw.max_bundle_age, "max_bundle_age"),
+            ] {
+                if let Some(v) = value {
+                    return Err(source.error_at(
+                        v.span(),
+                        &format!("identity.{field}"),
+                        "only for source = \"spire\"",
+                    ));
+                }
+            }
+            let file = |value: &Option<Spanned<PathBuf>>, field: &str| match value {
+                Some(path) => readable_file(source, path, &format!("identity.{field}")),
+                None => Err(refuse(field, "required when source = \"files\"")),
+            };
+            let federation = raw
+                .federation
+                .iter()
+                .flatten()
+                .map(|(td, path)| {
+                    let field = format!("identity.federation.{td}");
+                    TrustDomain::new(td)
+                        .map_err(|e| source.error_at(path.span(), &field, e.to_string()))?;
+                    Ok((td.clone(), readable_file(source, path, &field)?))
+                })
+                .collect::<Result<_, FileError>>()?;
+            Ok(IdentityConfig::Files {
+                cert: file(&raw.cert, "cert")?,
+                key: file(&raw.key, "key")?,
+                bundle: file(&raw.bundle, "bundle")?,
+                federation,
+            })
+        }
+        IdentitySourceKind::Spire => {
+            for (value, field) in [
+                (&raw.cert, "cert"),
+                (&raw.key, "key"),
+                (&raw.bundle, "bundle"),
+            ] {
+                if let Some(v) = value {
+                    return Err(source.error_at(
+                        v.span(),
+                        &format!("identity.{field}"),
+                        "only for source = \"files\"",
+                    ));
+                }
+            }
+            if raw.federation.is_some() {
+                return Err(refuse(
+                    "federation",
+                    "only for source = \"files\" (the agent sends federated bundles)",
+                ));
+            }
+            let socket = match &raw.socket {
+                Some(s) => check_socket(s.get_ref())
+                    .map_err(|e| source.error_at(s.span(), "identity.socket", e))?,
+                None => {
+                    let from_env = std::env::var("SPIFFE_ENDPOINT_SOCKET").map_err(|_| {
+                        refuse("socket", "not set, and $SPIFFE_ENDPOINT_SOCKET is empty")
+                    })?;
+                    check_socket(&from_env)
+                        .map_err(|e| refuse("socket", &format!("$SPIFFE_ENDPOINT_SOCKET: {e}")))?
+                }
+            };
+            Ok(IdentityConfig::Spire {
+                socket,
+                spiffe_id: raw.spiffe_id.as_ref().map(|id| id.get_ref().clone()),
+                expiry_margin: raw
+                    .expiry_margin
+                    .as_ref()
+                    .map_or(DEFAULT_EXPIRY_MARGIN, |d| d.get_ref().0),
+                max_bundle_age: raw
+                    .max_bundle_age
+                    .as_ref()
+                    .map_or(DEFAULT_MAX_BUNDLE_AGE, |d| d.get_ref().0),
+            })
+        }
+    }
+}
+
+fn check_socket(socket: &str) -> Result<String, String> {
+    match socket.split_once("://") {
+        Some(("unix", path)) if path.starts_with('/') => Ok(socket.to_string()),
+        Some(("tcp", addr)) if addr.parse::<SocketAddr>().is_ok() => Ok(socket.to_string()),
+        _ => Err(format!(
+            "expected unix:///path or tcp://ip:port, got {socket:?}"
+        )),
+    }
+}
+
+fn readable_file(
+    source: &SourceFile,
+    path: &Spanned<PathBuf>,
+    field: &str,
+) -> Result<PathBuf, FileError> {
+    let resolved = source.resolve(path.get_ref());
+    std::fs::File::open(&resolved).map_err(|e| {
+        source.error_at(
+            path.span(),
+            field,
+            format!("cannot read {}: {e}", resolved.display()),
+        )
+    })?;
+    Ok(resolved)
+}
+
+pub(super) fn check_inbound(
+    source: &SourceFile,
+    index: usize,
+    listener: &Spanned<InboundConfig>,
+    names: &mut Names,
+) -> Result<Inbound, FileError> {
+    let field = format!("inbound[{index}]");
+    names.claim(source, listener, &field)?;
+    let l = listener.get_ref();
+    let upstream_fits = match (&l.upstream, l.protocol) {
+        (Upstream::Unix(_), _) => true,
+        (Upstream::Tcp { scheme, .. }, Protocol::Http) => *scheme == "http",
+        (Upstream::Tcp { scheme, .. }, Protocol::Tcp) => *scheme == "tcp",
+    };
+    if !upstream_fits {
+        let expected = match l.protocol {
+            Protocol::Http => "expected http://host:port or unix:///path",
+            Protocol::Tcp => "expected tcp://host:port or unix:///path for protocol = \"tcp\"",
+        };
+        return Err(source.error_at(listener.span(), &format!("{field}.upstream"), expected));
+    }
+    let policy_path = readable_file(source, &l.policy, &format!("{field}.policy"))?;
+    let policy = Policy::load(&policy_path)?;
+    if l.protocol == Protocol::Tcp {
+        policy.check_tcp_only()?;
+    }
+    Ok(Inbound {
+        name: l.name.clone(),
+        listen: l.listen,
+        upstream: l.upstream.clone(),
+        protocol: l.protocol,
+        policy_path,
+        policy: Arc::new(policy),
+        timeouts: l.timeouts,
+        limits: l.limits,
+    })
+}
+
+pub(super) fn check_outbound(
+    source: &SourceFile,
+    index: usize,
+    listener: &Spanned<OutboundConfig>,
+    names: &mut Names,
+) -> Result<Outbound, FileError> {
+    let field = format!("outbound[{index}]");
+    names.claim(source, listener, &field)?;
+    let l = listener.get_ref();
+    if l.server_ids.is_empty() {
+        return Err(source.error_at(
+            listener.span(),
+            &format!("{field}.server_ids"),
+            "list at least one SPIFFE ID the server may present",
+        ));
+    }
+    Ok(Outbound {
+        name: l.name.clone(),
+        listen: l.listen,
+        target: l.target.clone(),
+        server_ids: l.server_ids.clone(),
+        protocol: l.protocol,
+        timeouts: l.timeouts,
+        limits: l.limits,
+    })
+}
