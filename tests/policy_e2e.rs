@@ -176,7 +176,7 @@ async fn rules_are_enforced_in_order_on_normalised_paths() {
         let what = format!("case {n}: {} {} {}", c.client, c.method, c.path);
         assert_eq!(reply.status.as_u16(), c.status, "{what}: {}", reply.text());
         if c.status == 403 {
-            assert_eq!(reply.text(), "access denied\n", "{what}");
+            assert_eq!(reply.text(), "access denied", "{what}");
             assert_eq!(reply.headers["x-request-id"], request_id.as_str(), "{what}");
         }
         if let Some(path) = c.upstream_path {

@@ -40,10 +40,10 @@ impl Refusal {
 
     fn body(self) -> &'static str {
         match self {
-            Refusal::Denied => "access denied\n",
-            Refusal::BadPath => "bad request path\n",
-            Refusal::Unreachable => "upstream unavailable\n",
-            Refusal::Timeout => "upstream timed out\n",
+            Refusal::Denied => "access denied",
+            Refusal::BadPath => "bad request path",
+            Refusal::Unreachable => "upstream unavailable",
+            Refusal::Timeout => "upstream timed out",
         }
     }
 
