@@ -234,3 +234,32 @@ async fn idle_keep_alive_connections_are_closed() {
         "the server should close a connection idle for longer than 300ms"
     );
 }
+
+#[tokio::test]
+async fn drain_tells_http1_clients_to_close() {
+    let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("https://localhost/slow?delay_ms=500")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let in_flight = tokio::spawn(async move { sender.send_request(request).await });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let Mesh { server, .. } = mesh;
+    assert!(server.app.drain().await);
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+}
