@@ -5,87 +5,25 @@
 mod spire;
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::StatusCode;
-use spire::{eventually, free_addr, h2_once, Idgate, Spire};
+use spire::{eventually, h2_once, lines_with, PooledLoad, TwoSidecars, ALLOW_CLIENT};
 
-const SERVER_ID: &str = "spiffe://example.org/ns/billing/sa/api";
-const CLIENT_ID: &str = "spiffe://example.org/ns/shop/sa/frontend";
 const TTL: u32 = 30;
-
-const POLICY: &str = r#"
-mode = "enforce"
-default = "deny"
-
-[[rule]]
-name = "frontend"
-action = "allow"
-from = ["spiffe://example.org/ns/shop/sa/frontend"]
-"#;
-
-fn lines_with(log: &str, text: &str) -> usize {
-    log.lines().filter(|l| l.contains(text)).count()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_keeps_serving_and_reconnects() {
-    let mut spire = tokio::task::block_in_place(|| {
-        let spire = Spire::start(TTL);
-        spire.register(SERVER_ID, 4301, TTL);
-        spire.register(CLIENT_ID, 4302, TTL);
-        spire
-    });
-    let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
-        .await
-        .expect("echo");
-    let inbound = free_addr();
-    let server = Idgate::spawn(
-        &spire,
-        "server",
-        4301,
-        &format!("[[inbound]]\nname = \"api\"\nlisten = \"{inbound}\"\nupstream = \"http://{echo}\"\npolicy = \"policy.toml\"\n"),
-        &[("policy.toml", POLICY)],
-    );
-    let (http_out, tcp_out) = (free_addr(), free_addr());
-    let client = Idgate::spawn(
-        &spire,
-        "client",
-        4302,
-        &format!(
-            "[[outbound]]\nname = \"pooled\"\nlisten = \"{http_out}\"\ntarget = \"{inbound}\"\nserver_ids = [\"{SERVER_ID}\"]\n\n\
-             [[outbound]]\nname = \"fresh\"\nlisten = \"{tcp_out}\"\ntarget = \"{inbound}\"\nserver_ids = [\"{SERVER_ID}\"]\nprotocol = \"tcp\"\n"
-        ),
-        &[],
-    );
-    server.ready().await;
-    client.ready().await;
+    let mut mesh = TwoSidecars::start(TTL, 4301, 4302, ALLOW_CLIENT).await;
+    let (client, tcp_out) = (&mesh.client, mesh.tcp_out);
 
     // Requests through a pooled connection, the whole time.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let load = {
-        let (stop, sent) = (stop.clone(), sent.clone());
-        tokio::spawn(async move {
-            let http = support::plain_client();
-            let url = format!("http://{http_out}/pooled");
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let reply = support::send(&http, "GET", &url, &[], Bytes::new()).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if reply.status != StatusCode::OK {
-                    failures.push(format!("{}: {}", reply.status, reply.text()));
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            failures
-        })
-    };
+    let load = PooledLoad::start(
+        vec![format!("http://{}/pooled", mesh.http_out)],
+        Some(Duration::from_millis(10)),
+    );
 
-    tokio::task::block_in_place(|| spire.kill_agent());
+    tokio::task::block_in_place(|| mesh.spire.kill_agent());
     client.logged("stream lost", Duration::from_secs(10)).await;
     assert_eq!(client.metric("idgate_workload_api_connected").await, 0.0);
     let serial_during_outage = client.serial().await;
@@ -116,7 +54,7 @@ async fn agent_restart_keeps_serving_and_reconnects() {
         "one line, not one per retry:\n{log}"
     );
 
-    tokio::task::block_in_place(|| spire.start_agent());
+    tokio::task::block_in_place(|| mesh.spire.start_agent());
     eventually("client reconnects", Duration::from_secs(15), || async {
         (client.metric("idgate_workload_api_connected").await == 1.0).then_some(())
     })
@@ -139,9 +77,7 @@ async fn agent_restart_keeps_serving_and_reconnects() {
         client.log()
     );
 
-    stop.store(true, Ordering::Relaxed);
-    let failures = load.await.expect("load");
-    let sent = sent.load(Ordering::Relaxed);
+    let (failures, sent) = load.stop().await;
     eprintln!("{sent} pooled requests, {fresh} fresh connections during the outage");
     assert!(failures.is_empty(), "pooled requests failed: {failures:?}");
     assert!(sent > 50, "the load ran ({sent} requests)");

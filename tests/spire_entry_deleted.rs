@@ -3,11 +3,12 @@
 //! SVID reaches its expiry margin.
 
 mod spire;
+mod support;
 
 use std::time::Duration;
 
 use http::StatusCode;
-use spire::{eventually, free_addr, Idgate, Spire};
+use spire::{eventually, free_addr, inbound_toml, lines_with, Idgate, Spire};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -26,32 +27,18 @@ async fn deleted_entry_turns_not_ready_at_expiry() {
         &spire,
         "api",
         4401,
-        &format!(
-            "[[inbound]]\nname = \"api\"\nlisten = \"{}\"\nupstream = \"http://127.0.0.1:9\"\npolicy = \"policy.toml\"\n",
-            free_addr()
-        ),
+        &inbound_toml(free_addr(), "127.0.0.1:9"),
         &[("policy.toml", POLICY)],
     );
     workload.ready().await;
     // Before the deletion, only the start-up may have seen "no identity issued".
-    let before = workload
-        .log()
-        .lines()
-        .filter(|l| l.contains("no identity issued"))
-        .count();
+    let before = lines_with(&workload.log(), "no identity issued");
 
     tokio::task::block_in_place(|| spire.delete_entry(&entry));
     eventually(
         "idgate logs that the identity is gone",
         Duration::from_secs(30),
-        || async {
-            let count = workload
-                .log()
-                .lines()
-                .filter(|l| l.contains("no identity issued"))
-                .count();
-            (count > before).then_some(())
-        },
+        || async { (lines_with(&workload.log(), "no identity issued") > before).then_some(()) },
     )
     .await;
     let identity = workload.identity().await;

@@ -7,10 +7,10 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use spire::{eventually, free_addr, http1_once, xfcc_field, Idgate, Spire};
-
-const SERVER_ID: &str = "spiffe://example.org/ns/billing/sa/api";
-const FRONTEND_ID: &str = "spiffe://example.org/ns/shop/sa/frontend";
+use spire::{
+    eventually, free_addr, http1_once, inbound_toml, lines_with, xfcc_field, Idgate, Spire,
+    TwoSidecars, CLIENT_ID, SERVER_ID,
+};
 
 const POLICY: &str = r#"
 mode = "enforce"
@@ -26,33 +26,8 @@ paths = ["/api/*"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spire_issued_svids_allow_deny_and_xfcc() {
-    let spire = tokio::task::block_in_place(|| {
-        let spire = Spire::start(60);
-        spire.register(SERVER_ID, 4101, 60);
-        spire.register(FRONTEND_ID, 4102, 60);
-        spire
-    });
-    let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
-        .await
-        .expect("echo");
-    let inbound = free_addr();
-    let server = Idgate::spawn(
-        &spire,
-        "server",
-        4101,
-        &format!("[[inbound]]\nname = \"api\"\nlisten = \"{inbound}\"\nupstream = \"http://{echo}\"\npolicy = \"policy.toml\"\n"),
-        &[("policy.toml", POLICY)],
-    );
-    let outbound = free_addr();
-    let client = Idgate::spawn(
-        &spire,
-        "frontend",
-        4102,
-        &format!("[[outbound]]\nname = \"to-api\"\nlisten = \"{outbound}\"\ntarget = \"{inbound}\"\nserver_ids = [\"{SERVER_ID}\"]\n"),
-        &[],
-    );
-    server.ready().await;
-    client.ready().await;
+    let mesh = TwoSidecars::start(60, 4101, 4102, POLICY).await;
+    let (server, client, outbound) = (&mesh.server, &mesh.client, mesh.http_out);
 
     let identity = server.identity().await;
     assert_eq!(identity["spiffe_id"], SERVER_ID);
@@ -60,13 +35,13 @@ async fn spire_issued_svids_allow_deny_and_xfcc() {
         identity["trust_domains"],
         serde_json::json!(["example.org"])
     );
-    assert_eq!(client.identity().await["spiffe_id"], FRONTEND_ID);
+    assert_eq!(client.identity().await["spiffe_id"], CLIENT_ID);
     assert_eq!(client.metric("idgate_workload_api_connected").await, 1.0);
 
     let allowed = support::get(&format!("http://{outbound}/api/orders"), &[]).await;
     assert_eq!(allowed.status, StatusCode::OK, "{}", allowed.text());
     let xfcc = spire::echoed_xfcc(&allowed.headers).expect("XFCC reached the upstream");
-    assert_eq!(xfcc_field(&xfcc, "URI"), Some(FRONTEND_ID), "{xfcc}");
+    assert_eq!(xfcc_field(&xfcc, "URI"), Some(CLIENT_ID), "{xfcc}");
     assert_eq!(xfcc_field(&xfcc, "By"), Some(SERVER_ID), "{xfcc}");
     let hash = xfcc_field(&xfcc, "Hash").expect("Hash");
     assert!(
@@ -88,7 +63,7 @@ async fn before_the_first_svid_listeners_refuse_and_readyz_says_why() {
         &spire,
         "late",
         4103,
-        &format!("[[inbound]]\nname = \"api\"\nlisten = \"{inbound}\"\nupstream = \"http://127.0.0.1:9\"\npolicy = \"policy.toml\"\n"),
+        &inbound_toml(inbound, "127.0.0.1:9"),
         &[("policy.toml", POLICY)],
     );
     // No entry for uid 4103 yet: the agent says "no identity issued" and idgate retries.
@@ -122,11 +97,7 @@ async fn before_the_first_svid_listeners_refuse_and_readyz_says_why() {
     // Retries are not logged one by one: one line per state change.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = workload.log();
-    let lines = log
-        .lines()
-        .filter(|l| l.contains("no identity issued"))
-        .count();
-    assert_eq!(lines, 1, "{log}");
+    assert_eq!(lines_with(&log, "no identity issued"), 1, "{log}");
 
     // Once the entry exists the SVID arrives without a restart.
     tokio::task::block_in_place(|| spire.register("spiffe://example.org/ns/late/sa/api", 4103, 60));

@@ -6,83 +6,25 @@
 mod spire;
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::StatusCode;
-use spire::{free_addr, h2_once, xfcc_field, Idgate, Spire};
+use spire::{h2_once, xfcc_field, PooledLoad, TwoSidecars, ALLOW_CLIENT, CLIENT_ID};
 
-const SERVER_ID: &str = "spiffe://example.org/ns/billing/sa/api";
-const CLIENT_ID: &str = "spiffe://example.org/ns/shop/sa/frontend";
 const TTL: u32 = 20;
-
-const POLICY: &str = r#"
-mode = "enforce"
-default = "deny"
-
-[[rule]]
-name = "frontend"
-action = "allow"
-from = ["spiffe://example.org/ns/shop/sa/frontend"]
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_loses_no_request() {
-    let spire = tokio::task::block_in_place(|| {
-        let spire = Spire::start(TTL);
-        spire.register(SERVER_ID, 4201, TTL);
-        spire.register(CLIENT_ID, 4202, TTL);
-        spire
-    });
-    let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
-        .await
-        .expect("echo");
-    let inbound = free_addr();
-    let server = Idgate::spawn(
-        &spire,
-        "server",
-        4201,
-        &format!("[[inbound]]\nname = \"api\"\nlisten = \"{inbound}\"\nupstream = \"http://{echo}\"\npolicy = \"policy.toml\"\n"),
-        &[("policy.toml", POLICY)],
-    );
-    // Two outbound listeners: HTTP (pooled connections to the peer) and TCP (one new mTLS
-    // handshake per app connection, so each one shows which SVID is in use right now).
-    let (http_out, tcp_out) = (free_addr(), free_addr());
-    let client = Idgate::spawn(
-        &spire,
-        "client",
-        4202,
-        &format!(
-            "[[outbound]]\nname = \"pooled\"\nlisten = \"{http_out}\"\ntarget = \"{inbound}\"\nserver_ids = [\"{SERVER_ID}\"]\n\n\
-             [[outbound]]\nname = \"fresh\"\nlisten = \"{tcp_out}\"\ntarget = \"{inbound}\"\nserver_ids = [\"{SERVER_ID}\"]\nprotocol = \"tcp\"\n"
-        ),
-        &[],
-    );
-    server.ready().await;
-    client.ready().await;
+    let mesh = TwoSidecars::start(TTL, 4201, 4202, ALLOW_CLIENT).await;
+    let (server, client, tcp_out) = (&mesh.server, &mesh.client, mesh.tcp_out);
     let first_serial = client.serial().await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut pooled = Vec::new();
-    for worker in 0..2 {
-        let (stop, sent) = (stop.clone(), sent.clone());
-        pooled.push(tokio::spawn(async move {
-            let http = support::plain_client();
-            let url = format!("http://{http_out}/pooled/{worker}");
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let reply = support::send(&http, "GET", &url, &[], Bytes::new()).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if reply.status != StatusCode::OK {
-                    failures.push(format!("{}: {}", reply.status, reply.text()));
-                }
-            }
-            failures
-        }));
-    }
+    let load = PooledLoad::start(
+        (0..2)
+            .map(|worker| format!("http://{}/pooled/{worker}", mesh.http_out))
+            .collect(),
+        None,
+    );
 
     let started = Instant::now();
     let mut hashes: Vec<String> = Vec::new();
@@ -108,12 +50,7 @@ async fn rotation_under_load_loses_no_request() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut pooled_failures = Vec::new();
-    for worker in pooled {
-        pooled_failures.extend(worker.await.expect("worker"));
-    }
-    let sent = sent.load(Ordering::Relaxed);
+    let (pooled_failures, sent) = load.stop().await;
     eprintln!(
         "{:?}: {sent} pooled requests, {fresh} fresh connections, {} client certificates seen",
         started.elapsed(),

@@ -3,11 +3,14 @@
 //!
 //! SPIRE v1.13.3 comes from `tests/spire/install.sh` (cached; a test FAILS when it cannot be
 //! installed). Workloads are told apart by `unix:uid` selectors; every process started here
-//! is killed when its handle drops, and on a failing test the logs are printed.
+//! is killed when its handle drops, and on a failing test the logs are printed. A test
+//! binary using this module also declares `mod support;` (the HTTP clients of `mesh`).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod mesh;
 mod sidecar;
 
+pub use mesh::*;
 pub use sidecar::*;
 
 use std::fs;
