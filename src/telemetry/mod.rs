@@ -4,6 +4,7 @@
 //! never decides anything about a request.
 
 pub mod decisions;
+mod histogram;
 pub mod requests;
 
 pub use decisions::{DecisionLog, DecisionRecord};

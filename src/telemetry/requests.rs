@@ -4,10 +4,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
 
+use super::histogram::AtomicHistogram;
 use crate::policy::Verdict;
 
 /// Labels of `idgate_requests_total`.
@@ -34,7 +35,7 @@ pub struct ListenerLabels {
 #[derive(Clone)]
 pub struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,
-    duration: Histogram,
+    duration: AtomicHistogram,
     connections: Family<ListenerLabels, Gauge>,
     refused: Family<ListenerLabels, Counter>,
 }
@@ -44,7 +45,7 @@ impl RequestMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("idgate_requests", "Requests by decision", requests.clone());
-        let duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let duration = AtomicHistogram::new(exponential_buckets(0.0001, 2.0, 18));
         registry.register(
             "idgate_request_duration_seconds",
             "Time from request to response headers",
@@ -110,7 +111,7 @@ pub struct PeerCounters {
     direction: &'static str,
     source: String,
     counters: [OnceLock<Counter>; 3],
-    duration: Histogram,
+    duration: AtomicHistogram,
 }
 
 impl PeerCounters {
