@@ -92,7 +92,7 @@ impl Upstream {
                 }
             }
         }
-        *request.uri_mut() = self.uri_for(path, request.uri().query())?;
+        *request.uri_mut() = self.uri_for(request.uri(), path)?;
         *request.version_mut() = Version::HTTP_11;
         let upgrade = upgrade_protocol(request.headers());
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -128,16 +128,23 @@ impl Upstream {
         Ok(Response::from_parts(parts, Either::Left(body)))
     }
 
-    fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, ForwardError> {
-        let path_and_query = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
+    fn uri_for(&self, original: &Uri, path: &str) -> Result<Uri, ForwardError> {
+        let path_and_query = match original.path_and_query() {
+            // Already normal (the usual case): reuse it, no copy and no parse.
+            Some(pq) if pq.path() == path => pq.clone(),
+            _ => {
+                let text = match original.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.to_string(),
+                };
+                text.parse().map_err(|e| ForwardError {
+                    refusal: Refusal::BadPath,
+                    reason: format!("cannot build upstream URI: {e}"),
+                })?
+            }
         };
         let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = Some(path_and_query.parse().map_err(|e| ForwardError {
-            refusal: Refusal::BadPath,
-            reason: format!("cannot build upstream URI: {e}"),
-        })?);
+        parts.path_and_query = Some(path_and_query);
         Uri::from_parts(parts).map_err(|e| ForwardError {
             refusal: Refusal::BadPath,
             reason: format!("cannot build upstream URI: {e}"),

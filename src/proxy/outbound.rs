@@ -195,15 +195,15 @@ impl Connection {
         let destination = response
             .extensions()
             .get::<Option<PeerIdentity>>()
-            .cloned()
-            .flatten();
+            .and_then(Option::as_ref)
+            .map(|peer| peer.spiffe_id.as_str());
         let elapsed = started.elapsed().as_secs_f64();
         self.counters.record(Verdict::Allow, elapsed);
         self.state.shared.decisions.record(&DecisionRecord {
             listener: &self.state.name,
             direction: "outbound",
             source: Some(&self.own_id),
-            destination: destination.as_ref().map(|p| p.spiffe_id.as_str()),
+            destination,
             method: Some(method.as_str()),
             path: Some(uri.path()),
             decision: Verdict::Allow.as_str(),
