@@ -226,18 +226,37 @@ impl Spire {
 
     /// Registers `spiffe_id` for processes of `uid` on our agent; returns the entry ID.
     pub fn register(&self, spiffe_id: &str, uid: u32, ttl_secs: u32) -> String {
-        let out = self.server_cli(&[
+        self.register_with(spiffe_id, uid, ttl_secs, &[])
+    }
+
+    /// Like [`Spire::register`], with extra `entry create` flags (e.g.
+    /// `["-federatesWith", "spiffe://partner.org"]`).
+    pub fn register_with(
+        &self,
+        spiffe_id: &str,
+        uid: u32,
+        ttl_secs: u32,
+        extra: &[&str],
+    ) -> String {
+        let (parent, selector, ttl) = (
+            self.agent_id(),
+            format!("unix:uid:{uid}"),
+            ttl_secs.to_string(),
+        );
+        let mut args = vec![
             "entry",
             "create",
             "-parentID",
-            &self.agent_id(),
+            &parent,
             "-spiffeID",
             spiffe_id,
             "-selector",
-            &format!("unix:uid:{uid}"),
+            &selector,
             "-x509SVIDTTL",
-            &ttl_secs.to_string(),
-        ]);
+            &ttl,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.server_cli(&args);
         out.lines()
             .find_map(|l| l.strip_prefix("Entry ID"))
             .and_then(|rest| rest.split(':').nth(1))
@@ -248,6 +267,43 @@ impl Spire {
     /// Deletes a registration entry.
     pub fn delete_entry(&self, entry_id: &str) {
         self.server_cli(&["entry", "delete", "-entryID", entry_id]);
+    }
+
+    /// Our trust domain's X.509 bundle (`spire-server bundle show -format pem`).
+    pub fn bundle_pem(&self) -> String {
+        self.server_cli(&["bundle", "show", "-format", "pem"])
+    }
+
+    /// Stores `roots_pem` as the federated bundle of `trust_domain` (`bundle set`).
+    pub fn set_federated_bundle(&self, trust_domain: &str, roots_pem: &str) {
+        let path = self
+            .dir
+            .path()
+            .join(format!("federated-{trust_domain}.pem"));
+        fs::write(&path, roots_pem).expect("write federated bundle");
+        self.server_cli(&[
+            "bundle",
+            "set",
+            "-format",
+            "pem",
+            "-id",
+            &format!("spiffe://{trust_domain}"),
+            "-path",
+            &path.display().to_string(),
+        ]);
+    }
+
+    /// Deletes the federated bundle of `trust_domain`; `mode` is `bundle delete -mode`
+    /// (`dissociate` also drops it from the entries that federate with it).
+    pub fn delete_federated_bundle(&self, trust_domain: &str, mode: &str) {
+        self.server_cli(&[
+            "bundle",
+            "delete",
+            "-id",
+            &format!("spiffe://{trust_domain}"),
+            "-mode",
+            mode,
+        ]);
     }
 
     /// Server and agent logs (tails), for failure messages.
