@@ -104,6 +104,9 @@ install_tools() {
   command -v haproxy >/dev/null || need+=(haproxy)
   command -v wrk >/dev/null || need+=(wrk)
   command -v python3 >/dev/null || need+=(python3)
+  command -v curl >/dev/null || need+=(curl)
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v pgrep >/dev/null || need+=(procps)
   if ((${#need[@]})); then
     log "apt-get install ${need[*]}"
     apt-get update -qq
