@@ -6,7 +6,8 @@
 //! good version stays in force; a later good write is picked up. Each swap is one
 //! atomic store, so every request is judged by exactly one policy version.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,7 +126,7 @@ impl Reloader {
             .iter()
             .map(|slot| slot.path.as_path())
             .chain(identity.iter().flat_map(|(files, _)| files.paths()));
-        let watcher = watch_dirs(paths, tx)
+        let watcher = watch_dirs(&paths.collect::<Vec<_>>(), tx)
             .inspect_err(|error| tracing::warn!(%error, "cannot watch files for changes; reload with SIGHUP"))
             .ok();
         let hangup = signal(SignalKind::hangup())
@@ -172,17 +173,28 @@ impl Reloader {
 }
 
 /// Watches the parent directory of each path (not the files: editors and Kubernetes
-/// replace them), sending one message per change.
-fn watch_dirs<'a>(
-    paths: impl Iterator<Item = &'a Path>,
+/// replace them), sending one message per change that concerns one of the files: an
+/// event naming the file itself or a Kubernetes `..data`-style entry. Other files in the
+/// same directory (a decision log, say) never cause a reload.
+fn watch_dirs(
+    paths: &[&Path],
     tx: mpsc::UnboundedSender<()>,
 ) -> notify::Result<RecommendedWatcher> {
+    let names: HashSet<OsString> = paths
+        .iter()
+        .filter_map(|p| p.file_name().map(OsStr::to_os_string))
+        .collect();
+    let concerns_us = move |path: &PathBuf| {
+        path.file_name()
+            .is_some_and(|name| names.contains(name) || name.as_encoded_bytes().starts_with(b".."))
+    };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        if event.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(&concerns_us)) {
             let _ = tx.send(());
         }
     })?;
     let dirs: BTreeSet<PathBuf> = paths
+        .iter()
         .map(|p| match p.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),

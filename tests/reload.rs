@@ -327,3 +327,27 @@ async fn a_reload_cuts_tcp_relays_it_no_longer_allows() {
         "{revoked}"
     );
 }
+
+#[tokio::test]
+async fn a_kubernetes_configmap_swap_is_picked_up() {
+    use std::os::unix::fs::symlink;
+    let mesh = Mesh::start(ALLOW_A).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    // Lay the policy out the way a ConfigMap volume does: policy.toml -> ..data/policy.toml,
+    // ..data -> ..<timestamp>/, then swap ..data atomically to a new timestamped directory.
+    let dir = mesh.pki.dir.path();
+    std::fs::create_dir(dir.join("..2026_11_26_01")).unwrap();
+    std::fs::write(dir.join("..2026_11_26_01/policy.toml"), ALLOW_A).unwrap();
+    symlink("..2026_11_26_01", dir.join("..data")).unwrap();
+    let tmp = dir.join("policy.link");
+    symlink("..data/policy.toml", &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("policy.toml")).unwrap();
+    assert_eq!(get(&client.url("/a"), &[]).await.status, 200);
+
+    std::fs::create_dir(dir.join("..2026_11_26_02")).unwrap();
+    std::fs::write(dir.join("..2026_11_26_02/policy.toml"), DENY_A).unwrap();
+    symlink("..2026_11_26_02", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..2026_11_26_01")).unwrap();
+    until_status(&client, "/a", 403).await;
+}
