@@ -165,7 +165,9 @@ mod tests {
             .to_string();
         assert!(err.starts_with(&format!("{}:2: ", bad.display())), "{err}");
         std::fs::write(&bad, "{\"decision\":\"maybe\"}\n").unwrap();
-        let err = read_all(std::slice::from_ref(&bad)).unwrap_err().to_string();
+        let err = read_all(std::slice::from_ref(&bad))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(":1: decision \"maybe\""), "{err}");
         let err = read_all(&[dir.path().join("none.log")])
             .unwrap_err()
