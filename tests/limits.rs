@@ -249,3 +249,124 @@ async fn ten_thousand_aborted_handshakes_leak_nothing() {
         "file descriptors leaked: {baseline} before, {fds} after"
     );
 }
+
+#[tokio::test]
+async fn http2_streams_beyond_the_limit_wait_their_turn() {
+    let mesh = Mesh::start_with(ALLOW_ALL, "limits = { max_concurrent_streams = 1 }").await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"h2"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // One call first, so the client has the server's SETTINGS (streams opened before it
+    // arrives may be refused with REFUSED_STREAM, which clients retry).
+    let first = http::Request::get("https://localhost/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        sender.clone().send_request(first).await.unwrap().status(),
+        200
+    );
+    let started = Instant::now();
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let request = http::Request::get("https://localhost/slow?delay_ms=300")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                sender.send_request(request).await.map(|r| r.status())
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), 200);
+    }
+    // One stream at a time: three 300 ms calls take at least 900 ms (in parallel, ~300 ms).
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn drain_sends_goaway_to_http2_clients_after_their_streams_finish() {
+    let mesh = Mesh::start(ALLOW_ALL).await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"h2"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get("https://localhost/slow?delay_ms=400")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let in_flight =
+        tokio::spawn(async move { sender.send_request(request).await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let Mesh { server, .. } = mesh;
+    assert!(server.app.drain().await);
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "the open stream completes"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(2), connection).await;
+    assert!(
+        ended.is_ok(),
+        "GOAWAY ends the connection once its streams are done"
+    );
+}
+
+#[tokio::test]
+async fn drain_lets_tcp_relays_finish() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let mesh = Mesh::start_tcp(ALLOW_ALL, &format!("tcp://{upstream}")).await;
+    let client = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], "protocol = \"tcp\"")
+        .await;
+    let mut stream = TcpStream::connect(client.outbound()).await.unwrap();
+    stream.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    stream.read_exact(&mut buf).await.unwrap();
+    let Mesh { server, .. } = mesh;
+    let drain = tokio::spawn(async move { server.app.drain().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(b"during").await.unwrap();
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(
+        &buf, b"during",
+        "a relay keeps working while the sidecar drains"
+    );
+    stream.shutdown().await.unwrap();
+    assert_eq!(
+        until_closed(&mut stream, Duration::from_secs(3))
+            .await
+            .is_some(),
+        true
+    );
+    assert!(
+        drain.await.unwrap(),
+        "the drain ends once the relay is done"
+    );
+}
