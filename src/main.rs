@@ -90,17 +90,7 @@ fn run(args: &ConfigArgs) -> u8 {
         }
     };
     init_tracing(config.log.format, &config.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
-            return 1;
-        }
-    };
-    runtime.block_on(async {
+    cli::block_on(async {
         let mut signals = match idgate::app::ShutdownSignals::install() {
             Ok(signals) => signals,
             Err(error) => {

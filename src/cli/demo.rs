@@ -40,23 +40,15 @@ pub struct DemoArgs {
 
 /// Runs the demo; exit 0, or 1 when the mesh cannot start.
 pub fn run(args: &DemoArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
-            return 1;
+    super::block_on(async {
+        match demo(args.once).await {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("error: demo: {error:#}");
+                1
+            }
         }
-    };
-    match runtime.block_on(demo(args.once)) {
-        Ok(()) => 0,
-        Err(error) => {
-            eprintln!("error: demo: {error:#}");
-            1
-        }
-    }
+    })
 }
 
 /// One scripted call.

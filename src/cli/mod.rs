@@ -13,3 +13,18 @@ pub mod learn;
 pub mod policy_test;
 pub mod validate;
 pub mod webhook;
+
+/// Runs `work` to completion on a multi-threaded runtime and returns its exit code
+/// (1 when the runtime itself cannot start).
+pub fn block_on(work: impl std::future::Future<Output = u8>) -> u8 {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(work),
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            1
+        }
+    }
+}

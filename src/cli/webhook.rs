@@ -41,17 +41,14 @@ pub fn run(args: &WebhookArgs) -> u8 {
             return 2;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
-            return 1;
-        }
-    };
-    runtime.block_on(async {
+    super::block_on(async {
+        let mut signals = match crate::app::ShutdownSignals::install() {
+            Ok(signals) => signals,
+            Err(error) => {
+                eprintln!("error: cannot watch SIGTERM/SIGINT: {error}");
+                return 1;
+            }
+        };
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(listener) => listener,
             Err(error) => {
@@ -62,7 +59,7 @@ pub fn run(args: &WebhookArgs) -> u8 {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.recv().await;
             stop.cancel();
         });
         tracing::info!(listen = %args.listen, "idgate webhook serving POST /mutate");
@@ -74,19 +71,4 @@ pub fn run(args: &WebhookArgs) -> u8 {
             }
         }
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
