@@ -50,7 +50,7 @@ impl Idgate {
         let path = dir.join("idgate.toml");
         write_readable(&path, &config);
         let log = dir.join("idgate.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_idgate"));
+        let mut command = Command::new(binary_for_any_uid());
         command
             .args(["run", "--config"])
             .arg(&path)
@@ -210,4 +210,20 @@ pub fn echoed_xfcc(headers: &http::HeaderMap) -> Option<String> {
 pub fn xfcc_field<'a>(xfcc: &'a str, key: &str) -> Option<&'a str> {
     xfcc.split(';')
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A copy of the idgate binary that any uid may run. The build directory may sit under a
+/// home directory other users cannot enter (CI builds in `/root/.cache/...`), and the
+/// sidecars run under their own uids so SPIRE can tell them apart.
+fn binary_for_any_uid() -> &'static Path {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("idgate-bin-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("binary dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod binary dir");
+        let copy = dir.join("idgate");
+        fs::copy(env!("CARGO_BIN_EXE_idgate"), &copy).expect("copy the idgate binary");
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod idgate");
+        copy
+    })
 }
