@@ -218,15 +218,8 @@ async fn idle_keep_alive_connections_are_closed() {
     let mesh = Mesh::start_with(ALLOW_ALL_FRONTEND, "timeouts = { idle = \"300ms\" }").await;
     let cert = mesh.pki.svid(FRONTEND_ID);
     let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
-    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    let connection = tokio::spawn(connection);
-    let request = http::Request::get("https://localhost/first")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
+    let (mut sender, connection) = h1_connection(mesh.server.inbound(), config).await;
+    let request = empty_get("/first");
     assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
     let closed = tokio::time::timeout(std::time::Duration::from_secs(3), connection).await;
     assert!(
@@ -240,15 +233,8 @@ async fn drain_tells_http1_clients_to_close() {
     let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
     let cert = mesh.pki.svid(FRONTEND_ID);
     let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
-    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::get("https://localhost/slow?delay_ms=500")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
+    let (mut sender, _connection) = h1_connection(mesh.server.inbound(), config).await;
+    let request = empty_get("/slow?delay_ms=500");
     let in_flight = tokio::spawn(async move { sender.send_request(request).await });
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     let Mesh { server, .. } = mesh;

@@ -157,19 +157,11 @@ async fn oversized_headers_are_refused() {
 #[tokio::test]
 async fn connections_end_at_their_maximum_age() {
     let mesh = Mesh::start_with(ALLOW_ALL, "limits = { max_connection_age = \"600ms\" }").await;
-    let tls = mtls_connect(mesh.server.inbound(), frontend_config(&mesh))
-        .await
-        .unwrap();
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    let connection = tokio::spawn(connection);
+        h1_connection(mesh.server.inbound(), frontend_config(&mesh)).await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) && !connection.is_finished() {
-        let request = http::Request::get("https://localhost/busy")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
+        let request = empty_get("/busy");
         if sender.send_request(request).await.is_err() {
             break;
         }
@@ -190,15 +182,8 @@ async fn a_connection_ends_when_the_peer_certificate_expires() {
     spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
     let cert = mesh.pki.ca.issue(&spec).unwrap();
     let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
-    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    let connection = tokio::spawn(connection);
-    let request = http::Request::get("https://localhost/")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
+    let (mut sender, connection) = h1_connection(mesh.server.inbound(), config).await;
+    let request = empty_get("/");
     assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
     let ended = tokio::time::timeout(Duration::from_secs(5), connection)
         .await
@@ -255,19 +240,10 @@ async fn http2_streams_beyond_the_limit_wait_their_turn() {
     let mesh = Mesh::start_with(ALLOW_ALL, "limits = { max_concurrent_streams = 1 }").await;
     let cert = mesh.pki.svid(FRONTEND_ID);
     let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"h2"]);
-    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let (sender, _connection) = h2_connection(mesh.server.inbound(), config).await;
     // One call first, so the client has the server's SETTINGS (streams opened before it
     // arrives may be refused with REFUSED_STREAM, which clients retry).
-    let first = http::Request::get("https://localhost/")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
+    let first = empty_get("/");
     assert_eq!(
         sender.clone().send_request(first).await.unwrap().status(),
         200
@@ -277,9 +253,7 @@ async fn http2_streams_beyond_the_limit_wait_their_turn() {
         .map(|_| {
             let mut sender = sender.clone();
             tokio::spawn(async move {
-                let request = http::Request::get("https://localhost/slow?delay_ms=300")
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap();
+                let request = empty_get("/slow?delay_ms=300");
                 sender.send_request(request).await.map(|r| r.status())
             })
         })
@@ -300,17 +274,8 @@ async fn drain_sends_goaway_to_http2_clients_after_their_streams_finish() {
     let mesh = Mesh::start(ALLOW_ALL).await;
     let cert = mesh.pki.svid(FRONTEND_ID);
     let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"h2"]);
-    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    let connection = tokio::spawn(connection);
-    let request = http::Request::get("https://localhost/slow?delay_ms=400")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
+    let (mut sender, connection) = h2_connection(mesh.server.inbound(), config).await;
+    let request = empty_get("/slow?delay_ms=400");
     let in_flight =
         tokio::spawn(async move { sender.send_request(request).await.map(|r| r.status()) });
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -330,17 +295,7 @@ async fn drain_sends_goaway_to_http2_clients_after_their_streams_finish() {
 
 #[tokio::test]
 async fn drain_lets_tcp_relays_finish() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
+    let (upstream, _) = tcp_echo().await;
     let mesh = Mesh::start_tcp(ALLOW_ALL, &format!("tcp://{upstream}")).await;
     let client = mesh
         .client_with("frontend", FRONTEND_ID, &[SERVER_ID], "protocol = \"tcp\"")

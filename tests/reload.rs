@@ -250,19 +250,8 @@ async fn a_reload_ends_http2_connections_of_peers_it_no_longer_admits() {
     let mesh = Mesh::start(ALLOW_A).await;
     let cert = mesh.pki.svid(FRONTEND_ID);
     let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"h2"]);
-    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    let connection = tokio::spawn(connection);
-    let request = || {
-        http::Request::get("https://localhost/a")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap()
-    };
+    let (mut sender, connection) = h2_connection(mesh.server.inbound(), config).await;
+    let request = || empty_get("/a");
     assert_eq!(sender.send_request(request()).await.unwrap().status(), 200);
     // A reload that still admits the peer leaves the connection alone.
     replace(&mesh.pki.path("policy.toml"), DENY_A);
@@ -283,16 +272,7 @@ async fn a_reload_ends_http2_connections_of_peers_it_no_longer_admits() {
 #[tokio::test]
 async fn a_reload_cuts_tcp_relays_it_no_longer_allows() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let (echo, _) = tcp_echo().await;
     let mesh = Mesh::start_tcp(
         &format!(
             "[[rule]]\nname = \"db-clients\"\naction = \"allow\"\nfrom = [\"{FRONTEND_ID}\"]\n"

@@ -4,13 +4,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::net::{TcpStream, UnixListener};
 
 const TCP_POLICY: &str = r#"
 default = "deny"
@@ -19,25 +18,6 @@ name = "frontend-may-connect"
 action = "allow"
 from = ["spiffe://example.org/ns/shop/sa/frontend"]
 "#;
-
-/// An echo server that counts the connections it accepted.
-async fn tcp_echo() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    (addr, accepted)
-}
 
 async fn tcp_mesh(upstream: &str) -> (Mesh, Sidecar, Sidecar) {
     let mesh = Mesh::start_tcp(TCP_POLICY, upstream).await;

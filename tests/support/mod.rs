@@ -368,6 +368,70 @@ pub async fn mtls_connect(
         .map_err(|e| format!("handshake: {e}"))
 }
 
+/// A bodiless request for `path` on an mTLS connection to `localhost`.
+pub fn empty_get(path: &str) -> Request<http_body_util::Empty<Bytes>> {
+    Request::get(format!("https://localhost{path}"))
+        .body(http_body_util::Empty::new())
+        .expect("request")
+}
+
+/// The task driving a client connection: it ends when the connection closes.
+pub type ConnectionTask = tokio::task::JoinHandle<hyper::Result<()>>;
+
+/// An HTTP/1.1 client connection over mTLS to `addr`.
+pub async fn h1_connection(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> (
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+    ConnectionTask,
+) {
+    let tls = mtls_connect(addr, config).await.expect("mTLS connection");
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP/1.1 handshake");
+    (sender, tokio::spawn(connection))
+}
+
+/// An HTTP/2 client connection over mTLS to `addr`.
+pub async fn h2_connection(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    ConnectionTask,
+) {
+    let tls = mtls_connect(addr, config).await.expect("mTLS connection");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    (sender, tokio::spawn(connection))
+}
+
+/// A TCP echo server (it half-closes after the client does); counts the connections it accepted.
+pub async fn tcp_echo() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
 /// Reads one counter sample from `/metrics` text, 0 when absent.
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
