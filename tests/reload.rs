@@ -331,3 +331,34 @@ async fn a_kubernetes_configmap_swap_is_picked_up() {
     std::fs::remove_dir_all(dir.join("..2026_11_26_01")).unwrap();
     until_status(&client, "/a", 403).await;
 }
+
+#[tokio::test]
+async fn pooled_connections_follow_a_rotated_client_svid() {
+    let mesh = Mesh::start(ALLOW_A).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let xfcc = |reply: &Reply| {
+        reply.echoed()["headers"]["x-forwarded-client-cert"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let before = xfcc(&get(&client.url("/a"), &[]).await);
+    let serial = || async { client.admin("/identity").await.text() };
+    let old_identity = serial().await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    replace(&mesh.pki.path("frontend-key.pem"), &cert.key_pem);
+    replace(&mesh.pki.path("frontend.pem"), &cert.chain_pem);
+    for _ in 0..40 {
+        if serial().await != old_identity {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(
+        serial().await,
+        old_identity,
+        "the client's SVID was reloaded"
+    );
+    let after = xfcc(&get(&client.url("/a"), &[]).await);
+    assert_ne!(before, after, "a request after the rotation must present the new certificate, not ride the old pooled connection");
+}

@@ -5,7 +5,10 @@
 //! client and upgrade requests (WebSocket) an HTTP/1.1 one; an accepted upgrade becomes
 //! a byte tunnel between the two upgraded connections.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -26,15 +29,40 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 
 type Pool = Client<Connector, Incoming>;
 
-/// A pooled client for one upstream.
+/// A pooled client for one upstream. Clones share the pools, so [`Upstream::refresh`]
+/// reaches every user.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Pool,
-    grpc: Option<Pool>,
-    upgrade: Option<Pool>,
+    connectors: Connectors,
+    pools: Arc<ArcSwap<Pools>>,
     base: Uri,
     response_timeout: Duration,
     tunnels: TaskTracker,
+}
+
+/// What the pools connect with: the default, and optional ones for gRPC and upgrades.
+#[derive(Clone)]
+struct Connectors {
+    default: Connector,
+    grpc: Option<Connector>,
+    upgrade: Option<Connector>,
+}
+
+/// One generation of connection pools.
+struct Pools {
+    default: Pool,
+    grpc: Option<Pool>,
+    upgrade: Option<Pool>,
+}
+
+impl Connectors {
+    fn pools(&self) -> Pools {
+        Pools {
+            default: pool(self.default.clone(), false),
+            grpc: self.grpc.clone().map(|c| pool(c, true)),
+            upgrade: self.upgrade.clone().map(|c| pool(c, false)),
+        }
+    }
 }
 
 /// Why a forward failed, for the status and the log.
@@ -55,10 +83,14 @@ impl Upstream {
         response_timeout: Duration,
         tunnels: TaskTracker,
     ) -> Self {
-        Self {
-            client: pool(connector, false),
+        let connectors = Connectors {
+            default: connector,
             grpc: None,
             upgrade: None,
+        };
+        Self {
+            pools: Arc::new(ArcSwap::from_pointee(connectors.pools())),
+            connectors,
             base,
             response_timeout,
             tunnels,
@@ -67,14 +99,22 @@ impl Upstream {
 
     /// Sends gRPC calls over HTTP/2 without TLS (prior knowledge) through `connector`.
     pub fn with_grpc_h2c(mut self, connector: Connector) -> Self {
-        self.grpc = Some(pool(connector, true));
+        self.connectors.grpc = Some(connector);
+        self.refresh();
         self
     }
 
     /// Sends upgrade requests through `connector` (which must speak HTTP/1.1).
     pub fn with_upgrades(mut self, connector: Connector) -> Self {
-        self.upgrade = Some(pool(connector, false));
+        self.connectors.upgrade = Some(connector);
+        self.refresh();
         self
+    }
+
+    /// Starts fresh pools: later requests open new connections (e.g. with a rotated SVID)
+    /// while requests in flight finish on the old ones, which close once idle.
+    pub fn refresh(&self) {
+        self.pools.store(Arc::new(self.connectors.pools()));
     }
 
     /// Rewrites the request for the upstream (URI, version, hop-by-hop headers), sends it
@@ -96,10 +136,11 @@ impl Upstream {
         *request.version_mut() = Version::HTTP_11;
         let upgrade = upgrade_protocol(request.headers());
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        let pool = match (&upgrade, &self.upgrade, &self.grpc) {
+        let pools = self.pools.load_full();
+        let pool = match (&upgrade, &pools.upgrade, &pools.grpc) {
             (Some(_), Some(pool), _) => pool,
             (None, _, Some(pool)) if is_grpc(request.headers()) => pool,
-            _ => &self.client,
+            _ => &pools.default,
         };
         strip_hop_by_hop(request.headers_mut());
         if let Some(protocol) = &upgrade {

@@ -68,15 +68,17 @@ impl OutboundListener {
         let base: Uri = format!("https://{}", config.target)
             .parse()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let peer = Upstream::new(
+            connector.clone(),
+            base,
+            config.timeouts.response.0,
+            shared.tasks.clone(),
+        )
+        .with_upgrades(upgrades);
+        tokio::spawn(fresh_connections_on_rotation(peer.clone(), shared.clone()));
         let state = ListenerState {
             name: config.name.clone(),
-            peer: Upstream::new(
-                connector.clone(),
-                base,
-                config.timeouts.response.0,
-                shared.tasks.clone(),
-            )
-            .with_upgrades(upgrades),
+            peer,
             connector,
             protocol: config.protocol,
             builder: http_builder(&config.timeouts, &config.limits),
@@ -112,6 +114,25 @@ impl OutboundListener {
             },
         )
         .await;
+    }
+}
+
+/// Our SVID changed: connections to the peer opened with the old one are not reused, so
+/// a pooled connection never outlives the certificate it presented (the peer would close
+/// it at expiry, racing with requests sent on it).
+async fn fresh_connections_on_rotation(peer: Upstream, shared: Shared) {
+    let mut updates = shared.identity.subscribe();
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                tracing::debug!("new identity material: new connections to the peer from now on");
+                peer.refresh();
+            }
+        }
     }
 }
 
