@@ -83,6 +83,22 @@ pub struct Decision {
     pub break_glass: bool,
 }
 
+impl Decision {
+    /// Why the request was (or, in audit mode, would have been) denied, for logs;
+    /// `None` when it was allowed.
+    pub fn denial_reason(&self) -> Option<String> {
+        let why = match self.rule.as_deref() {
+            Some(rule) => format!("denied by rule {rule}"),
+            None => "no rule allows it (default deny)".to_string(),
+        };
+        match self.verdict {
+            Verdict::Allow => None,
+            Verdict::Deny => Some(why),
+            Verdict::AuditDeny => Some(format!("audit mode: {why}")),
+        }
+    }
+}
+
 /// Why a request path is refused before any rule is looked at (answered with 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {

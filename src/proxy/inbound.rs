@@ -150,12 +150,7 @@ impl ListenerState {
             return;
         };
         tracing::Span::current().record("peer.id", peer.spiffe_id.as_str());
-        let own_id = self
-            .shared
-            .identity
-            .current()
-            .map(|m| m.svid.spiffe_id.to_string())
-            .unwrap_or_default();
+        let own_id = self.shared.own_id();
         if self.protocol == Protocol::Tcp {
             let policy = self.policy.load();
             let decision = tcp::authorise(&policy, &peer);
@@ -243,7 +238,7 @@ impl Connection {
         };
         let decision = policy.evaluate(&judged);
         policy.record(&decision);
-        let denial = denial_reason(&decision);
+        let denial = decision.denial_reason();
         if let Some(reason) = &denial {
             let rule = decision.rule.as_deref();
             tracing::info!(source = %self.peer.spiffe_id, %method, %path, rule, decision = decision.verdict.as_str(), "{reason}");
@@ -321,19 +316,6 @@ fn revocation(
 /// Whether a request asks to switch protocols (WebSocket and the like).
 fn is_upgrade(headers: &http::HeaderMap) -> bool {
     headers.contains_key(http::header::UPGRADE)
-}
-
-/// Why a request was (or, in audit mode, would have been) denied; `None` when allowed.
-fn denial_reason(decision: &Decision) -> Option<String> {
-    let by = match decision.rule.as_deref() {
-        Some(rule) => format!("rule {rule}"),
-        None => "the default (no rule allows it)".to_string(),
-    };
-    match decision.verdict {
-        Verdict::Allow => None,
-        Verdict::Deny => Some(format!("denied by {by}")),
-        Verdict::AuditDeny => Some(format!("audit mode: would be denied by {by}")),
-    }
 }
 
 /// The parts of a decision line known before the decision.

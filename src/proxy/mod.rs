@@ -41,3 +41,13 @@ pub struct Shared {
     /// Every connection task, so the drain can wait for them.
     pub tasks: TaskTracker,
 }
+
+impl Shared {
+    /// Our SPIFFE ID now (empty before the first SVID: no handshake succeeds then anyway).
+    pub fn own_id(&self) -> String {
+        self.identity
+            .current()
+            .map(|m| m.svid.spiffe_id.to_string())
+            .unwrap_or_default()
+    }
+}

@@ -146,12 +146,7 @@ struct Connection {
 impl ListenerState {
     async fn serve_connection(self: Arc<Self>, tcp: TcpStream) {
         let _open = self.shared.requests.connection(&self.name);
-        let own_id = self
-            .shared
-            .identity
-            .current()
-            .map(|m| m.svid.spiffe_id.to_string())
-            .unwrap_or_default();
+        let own_id = self.shared.own_id();
         if self.protocol == Protocol::Tcp {
             let relay = tcp::Relay {
                 listener: &self.name,

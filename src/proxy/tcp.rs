@@ -84,11 +84,7 @@ pub async fn relay<C>(
     let log = |destination: Option<&str>, bytes: (u64, u64), reason: Option<&str>| {
         log_with(decision, destination, bytes, reason)
     };
-    if decision.verdict == Verdict::Deny {
-        let reason = match decision.rule.as_deref() {
-            Some(rule) => format!("denied by rule {rule}"),
-            None => "no rule allows it (default deny)".to_string(),
-        };
+    if let (Verdict::Deny, Some(reason)) = (decision.verdict, decision.denial_reason()) {
         tracing::info!(
             source = relay.source,
             rule = decision.rule.as_deref(),
