@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use spire::{eventually, free_addr, h2_once, inbound_toml, xfcc_field, Idgate, Spire, SERVER_ID};
+use spire::{eventually, h2_once, spawn_server, xfcc_field, Idgate, Spire, SERVER_ID};
 use support::{Pki, Sidecar};
 
 const PARTNER_TD: &str = "partner.org";
@@ -63,17 +63,7 @@ impl Federated {
             );
             spire
         });
-        let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
-            .await
-            .expect("echo");
-        let inbound = free_addr();
-        let server = Idgate::spawn(
-            &spire,
-            "server",
-            server_uid,
-            &inbound_toml(inbound, &echo.to_string()),
-            &[("policy.toml", POLICY)],
-        );
+        let (server, inbound) = spawn_server(&spire, server_uid, POLICY).await;
         server.ready().await;
         Self {
             server,
@@ -98,6 +88,21 @@ impl Federated {
             self.inbound
         );
         Sidecar::start(pki.dir.path(), name, &toml).await
+    }
+
+    /// A request from `client` (of `trust_domain`) is refused in the handshake, counted
+    /// once under `unknown_trust_domain` and logged with the trust domain it lacks.
+    async fn assert_refused_unknown_td(&self, client: &Sidecar, trust_domain: &str) {
+        let refused = h2_once(client.outbound(), "/api/orders").await;
+        assert!(refused.is_err(), "{trust_domain} got through: {refused:?}");
+        eventually(
+            "unknown_trust_domain counted on the server",
+            Duration::from_secs(10),
+            || async { (self.unknown_td_failures().await == 1.0).then_some(()) },
+        )
+        .await;
+        let logged = format!("trust domain {trust_domain} has no bundle");
+        self.server.logged(&logged, Duration::from_secs(10)).await;
     }
 
     /// The server's count of handshakes refused for an unknown trust domain.
@@ -139,20 +144,7 @@ async fn federated_peer_is_verified_with_the_agents_bundle_and_unknown_domain_re
     // other.org's CA was never given to SPIRE: refused in the handshake, with the reason.
     let other_pki = Pki::new("other.org");
     let other = fed.client(&other_pki, "other", OTHER_ID).await;
-    let refused = h2_once(other.outbound(), "/api/orders").await;
-    assert!(refused.is_err(), "other.org got through: {refused:?}");
-    eventually(
-        "unknown_trust_domain counted on the server",
-        Duration::from_secs(10),
-        || async { (fed.unknown_td_failures().await == 1.0).then_some(()) },
-    )
-    .await;
-    fed.server
-        .logged(
-            "trust domain other.org has no bundle",
-            Duration::from_secs(10),
-        )
-        .await;
+    fed.assert_refused_unknown_td(&other, "other.org").await;
 
     // The refusal changed nothing for the partner.
     let (status, _) = h2_once(partner.outbound(), "/api/orders")
@@ -187,18 +179,5 @@ async fn deleting_the_federated_bundle_refuses_the_partner_without_a_restart() {
         deleted.elapsed()
     );
 
-    let refused = h2_once(partner.outbound(), "/api/orders").await;
-    assert!(refused.is_err(), "partner still admitted: {refused:?}");
-    eventually(
-        "unknown_trust_domain counted on the server",
-        Duration::from_secs(10),
-        || async { (fed.unknown_td_failures().await == 1.0).then_some(()) },
-    )
-    .await;
-    fed.server
-        .logged(
-            "trust domain partner.org has no bundle",
-            Duration::from_secs(10),
-        )
-        .await;
+    fed.assert_refused_unknown_td(&partner, "partner.org").await;
 }

@@ -40,6 +40,23 @@ pub fn lines_with(log: &str, text: &str) -> usize {
     log.lines().filter(|l| l.contains(text)).count()
 }
 
+/// The echo app and, in front of it, a server sidecar (uid `uid`) with an inbound
+/// listener judged by `policy`; returns the sidecar (not waited for) and its inbound address.
+pub async fn spawn_server(spire: &Spire, uid: u32, policy: &str) -> (Idgate, SocketAddr) {
+    let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
+        .await
+        .expect("echo");
+    let inbound = free_addr();
+    let server = Idgate::spawn(
+        spire,
+        "server",
+        uid,
+        &inbound_toml(inbound, &echo.to_string()),
+        &[("policy.toml", policy)],
+    );
+    (server, inbound)
+}
+
 /// SPIRE with entries for [`SERVER_ID`] and [`CLIENT_ID`], the echo app, and two ready
 /// sidecars: `server` (inbound on `inbound` in front of the echo app, judged by the given
 /// policy) and `client` with two outbound listeners to it: `http_out` (HTTP, pooled
@@ -67,17 +84,7 @@ impl TwoSidecars {
             spire.register(CLIENT_ID, client_uid, ttl);
             spire
         });
-        let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
-            .await
-            .expect("echo");
-        let inbound = free_addr();
-        let server = Idgate::spawn(
-            &spire,
-            "server",
-            server_uid,
-            &inbound_toml(inbound, &echo.to_string()),
-            &[("policy.toml", policy)],
-        );
+        let (server, inbound) = spawn_server(&spire, server_uid, policy).await;
         let (http_out, tcp_out) = (free_addr(), free_addr());
         let client = Idgate::spawn(
             &spire,
