@@ -122,7 +122,8 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
         admin_stop.clone(),
     ));
     drop(binding);
-    tracing::info!(?inbound, ?outbound, %admin, spiffe_id = ?identity.current().map(|m| m.svid.spiffe_id.to_string()), "idgate running");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(?inbound, ?outbound, %admin, workers, spiffe_id = ?identity.current().map(|m| m.svid.spiffe_id.to_string()), "idgate running");
     Ok(App {
         inbound,
         outbound,

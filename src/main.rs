@@ -1,6 +1,7 @@
 //! The `idgate` command line: parses arguments, dispatches, and maps outcomes to exit codes.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -90,7 +91,7 @@ fn run(args: &ConfigArgs) -> u8 {
         }
     };
     init_tracing(config.log.format, &config.log.level);
-    cli::block_on(async {
+    cli::block_on_workers(config.runtime.workers, async {
         let mut signals = match idgate::app::ShutdownSignals::install() {
             Ok(signals) => signals,
             Err(error) => {
@@ -116,6 +117,7 @@ fn init_tracing(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -259,16 +259,44 @@ fn policy_test_runs_the_sample_cases() {
     );
 }
 
+#[test]
+fn zero_workers_is_refused_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = broken_config(dir.path(), "workers = 1", "workers = 0");
+    let out = idgate(&["validate", "--config", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{path}:32: runtime.workers: invalid value: integer `0`, expected a nonzero usize"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn run_drains_and_exits_zero_on_sigterm() {
+    // One worker is a current-thread runtime, more a work-stealing one: both must run and drain.
+    for workers in [1, 2] {
+        run_then_sigterm(workers);
+    }
+}
+
+#[cfg(unix)]
+fn run_then_sigterm(workers: usize) {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let path = broken_config(dir.path(), "127.0.0.1:8443", "127.0.0.1:0");
+    let path = broken_config(
+        dir.path(),
+        "listen = \"127.0.0.1:8443\"",
+        "listen = \"127.0.0.1:0\"",
+    );
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("127.0.0.1:15002", "127.0.0.1:0")
-        .replace("127.0.0.1:15000", "127.0.0.1:0");
+        .replace("127.0.0.1:15000", "127.0.0.1:0")
+        .replace("workers = 1", &format!("workers = {workers}"));
     std::fs::write(&path, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
         .args(["run", "--config", &path])
@@ -280,8 +308,9 @@ fn run_drains_and_exits_zero_on_sigterm() {
     let started = lines
         .by_ref()
         .map_while(Result::ok)
-        .any(|l| l.contains("idgate running"));
-    assert!(started, "idgate did not report it was running");
+        .find(|l| l.contains("idgate running"))
+        .expect("idgate did not report it was running");
+    assert!(started.contains(&format!("workers={workers}")), "{started}");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -299,7 +328,11 @@ fn sighup_reloads_a_policy_the_watcher_cannot_see() {
     // only SIGHUP can bring the edit in.
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    let path = broken_config(dir.path(), "127.0.0.1:8443", "127.0.0.1:0");
+    let path = broken_config(
+        dir.path(),
+        "listen = \"127.0.0.1:8443\"",
+        "listen = \"127.0.0.1:0\"",
+    );
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("127.0.0.1:15002", "127.0.0.1:0")

@@ -14,13 +14,32 @@ pub mod policy_test;
 pub mod validate;
 pub mod webhook;
 
+use std::future::Future;
+use std::num::NonZeroUsize;
+
+use tokio::runtime::Builder;
+
 /// Runs `work` to completion on a multi-threaded runtime and returns its exit code
 /// (1 when the runtime itself cannot start).
-pub fn block_on(work: impl std::future::Future<Output = u8>) -> u8 {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+pub fn block_on(work: impl Future<Output = u8>) -> u8 {
+    block_on_with(Builder::new_multi_thread(), work)
+}
+
+/// Runs `work` on `workers` threads: one is a current-thread runtime (every task on the
+/// calling thread, so waking a task never wakes another thread), more a work-stealing one.
+pub fn block_on_workers(workers: NonZeroUsize, work: impl Future<Output = u8>) -> u8 {
+    let builder = if workers.get() == 1 {
+        Builder::new_current_thread()
+    } else {
+        let mut builder = Builder::new_multi_thread();
+        builder.worker_threads(workers.get());
+        builder
+    };
+    block_on_with(builder, work)
+}
+
+fn block_on_with(mut builder: Builder, work: impl Future<Output = u8>) -> u8 {
+    match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(work),
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");

@@ -62,6 +62,7 @@ pub fn run(path: Option<&Path>) -> u8 {
         );
     }
     println!("  admin    {}", config.admin.listen);
+    println!("  runtime  {} worker thread(s)", config.runtime.workers);
     let (trust_domains, why) = trust_domains(&config.identity);
     if let Some(why) = why {
         println!("  note: {why}");

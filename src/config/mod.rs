@@ -8,8 +8,8 @@ mod model;
 mod source;
 
 pub use model::{
-    AdminConfig, IdentitySourceKind, Limits, LogConfig, LogFormat, Protocol, Seconds, Target,
-    Timeouts, Upstream,
+    AdminConfig, IdentitySourceKind, Limits, LogConfig, LogFormat, Protocol, RuntimeConfig,
+    Seconds, Target, Timeouts, Upstream,
 };
 pub use source::{FileError, SourceFile};
 
@@ -40,6 +40,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Threads.
+    pub runtime: RuntimeConfig,
 }
 
 /// The checked identity source.
@@ -172,6 +174,7 @@ impl Config {
             outbound,
             admin: raw.admin,
             log,
+            runtime: raw.runtime,
         })
     }
 
