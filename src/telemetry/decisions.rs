@@ -1,13 +1,17 @@
 //! The decision log: one JSON line per request (or TCP connection), as SPEC.md lays out.
 //!
 //! Lines are serialised on the request task and handed to a writer thread through a
-//! bounded channel, so a slow disk never stalls a request. The writer wakes every 50 ms,
-//! drains the queue and flushes: a line is on disk well within a second, and queuing a
-//! line never wakes a thread (no syscall on the request path).
+//! queue, so a slow disk never stalls a request. The writer wakes every 50 ms, drains the
+//! queue and flushes: a line is on disk well within a second, and queuing a line never
+//! wakes a thread (no syscall on the request path). The queue holds at most
+//! [`QUEUE_LINES`] lines and takes memory only for the lines waiting in it (a
+//! preallocated ring of that size would keep 2 MiB resident in an idle sidecar).
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +21,7 @@ use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 use time::OffsetDateTime;
 
+/// Lines waiting for the writer at most; more are dropped and counted.
 const QUEUE_LINES: usize = 65_536;
 const TIMESTAMP: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
@@ -76,7 +81,9 @@ struct Line<'a> {
 /// Where decision lines go; cheap to clone.
 #[derive(Clone)]
 pub struct DecisionLog {
-    queue: SyncSender<Vec<u8>>,
+    queue: Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     dropped: Counter,
 }
 
@@ -96,17 +103,29 @@ impl DecisionLog {
                     })?,
             ),
         };
-        let (queue, lines) = mpsc::sync_channel(QUEUE_LINES);
-        std::thread::Builder::new()
-            .name("decision-log".into())
-            .spawn(move || write_lines(lines, sink))?;
-        let dropped = Counter::default();
+        let log = Self::to_sink(sink, QUEUE_LINES)?;
         registry.register(
             "idgate_decision_log_dropped",
             "Decision lines dropped because the writer fell behind",
-            dropped.clone(),
+            log.dropped.clone(),
         );
-        Ok(Self { queue, dropped })
+        Ok(log)
+    }
+
+    /// Starts the writer thread on `sink`, queuing at most `capacity` lines.
+    fn to_sink(sink: Box<dyn Write + Send>, capacity: usize) -> io::Result<Self> {
+        let (queue, lines) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer_count = queued.clone();
+        std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || write_lines(lines, &writer_count, sink))?;
+        Ok(Self {
+            queue,
+            queued,
+            capacity,
+            dropped: Counter::default(),
+        })
     }
 
     /// Queues one line; never blocks (a full queue drops the line and counts it).
@@ -119,13 +138,18 @@ impl DecisionLog {
             return;
         }
         line.push(b'\n');
-        if let Err(TrySendError::Full(_)) = self.queue.try_send(line) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
             self.dropped.inc();
+            return;
+        }
+        if self.queue.send(line).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-fn write_lines(lines: Receiver<Vec<u8>>, sink: Box<dyn Write + Send>) {
+fn write_lines(lines: Receiver<Vec<u8>>, queued: &AtomicUsize, sink: Box<dyn Write + Send>) {
     // The writer polls instead of blocking in `recv`: a sender then never has to wake it,
     // so queuing a line costs no syscall on the request path. Each pass drains the queue
     // and flushes, so a line reaches its file within about one POLL.
@@ -137,6 +161,7 @@ fn write_lines(lines: Receiver<Vec<u8>>, sink: Box<dyn Write + Send>) {
         loop {
             match lines.try_recv() {
                 Ok(line) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
                     let _ = out.write_all(&line);
                 }
                 Err(TryRecvError::Empty) => break,
@@ -152,5 +177,85 @@ fn write_lines(lines: Receiver<Vec<u8>>, sink: Box<dyn Write + Send>) {
         if !open {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A sink that holds every write until the gate opens, then keeps what it got.
+    struct Gated {
+        gate: Arc<Mutex<()>>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _open = self.gate.lock().unwrap();
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn record(log: &DecisionLog, request_id: &str) {
+        log.record(&DecisionRecord {
+            listener: "api",
+            direction: "inbound",
+            source: None,
+            destination: None,
+            method: Some("GET"),
+            path: Some("/"),
+            decision: "allow",
+            rule: None,
+            status: 200,
+            duration_ms: 0.1,
+            request_id,
+            reason: None,
+            policy_version: None,
+            audit_rule: None,
+            break_glass: false,
+            bytes_in: None,
+            bytes_out: None,
+        });
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_lines_and_the_rest_reach_the_sink() {
+        let gate = Arc::new(Mutex::new(()));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let closed = gate.lock().unwrap();
+        let sink = Gated {
+            gate: gate.clone(),
+            written: written.clone(),
+        };
+        let log = DecisionLog::to_sink(Box::new(BufWriter::with_capacity(0, sink)), 4).unwrap();
+        for i in 0..10 {
+            record(&log, &format!("r{i}"));
+        }
+        // The writer may have taken one line off the queue (it then waits at the gate).
+        let dropped = log.dropped.get();
+        assert!((5..=6).contains(&dropped), "dropped {dropped}");
+        drop(closed);
+        let kept = (0..100)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+                text.lines().count()
+            })
+            .find(|&n| n as u64 + dropped == 10);
+        assert_eq!(kept, Some((10 - dropped) as usize), "lines lost");
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(text.starts_with("{\"ts\":\""), "{text}");
+        assert!(text.contains("\"request_id\":\"r0\""), "{text}");
+        // Draining frees room: new lines are queued again, not dropped.
+        record(&log, "later");
+        assert_eq!(log.dropped.get(), dropped);
     }
 }
