@@ -16,9 +16,10 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::task::TaskTracker;
 
+use super::coalesce::FlushingExecutor;
 use super::headers::strip_hop_by_hop;
 use super::respond::{is_grpc, Body, Refusal};
 use super::serve::{never_revoked, Revoked};
@@ -194,7 +195,7 @@ impl Upstream {
 }
 
 fn pool(connector: Connector, http2_only: bool) -> Pool {
-    Client::builder(TokioExecutor::new())
+    Client::builder(FlushingExecutor)
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE)

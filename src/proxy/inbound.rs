@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
+use super::coalesce::Coalesce;
 use super::forward::Upstream;
 use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
 use super::respond::{is_grpc, refusal, Body, Refusal};
@@ -191,7 +192,7 @@ impl ListenerState {
         });
         serve_http(
             &self.builder,
-            tls,
+            Coalesce::new(tls),
             service,
             lifetime,
             revoked,

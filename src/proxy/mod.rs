@@ -4,6 +4,7 @@
 //! This room owns sockets and HTTP; it asks `tls` who the peer is and `policy` what
 //! the peer may do, and never decides either itself.
 
+mod coalesce;
 mod forward;
 /// Header rules (hop-by-hop removal, XFCC, request IDs): pure functions, public for the
 /// micro-benchmarks in `benches/`.

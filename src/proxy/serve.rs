@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::coalesce::FlushAtEnd;
 use super::respond::Body;
 use super::Shared;
 use crate::config::{Limits, Timeouts};
@@ -107,8 +108,9 @@ pub async fn serve_http<I, S>(
         touched.store(millis_since(started), Ordering::Relaxed);
         service.call(request)
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
+    // Under FlushAtEnd, a `Coalesce` stream writes what one poll produced in one go.
+    let mut connection =
+        FlushAtEnd::new(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let idle = lifetime.idle;
     let mut deadline = started + idle;
     let close_at = lifetime
@@ -118,26 +120,26 @@ pub async fn serve_http<I, S>(
     let mut revoked = revoked;
     let result = loop {
         tokio::select! {
-            result = connection.as_mut() => break result,
+            result = &mut connection => break result,
             _ = shutdown.cancelled(), if !ending => {
-                connection.as_mut().graceful_shutdown();
+                connection.inner().graceful_shutdown();
                 ending = true;
             }
             reason = &mut revoked, if !ending => {
                 tracing::info!("closing connection: {reason}");
-                connection.as_mut().graceful_shutdown();
+                connection.inner().graceful_shutdown();
                 ending = true;
             }
             _ = tokio::time::sleep_until(close_at.into()), if !ending => {
                 tracing::info!("closing connection: maximum age or peer certificate expiry reached");
-                connection.as_mut().graceful_shutdown();
+                connection.inner().graceful_shutdown();
                 ending = true;
             }
             _ = tokio::time::sleep_until(deadline.into()), if !ending => {
                 let last = started + Duration::from_millis(last_request.load(Ordering::Relaxed));
                 if last + idle <= Instant::now() {
                     tracing::debug!(?idle, "closing idle connection");
-                    connection.as_mut().graceful_shutdown();
+                    connection.inner().graceful_shutdown();
                     ending = true;
                 } else {
                     deadline = last + idle;

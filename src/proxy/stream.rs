@@ -20,6 +20,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::coalesce::Coalesce;
 use crate::config::Target;
 use crate::tls::PeerIdentity;
 
@@ -29,8 +30,8 @@ pub enum Stream {
     Tcp(TcpStream),
     /// Unix domain socket.
     Unix(UnixStream),
-    /// mTLS over TCP, with the verified server identity.
-    Tls(Box<TlsStream<TcpStream>>, Option<PeerIdentity>),
+    /// mTLS over TCP, with the verified server identity; writes are coalesced.
+    Tls(Box<Coalesce<TlsStream<TcpStream>>>, Option<PeerIdentity>),
 }
 
 impl AsyncRead for Stream {
@@ -112,9 +113,10 @@ impl Connection for Stream {
         match self {
             Stream::Tls(tls, peer) => {
                 let connected = Connected::new().extra(peer.clone());
-                match tls.get_ref().1.alpn_protocol() {
-                    Some(b"h2") => connected.negotiated_h2(),
-                    _ => connected,
+                if tls.with_ref(|tls| tls.get_ref().1.alpn_protocol() == Some(b"h2")) {
+                    connected.negotiated_h2()
+                } else {
+                    connected
                 }
             }
             _ => Connected::new(),
@@ -210,7 +212,7 @@ impl Connector {
             .1
             .peer_certificates()
             .and_then(PeerIdentity::from_certs);
-        Ok(Stream::Tls(Box::new(tls), peer))
+        Ok(Stream::Tls(Box::new(Coalesce::new(tls)), peer))
     }
 }
 

@@ -1,0 +1,355 @@
+//! Write coalescing for connections that carry many requests at once (HTTP/2 between
+//! sidecars).
+//!
+//! The h2 codec flushes after every DATA frame it does not copy, so each response would
+//! leave in its own TLS record and its own `writev`, and on loopback every write also
+//! runs the receiver's TCP stack. Under a [`FlushAtEnd`] task, a [`Coalesce`] stream
+//! takes the bytes and the flushes of one poll of that task and writes them all at the
+//! end of the poll: the responses that became ready together leave together.
+//! Outside such a task (or when the buffer fills), it writes at once, as any stream does.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes held before they are written regardless of flushes (one TLS record's worth).
+const LIMIT: usize = 16 * 1024;
+
+/// Buffer capacity kept once everything is written.
+const SPARE: usize = 4 * 1024;
+
+thread_local! {
+    /// The streams that asked for a flush during the current poll of a [`FlushAtEnd`]
+    /// task (`None` outside such a poll).
+    static FLUSH_AT_END: RefCell<Option<Vec<Arc<dyn Deferred>>>> = const { RefCell::new(None) };
+}
+
+/// A stream that buffers small writes and, under [`FlushAtEnd`], defers flushes to the
+/// end of the task's poll.
+pub struct Coalesce<T> {
+    state: Arc<Shared<T>>,
+}
+
+struct Shared<T> {
+    inner: Mutex<State<T>>,
+}
+
+struct State<T> {
+    io: T,
+    pending: Vec<u8>,
+    /// A flush was promised and is still owed.
+    flush_owed: bool,
+    /// A deferred flush failed; the next operation reports it.
+    failed: Option<io::Error>,
+}
+
+/// A flush owed by some stream, paid at the end of a poll.
+trait Deferred: Send + Sync {
+    /// Writes what is buffered and flushes; `Pending` keeps the debt.
+    fn pay(&self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+impl<T> Coalesce<T> {
+    /// Wraps `io`.
+    pub fn new(io: T) -> Self {
+        Self {
+            state: Arc::new(Shared {
+                inner: Mutex::new(State {
+                    io,
+                    pending: Vec::new(),
+                    flush_owed: false,
+                    failed: None,
+                }),
+            }),
+        }
+    }
+
+    /// Runs `f` on the wrapped stream.
+    pub fn with_ref<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.state.lock().io)
+    }
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // A panic while holding the lock aborts the process (panic = "abort"), so a
+        // poisoned lock only means a test thread panicked; its state is still whole.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<T: AsyncWrite + Unpin> State<T> {
+    /// Writes everything buffered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut written = 0;
+        let result = loop {
+            if written == self.pending.len() {
+                break Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.io).poll_write(cx, &self.pending[written..]) {
+                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(error)) => break Poll::Ready(Err(error)),
+                Poll::Pending => break Poll::Pending,
+            }
+        };
+        self.pending.drain(..written);
+        if self.pending.is_empty() && self.pending.capacity() > SPARE {
+            // An idle connection keeps no batch-sized buffer.
+            self.pending = Vec::new();
+        }
+        result
+    }
+
+    fn poll_drain_and_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+impl<T> State<T> {
+    fn take_failure(&mut self) -> io::Result<()> {
+        self.failed.take().map_or(Ok(()), Err)
+    }
+}
+
+impl<T: AsyncWrite + Unpin + Send> Deferred for Shared<T> {
+    fn pay(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if !state.flush_owed {
+            return Poll::Ready(());
+        }
+        match state.poll_drain_and_flush(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(error)) => {
+                // The connection sees it at its next read or write; make sure it comes.
+                state.failed = Some(error);
+                cx.waker().wake_by_ref();
+            }
+        }
+        state.flush_owed = false;
+        Poll::Ready(())
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut state = self.state.lock();
+        state.take_failure()?;
+        Pin::new(&mut state.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Coalesce<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.state.lock();
+        state.take_failure()?;
+        if state.pending.len() + buf.len() > LIMIT {
+            ready!(state.poll_drain(cx))?;
+        }
+        if buf.len() >= LIMIT {
+            return Pin::new(&mut state.io).poll_write(cx, buf);
+        }
+        state.pending.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.state.lock();
+        state.take_failure()?;
+        if state.flush_owed {
+            return Poll::Ready(Ok(()));
+        }
+        let deferred = FLUSH_AT_END.with(|owed| match owed.borrow_mut().as_mut() {
+            Some(owed) => {
+                owed.push(self.state.clone());
+                true
+            }
+            None => false,
+        });
+        if deferred {
+            state.flush_owed = true;
+            return Poll::Ready(Ok(()));
+        }
+        state.poll_drain_and_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.state.lock();
+        state.take_failure()?;
+        ready!(state.poll_drain_and_flush(cx))?;
+        state.flush_owed = false;
+        Pin::new(&mut state.io).poll_shutdown(cx)
+    }
+}
+
+/// Runs a connection future so that the [`Coalesce`] streams it flushes write once, at
+/// the end of each of its polls.
+pub struct FlushAtEnd<F> {
+    future: Pin<Box<F>>,
+    /// Flushes that could not finish (the socket was full); retried at the next poll.
+    owed: Vec<Arc<dyn Deferred>>,
+}
+
+impl<F> FlushAtEnd<F> {
+    /// Wraps `future`.
+    pub fn new(future: F) -> Self {
+        Self {
+            future: Box::pin(future),
+            owed: Vec::new(),
+        }
+    }
+
+    /// The wrapped future, e.g. to start its graceful shutdown.
+    pub fn inner(&mut self) -> Pin<&mut F> {
+        self.future.as_mut()
+    }
+}
+
+impl<F: Future> Future for FlushAtEnd<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let outer = FLUSH_AT_END.with(|owed| owed.replace(Some(Vec::new())));
+        let result = this.future.as_mut().poll(cx);
+        let mut owed = FLUSH_AT_END
+            .with(|owed| owed.replace(outer))
+            .unwrap_or_default();
+        owed.append(&mut this.owed);
+        this.owed = owed
+            .into_iter()
+            .filter(|stream| stream.pay(cx).is_pending())
+            .collect();
+        result
+    }
+}
+
+/// A hyper executor whose tasks (client connections) run under [`FlushAtEnd`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlushingExecutor;
+
+impl<F> hyper::rt::Executor<F> for FlushingExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(FlushAtEnd::new(future));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// Counts the writes that reach it and keeps their bytes.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        writes: Arc<AtomicUsize>,
+        bytes: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            self.bytes.lock().unwrap().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn flushes_within_one_poll_leave_in_one_write() {
+        let recorder = Recorder::default();
+        let mut stream = Coalesce::new(recorder.clone());
+        FlushAtEnd::new(async {
+            for frame in [&b"one "[..], b"two ", b"three"] {
+                stream.write_all(frame).await.unwrap();
+                stream.flush().await.unwrap();
+            }
+        })
+        .await;
+        assert_eq!(recorder.writes.load(Ordering::Relaxed), 1);
+        assert_eq!(&recorder.bytes.lock().unwrap()[..], b"one two three");
+    }
+
+    #[tokio::test]
+    async fn outside_a_flush_at_end_task_a_flush_writes_at_once() {
+        let recorder = Recorder::default();
+        let mut stream = Coalesce::new(recorder.clone());
+        stream.write_all(b"one").await.unwrap();
+        assert_eq!(recorder.writes.load(Ordering::Relaxed), 0);
+        stream.flush().await.unwrap();
+        assert_eq!(recorder.writes.load(Ordering::Relaxed), 1);
+        stream.write_all(b"two").await.unwrap();
+        stream.shutdown().await.unwrap();
+        assert_eq!(&recorder.bytes.lock().unwrap()[..], b"onetwo");
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_is_written_without_waiting_for_a_flush() {
+        let recorder = Recorder::default();
+        let mut stream = Coalesce::new(recorder.clone());
+        let big = vec![7u8; LIMIT - 10];
+        stream.write_all(&big).await.unwrap();
+        stream.write_all(&[8u8; 20]).await.unwrap();
+        assert_eq!(recorder.writes.load(Ordering::Relaxed), 1);
+        assert_eq!(recorder.bytes.lock().unwrap().len(), LIMIT - 10);
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_is_full_at_the_end_of_a_poll_gets_the_bytes_later() {
+        // A real socket pair with a tiny receive side: the deferred flush meets a full
+        // send buffer, and the task must come back to finish it.
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut stream = Coalesce::new(client);
+        let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let expected = payload.clone();
+        let writer = tokio::spawn(FlushAtEnd::new(async move {
+            for chunk in payload.chunks(1000) {
+                stream.write_all(chunk).await.unwrap();
+                stream.flush().await.unwrap();
+            }
+            // Keep the stream (and so the pending bytes) alive until the reader is done.
+            std::future::pending::<()>().await;
+        }));
+        let mut received = vec![0u8; expected.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut received)
+            .await
+            .unwrap();
+        assert_eq!(received, expected);
+        writer.abort();
+    }
+}
