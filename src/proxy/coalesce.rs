@@ -20,9 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes held before they are written regardless of flushes (one TLS record's worth).
 const LIMIT: usize = 16 * 1024;
 
-/// Buffer capacity kept once everything is written.
-const SPARE: usize = 4 * 1024;
-
 thread_local! {
     /// The streams that asked for a flush during the current poll of a [`FlushAtEnd`]
     /// task (`None` outside such a poll).
@@ -101,8 +98,8 @@ impl<T: AsyncWrite + Unpin> State<T> {
             }
         };
         self.pending.drain(..written);
-        if self.pending.is_empty() && self.pending.capacity() > SPARE {
-            // An idle connection keeps no batch-sized buffer.
+        if self.pending.is_empty() {
+            // An idle connection keeps no buffer (one allocation per batch is cheap).
             self.pending = Vec::new();
         }
         result

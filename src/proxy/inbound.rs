@@ -128,7 +128,9 @@ impl InboundListener {
 impl ListenerState {
     async fn serve_connection(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
         let _open = self.shared.requests.connection(&self.name);
-        let handshake = tokio::time::timeout(self.timeouts.handshake.0, self.acceptor.accept(tcp));
+        // Boxed, so the handshake's state does not size the task for the connection's life.
+        let accept = Box::pin(self.acceptor.accept(tcp));
+        let handshake = tokio::time::timeout(self.timeouts.handshake.0, accept);
         let tls = match handshake.await {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
@@ -170,7 +172,17 @@ impl ListenerState {
             };
             let upstream = self.connector.clone();
             let version = Some(policy.version());
-            tcp::relay(&self.shared, relay, &decision, version, tls, upstream).await;
+            // Boxed: the relay's state (a TLS stream and two copy buffers' bookkeeping)
+            // would otherwise size every HTTP connection's task too.
+            Box::pin(tcp::relay(
+                &self.shared,
+                relay,
+                &decision,
+                version,
+                tls,
+                upstream,
+            ))
+            .await;
             return;
         }
         let lifetime = Lifetime::new(&self.timeouts, &self.limits, Some(peer.not_after));
@@ -272,7 +284,9 @@ impl Connection {
                 policy.evaluate(&again).verdict.passes()
             })
         });
-        match self.state.upstream.forward(request, &path, revoked).await {
+        // Boxed: hyper keeps a slot the size of this future in every connection, idle
+        // or not; the forward's state lives only while a request is in flight.
+        match Box::pin(self.state.upstream.forward(request, &path, revoked)).await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 log.write(&decision, status, denial.as_deref(), Some(policy.version()));

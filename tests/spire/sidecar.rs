@@ -214,16 +214,31 @@ pub fn xfcc_field<'a>(xfcc: &'a str, key: &str) -> Option<&'a str> {
 
 /// A copy of the idgate binary that any uid may run. The build directory may sit under a
 /// home directory other users cannot enter (CI builds in `/root/.cache/...`), and the
-/// sidecars run under their own uids so SPIRE can tell them apart.
+/// sidecars run under their own uids so SPIRE can tell them apart. One copy per build
+/// (named by the binary's size and modification time), shared by every test process.
 fn binary_for_any_uid() -> &'static Path {
     static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     COPY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("idgate-bin-{}", std::process::id()));
+        let binary = Path::new(env!("CARGO_BIN_EXE_idgate"));
+        let meta = fs::metadata(binary).expect("the idgate binary");
+        let built = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("idgate-bin-{}-{built}", meta.len()));
+        let copy = dir.join("idgate");
+        if copy.exists() {
+            return copy;
+        }
         fs::create_dir_all(&dir).expect("binary dir");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod binary dir");
-        let copy = dir.join("idgate");
-        fs::copy(env!("CARGO_BIN_EXE_idgate"), &copy).expect("copy the idgate binary");
-        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod idgate");
+        // Copied under a name of its own, then renamed: test processes running at the same
+        // time never exec a half-written file.
+        let partial = dir.join(format!("idgate.{}", std::process::id()));
+        fs::copy(binary, &partial).expect("copy the idgate binary");
+        fs::set_permissions(&partial, fs::Permissions::from_mode(0o755)).expect("chmod idgate");
+        fs::rename(&partial, &copy).expect("rename the idgate copy");
         copy
     })
 }
