@@ -8,7 +8,7 @@
 //! end of the poll: the responses that became ready together leave together.
 //! Outside such a task (or when the buffer fills), it writes at once, as any stream does.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -21,9 +21,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const LIMIT: usize = 16 * 1024;
 
 thread_local! {
-    /// The streams that asked for a flush during the current poll of a [`FlushAtEnd`]
-    /// task (`None` outside such a poll).
-    static FLUSH_AT_END: RefCell<Option<Vec<Arc<dyn Deferred>>>> = const { RefCell::new(None) };
+    /// Streams that asked for a flush during the [`FlushAtEnd`] polls in progress on this
+    /// thread; each such poll owns the entries from its mark on.
+    static OWED: RefCell<Vec<Arc<dyn Deferred>>> = const { RefCell::new(Vec::new()) };
+    /// Where the innermost [`FlushAtEnd`] poll's entries start (`None`: no such poll).
+    static MARK: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// A stream that buffers small writes and, under [`FlushAtEnd`], defers flushes to the
@@ -173,14 +175,8 @@ impl<T: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Coalesce<T> {
         if state.flush_owed {
             return Poll::Ready(Ok(()));
         }
-        let deferred = FLUSH_AT_END.with(|owed| match owed.borrow_mut().as_mut() {
-            Some(owed) => {
-                owed.push(self.state.clone());
-                true
-            }
-            None => false,
-        });
-        if deferred {
+        if MARK.get().is_some() {
+            OWED.with(|owed| owed.borrow_mut().push(self.state.clone()));
             state.flush_owed = true;
             return Poll::Ready(Ok(()));
         }
@@ -224,16 +220,12 @@ impl<F: Future> Future for FlushAtEnd<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
-        let outer = FLUSH_AT_END.with(|owed| owed.replace(Some(Vec::new())));
+        let start = OWED.with(|owed| owed.borrow().len());
+        let outer = MARK.replace(Some(start));
         let result = this.future.as_mut().poll(cx);
-        let mut owed = FLUSH_AT_END
-            .with(|owed| owed.replace(outer))
-            .unwrap_or_default();
-        owed.append(&mut this.owed);
-        this.owed = owed
-            .into_iter()
-            .filter(|stream| stream.pay(cx).is_pending())
-            .collect();
+        MARK.set(outer);
+        OWED.with(|owed| this.owed.extend(owed.borrow_mut().drain(start..)));
+        this.owed.retain(|stream| stream.pay(cx).is_pending());
         result
     }
 }
