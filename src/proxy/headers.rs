@@ -78,7 +78,20 @@ fn new_request_id() -> HeaderValue {
         nanos ^ (u64::from(std::process::id()) << 32)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::try_from(format!("{seed:016x}-{n:012x}")).expect("hex is a valid header value")
+    // `{seed:016x}-{n:012x}`, written without `format!` (this runs on every request).
+    let mut id = [b'-'; 29];
+    write_hex(&mut id[..16], seed);
+    write_hex(&mut id[17..], n);
+    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+}
+
+/// Writes the low `dst.len()` hex digits of `value` into `dst`, most significant first.
+fn write_hex(dst: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in dst.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 #[cfg(test)]
@@ -129,5 +142,22 @@ mod tests {
         assert_ne!(a, b);
         h2.insert(REQUEST_ID, "given".parse().unwrap());
         assert_eq!(ensure_request_id(&mut h2), "given");
+        // 16 hex digits of process seed, a dash, 12 hex digits of a counter.
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert_eq!(a.len(), 29, "{a}");
+        assert_eq!(&a[16..17], "-");
+        assert_eq!(a[..16], b[..16]);
+        let counter = |id: &str| u64::from_str_radix(&id[17..], 16).unwrap();
+        assert!(counter(b) > counter(a));
+    }
+
+    #[test]
+    fn hex_is_fixed_width_and_keeps_the_low_digits() {
+        let mut out = [0u8; 12];
+        write_hex(&mut out, 0xabc);
+        assert_eq!(&out, b"000000000abc");
+        let mut out = [0u8; 4];
+        write_hex(&mut out, 0x1234_5678);
+        assert_eq!(&out, b"5678");
     }
 }

@@ -12,7 +12,8 @@ use std::io::{self, BufWriter, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::cell::Cell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -23,8 +24,9 @@ use time::OffsetDateTime;
 
 /// Lines waiting for the writer at most; more are dropped and counted.
 const QUEUE_LINES: usize = 65_536;
-const TIMESTAMP: &[BorrowedFormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+/// The date and time of day of a timestamp, down to the second.
+const SECOND: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
 
 /// One decision, borrowed from the request that produced it.
 #[derive(Debug, Serialize)]
@@ -130,11 +132,10 @@ impl DecisionLog {
 
     /// Queues one line; never blocks (a full queue drops the line and counts it).
     pub fn record(&self, record: &DecisionRecord<'_>) {
-        let ts = OffsetDateTime::from(SystemTime::now())
-            .format(TIMESTAMP)
-            .unwrap_or_default();
+        let mut ts = [0u8; 24];
+        let ts = timestamp(SystemTime::now(), &mut ts);
         let mut line = Vec::with_capacity(320);
-        if serde_json::to_writer(&mut line, &Line { ts: &ts, record }).is_err() {
+        if serde_json::to_writer(&mut line, &Line { ts, record }).is_err() {
             return;
         }
         line.push(b'\n');
@@ -147,6 +148,38 @@ impl DecisionLog {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// `now` as `2026-11-26T10:22:33.123Z` (UTC, milliseconds) in `out`. The part down to the
+/// second is formatted once a second per thread; only the milliseconds are per line.
+fn timestamp(now: SystemTime, out: &mut [u8; 24]) -> &str {
+    thread_local! {
+        static LAST_SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+    }
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (second, millis) = (since_epoch.as_secs(), since_epoch.subsec_millis());
+    let prefix = LAST_SECOND.with(|last| {
+        let (cached, prefix) = last.get();
+        if cached == second {
+            return prefix;
+        }
+        let mut prefix = [b'0'; 19];
+        let whole = now - Duration::from_nanos(u64::from(since_epoch.subsec_nanos()));
+        if let Ok(text) = OffsetDateTime::from(whole).format(SECOND) {
+            if text.len() == prefix.len() {
+                prefix.copy_from_slice(text.as_bytes());
+                last.set((second, prefix));
+            }
+        }
+        prefix
+    });
+    out[..19].copy_from_slice(&prefix);
+    out[19] = b'.';
+    out[20] = b'0' + (millis / 100) as u8;
+    out[21] = b'0' + (millis / 10 % 10) as u8;
+    out[22] = b'0' + (millis % 10) as u8;
+    out[23] = b'Z';
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 fn write_lines(lines: Receiver<Vec<u8>>, queued: &AtomicUsize, sink: Box<dyn Write + Send>) {
@@ -224,6 +257,20 @@ mod tests {
             bytes_in: None,
             bytes_out: None,
         });
+    }
+
+    #[test]
+    fn timestamps_match_a_full_format_across_seconds() {
+        let full = format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        let start = UNIX_EPOCH + Duration::from_secs(1_795_687_937);
+        for millis in [0, 1, 99, 500, 999, 1_000, 1_001, 61_999, 86_400_000, 86_400_007] {
+            let now = start + Duration::from_millis(millis) + Duration::from_micros(456);
+            let mut out = [0u8; 24];
+            let expected = OffsetDateTime::from(now).format(full).unwrap();
+            assert_eq!(timestamp(now, &mut out), expected);
+        }
     }
 
     #[test]
