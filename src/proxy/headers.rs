@@ -27,6 +27,12 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 /// `TE: trailers` is kept (gRPC needs it end to end); other `TE` values are dropped.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over the few names present is cheaper than a
+    // hashed removal per hop-by-hop name.
+    let hop_by_hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::TE;
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -109,6 +115,17 @@ mod tests {
         h.insert("x-keep", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn end_to_end_headers_pass_untouched() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "api".parse().unwrap());
+        h.append("x-many", "1".parse().unwrap());
+        h.append("x-many", "2".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]

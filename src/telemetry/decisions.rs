@@ -7,12 +7,12 @@
 //! [`QUEUE_LINES`] lines and takes memory only for the lines waiting in it (a
 //! preallocated ring of that size would keep 2 MiB resident in an idle sidecar).
 
+use std::cell::Cell;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
-use std::cell::Cell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
@@ -265,7 +265,9 @@ mod tests {
             "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
         );
         let start = UNIX_EPOCH + Duration::from_secs(1_795_687_937);
-        for millis in [0, 1, 99, 500, 999, 1_000, 1_001, 61_999, 86_400_000, 86_400_007] {
+        for millis in [
+            0, 1, 99, 500, 999, 1_000, 1_001, 61_999, 86_400_000, 86_400_007,
+        ] {
             let now = start + Duration::from_millis(millis) + Duration::from_micros(456);
             let mut out = [0u8; 24];
             let expected = OffsetDateTime::from(now).format(full).unwrap();
