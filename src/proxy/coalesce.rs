@@ -318,6 +318,59 @@ mod tests {
         assert_eq!(recorder.bytes.lock().unwrap().len(), LIMIT - 10);
     }
 
+    /// Fails every write, as a reset connection does.
+    struct Broken;
+
+    impl AsyncWrite for Broken {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deferred_flush_that_fails_is_reported_by_the_next_write() {
+        let mut stream = Coalesce::new(Broken);
+        let mut first = true;
+        let failing = FlushAtEnd::new(std::future::poll_fn(|cx| {
+            let mut stream = Pin::new(&mut stream);
+            if first {
+                // The bytes are taken and the flush promised; the write fails at the end
+                // of this poll, which wakes the task to see it.
+                first = false;
+                assert!(matches!(
+                    stream.as_mut().poll_write(cx, b"frame"),
+                    Poll::Ready(Ok(5))
+                ));
+                assert!(matches!(
+                    stream.as_mut().poll_flush(cx),
+                    Poll::Ready(Ok(()))
+                ));
+                return Poll::Pending;
+            }
+            match stream.as_mut().poll_write(cx, b"more") {
+                Poll::Ready(Err(error)) => Poll::Ready(error),
+                other => panic!("the failed flush was lost: {other:?}"),
+            }
+        }));
+        // Without the wake-up the task would never run again.
+        let error = tokio::time::timeout(std::time::Duration::from_secs(5), failing)
+            .await
+            .expect("the task was woken to see the failure");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+
     #[tokio::test]
     async fn a_socket_that_is_full_at_the_end_of_a_poll_gets_the_bytes_later() {
         // A real socket pair with a tiny receive side: the deferred flush meets a full
