@@ -364,10 +364,15 @@ mod tests {
                 other => panic!("the failed flush was lost: {other:?}"),
             }
         }));
-        // Without the wake-up the task would never run again.
-        let error = tokio::time::timeout(std::time::Duration::from_secs(5), failing)
-            .await
-            .expect("the task was woken to see the failure");
+        // Without the wake-up the task would never run again (checked first, so a late
+        // poll by the timer cannot pass for one).
+        let error = tokio::select! {
+            biased;
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
+                panic!("the task was not woken to see the failure")
+            }
+            error = failing => error,
+        };
         assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
     }
 
