@@ -172,15 +172,17 @@ impl<T: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Coalesce<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut state = self.state.lock();
         state.take_failure()?;
-        if state.flush_owed {
-            return Poll::Ready(Ok(()));
-        }
         if MARK.get().is_some() {
+            // Listed with the poll in progress even when an earlier poll already owes it:
+            // that one may have ended before the socket took the bytes. A repeat entry
+            // finds nothing owed once the first is paid.
             OWED.with(|owed| owed.borrow_mut().push(self.state.clone()));
             state.flush_owed = true;
             return Poll::Ready(Ok(()));
         }
-        state.poll_drain_and_flush(cx)
+        ready!(state.poll_drain_and_flush(cx))?;
+        state.flush_owed = false;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -305,6 +307,34 @@ mod tests {
         stream.write_all(b"two").await.unwrap();
         stream.shutdown().await.unwrap();
         assert_eq!(&recorder.bytes.lock().unwrap()[..], b"onetwo");
+    }
+
+    #[tokio::test]
+    async fn a_flush_owed_by_a_finished_task_is_paid_by_the_next_flush() {
+        // The connection future ends (as an HTTP/1.1 connection does when it upgrades)
+        // while the socket is full; whoever flushes next must still get the bytes out.
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut stream = Coalesce::new(client);
+        let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        FlushAtEnd::new(async {
+            stream.write_all(&payload).await.unwrap();
+            stream.flush().await.unwrap();
+        })
+        .await;
+        let reader = tokio::spawn(async move {
+            let mut received = vec![0u8; 10_000];
+            tokio::io::AsyncReadExt::read_exact(&mut server, &mut received)
+                .await
+                .map(|_| received)
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(5), stream.flush())
+            .await
+            .expect("the flush finished")
+            .unwrap();
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("every byte arrived");
+        assert_eq!(received.unwrap().unwrap(), payload);
     }
 
     #[tokio::test]
