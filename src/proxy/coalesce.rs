@@ -51,6 +51,9 @@ struct State<T> {
 trait Deferred: Send + Sync {
     /// Writes what is buffered and flushes; `Pending` keeps the debt.
     fn pay(&self, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// Gives the debt back to the stream (its task ended): the next flush pays it.
+    fn release(&self);
 }
 
 impl<T> Coalesce<T> {
@@ -137,6 +140,10 @@ impl<T: AsyncWrite + Unpin + Send> Deferred for Shared<T> {
         state.flush_owed = false;
         Poll::Ready(())
     }
+
+    fn release(&self) {
+        self.lock().flush_owed = false;
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
@@ -173,11 +180,12 @@ impl<T: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Coalesce<T> {
         let mut state = self.state.lock();
         state.take_failure()?;
         if MARK.get().is_some() {
-            // Listed with the poll in progress even when an earlier poll already owes it:
-            // that one may have ended before the socket took the bytes. A repeat entry
-            // finds nothing owed once the first is paid.
-            OWED.with(|owed| owed.borrow_mut().push(self.state.clone()));
-            state.flush_owed = true;
+            // Owed to the FlushAtEnd poll in progress (listed once: a debt already listed
+            // is paid by the poll or task that holds it, or released when that task ends).
+            if !state.flush_owed {
+                OWED.with(|owed| owed.borrow_mut().push(self.state.clone()));
+                state.flush_owed = true;
+            }
             return Poll::Ready(Ok(()));
         }
         ready!(state.poll_drain_and_flush(cx))?;
@@ -229,6 +237,16 @@ impl<F: Future> Future for FlushAtEnd<F> {
         OWED.with(|owed| this.owed.extend(owed.borrow_mut().drain(start..)));
         this.owed.retain(|stream| stream.pay(cx).is_pending());
         result
+    }
+}
+
+impl<F> Drop for FlushAtEnd<F> {
+    fn drop(&mut self) {
+        // Flushes the socket could not take before the task ended go back to their
+        // streams, so whoever flushes next (an upgraded connection's tunnel) pays them.
+        for stream in self.owed.drain(..) {
+            stream.release();
+        }
     }
 }
 
@@ -335,6 +353,35 @@ mod tests {
             .await
             .expect("every byte arrived");
         assert_eq!(received.unwrap().unwrap(), payload);
+    }
+
+    #[tokio::test]
+    async fn a_flush_owed_by_a_finished_task_is_paid_by_the_next_task() {
+        // As above, but the next flush comes from another FlushAtEnd task: the ended
+        // task's debt must have been given back, or nobody would list it again.
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut stream = Coalesce::new(client);
+        let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        FlushAtEnd::new(async {
+            stream.write_all(&payload).await.unwrap();
+            stream.flush().await.unwrap();
+        })
+        .await;
+        let next = tokio::spawn(FlushAtEnd::new(async move {
+            stream.flush().await.unwrap();
+            // Keep the stream (and so the pending bytes) alive until the reader is done.
+            std::future::pending::<()>().await;
+        }));
+        let mut received = vec![0u8; payload.len()];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_exact(&mut server, &mut received),
+        )
+        .await
+        .expect("every byte arrived")
+        .unwrap();
+        assert_eq!(received, payload);
+        next.abort();
     }
 
     #[tokio::test]
