@@ -1,4 +1,4 @@
-//! Sends a request to an upstream through a pooled client and maps failures to refusals.
+//! Sends a request to an upstream through its connection pool and maps failures to refusals.
 //!
 //! Shared by inbound (to the local app) and outbound (to the peer sidecar). Bodies are
 //! streamed both ways; nothing here buffers a whole body. gRPC calls may take an HTTP/2
@@ -15,20 +15,17 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
-use super::coalesce::FlushingExecutor;
 use super::headers::strip_hop_by_hop;
+use super::pool::{Peer, Pool, PoolError};
 use super::respond::{is_grpc, Body, Refusal};
 use super::serve::{never_revoked, Revoked};
 use super::stream::{ConnectError, Connector};
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
-
-type Pool = Client<Connector, Incoming>;
 
 /// A pooled client for one upstream. Clones share the pools, so [`Upstream::refresh`]
 /// reaches every user.
@@ -59,11 +56,19 @@ struct Pools {
 impl Connectors {
     fn pools(&self) -> Pools {
         Pools {
-            default: pool(self.default.clone(), false),
-            grpc: self.grpc.clone().map(|c| pool(c, true)),
-            upgrade: self.upgrade.clone().map(|c| pool(c, false)),
+            default: Pool::new(self.default.clone(), false, POOL_IDLE),
+            grpc: self.grpc.clone().map(|c| Pool::new(c, true, POOL_IDLE)),
+            upgrade: self.upgrade.clone().map(|c| Pool::new(c, false, POOL_IDLE)),
         }
     }
+}
+
+/// The upstream's response, and who the upstream proved to be (mTLS only).
+pub struct Forwarded {
+    /// The response, hop-by-hop headers removed.
+    pub response: Response<Body>,
+    /// The identity the upstream presented in its handshake.
+    pub peer: Peer,
 }
 
 /// Why a forward failed, for the status and the log.
@@ -125,7 +130,7 @@ impl Upstream {
         mut request: Request<Incoming>,
         path: &str,
         revoked: Option<Revoked>,
-    ) -> Result<Response<Body>, ForwardError> {
+    ) -> Result<Forwarded, ForwardError> {
         if !request.headers().contains_key(http::header::HOST) {
             if let Some(authority) = request.uri().authority() {
                 if let Ok(host) = authority.as_str().parse() {
@@ -147,14 +152,13 @@ impl Upstream {
         if let Some(protocol) = &upgrade {
             keep_upgrade(request.headers_mut(), protocol.clone());
         }
-        let response = tokio::time::timeout(self.response_timeout, pool.request(request))
+        let (mut response, peer) = tokio::time::timeout(self.response_timeout, pool.send(request))
             .await
             .map_err(|_| ForwardError {
                 refusal: Refusal::Timeout,
                 reason: format!("no response within {:?}", self.response_timeout),
             })?
             .map_err(classify)?;
-        let mut response = response;
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let server_protocol = upgrade_protocol(response.headers());
         if let (true, Some(client_side), Some(_)) = (switched, client_side, &server_protocol) {
@@ -167,7 +171,10 @@ impl Upstream {
         if let (true, Some(protocol)) = (switched, server_protocol) {
             keep_upgrade(&mut parts.headers, protocol);
         }
-        Ok(Response::from_parts(parts, Either::Left(body)))
+        Ok(Forwarded {
+            response: Response::from_parts(parts, Either::Left(body)),
+            peer,
+        })
     }
 
     fn uri_for(&self, original: &Uri, path: &str) -> Result<Uri, ForwardError> {
@@ -192,15 +199,6 @@ impl Upstream {
             reason: format!("cannot build upstream URI: {e}"),
         })
     }
-}
-
-fn pool(connector: Connector, http2_only: bool) -> Pool {
-    Client::builder(FlushingExecutor)
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .http2_only(http2_only)
-        .build(connector)
 }
 
 /// The `Upgrade` value of a message that asks for (or agrees to) an upgrade.
@@ -242,24 +240,19 @@ async fn tunnel(client: OnUpgrade, server: OnUpgrade, revoked: Option<Revoked>) 
     }
 }
 
-fn classify(error: hyper_util::client::legacy::Error) -> ForwardError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-    while let Some(e) = source {
-        if let Some(connect) = e.downcast_ref::<ConnectError>() {
-            let refusal = match connect {
+fn classify(error: PoolError) -> ForwardError {
+    match error {
+        PoolError::Connect(connect) => ForwardError {
+            refusal: match connect {
                 ConnectError::Timeout(..) => Refusal::Timeout,
                 _ => Refusal::Unreachable,
-            };
-            return ForwardError {
-                refusal,
-                reason: connect.to_string(),
-            };
-        }
-        source = e.source();
-    }
-    ForwardError {
-        refusal: Refusal::Unreachable,
-        reason: chain(&error),
+            },
+            reason: connect.to_string(),
+        },
+        PoolError::Http(error) => ForwardError {
+            refusal: Refusal::Unreachable,
+            reason: chain(&error),
+        },
     }
 }
 

@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::coalesce::Coalesce;
-use super::forward::Upstream;
+use super::forward::{Forwarded, Upstream};
 use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
 use super::respond::{is_grpc, refusal, Body, Refusal};
 use super::serve::{accept_loop, http_builder, serve_http, Lifetime, Revoked};
@@ -287,7 +287,7 @@ impl Connection {
         // Boxed: hyper keeps a slot the size of this future in every connection, idle
         // or not; the forward's state lives only while a request is in flight.
         match Box::pin(self.state.upstream.forward(request, &path, revoked)).await {
-            Ok(response) => {
+            Ok(Forwarded { response, .. }) => {
                 let status = response.status().as_u16();
                 log.write(&decision, status, denial.as_deref(), Some(policy.version()));
                 response

@@ -11,6 +11,7 @@ mod forward;
 pub mod headers;
 mod inbound;
 mod outbound;
+mod pool;
 mod respond;
 mod serve;
 mod stream;

@@ -18,7 +18,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::forward::Upstream;
+use super::forward::{Forwarded, Upstream};
 use super::headers::ensure_request_id;
 use super::respond::{is_grpc, refusal, Body};
 use super::serve::{accept_loop, http_builder, never_revoked, serve_http, Lifetime};
@@ -29,7 +29,7 @@ use crate::config::{Limits, Outbound, Protocol, Timeouts};
 use crate::policy::{Decision, Verdict};
 use crate::telemetry::requests::PeerCounters;
 use crate::telemetry::DecisionRecord;
-use crate::tls::{self, PeerIdentity};
+use crate::tls;
 
 const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
@@ -198,21 +198,19 @@ impl Connection {
         let grpc = is_grpc(request.headers());
         let uri = request.uri().clone();
         let method = request.method().clone();
-        let (response, reason) = match self.state.peer.forward(request, uri.path(), None).await {
-            Ok(response) => (response, None),
-            Err(error) => {
-                tracing::warn!(reason = %error.reason, "peer sidecar unavailable");
-                (
-                    refusal(error.refusal, request_id.clone(), grpc),
-                    Some(error.reason),
-                )
-            }
-        };
-        let destination = response
-            .extensions()
-            .get::<Option<PeerIdentity>>()
-            .and_then(Option::as_ref)
-            .map(|peer| peer.spiffe_id.as_str());
+        let (response, peer, reason) =
+            match self.state.peer.forward(request, uri.path(), None).await {
+                Ok(Forwarded { response, peer }) => (response, peer, None),
+                Err(error) => {
+                    tracing::warn!(reason = %error.reason, "peer sidecar unavailable");
+                    (
+                        refusal(error.refusal, request_id.clone(), grpc),
+                        None,
+                        Some(error.reason),
+                    )
+                }
+            };
+        let destination = peer.as_ref().map(|peer| peer.spiffe_id.as_str());
         let elapsed = started.elapsed().as_secs_f64();
         self.counters.record(Verdict::Allow, elapsed);
         self.state.shared.decisions.record(&DecisionRecord {

@@ -3,7 +3,6 @@
 //! One stream type for TCP, Unix sockets and mTLS, so every upstream client shares the
 //! pooling code. Connectors only connect: they never look at requests.
 
-use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -11,9 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
@@ -106,20 +102,14 @@ impl Stream {
             _ => None,
         }
     }
-}
 
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
+    /// True when the TLS handshake agreed on HTTP/2 (ALPN `h2`).
+    pub fn negotiated_http2(&self) -> bool {
         match self {
-            Stream::Tls(tls, peer) => {
-                let connected = Connected::new().extra(peer.clone());
-                if tls.with_ref(|tls| tls.get_ref().1.alpn_protocol() == Some(b"h2")) {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
+            Stream::Tls(tls, _) => {
+                tls.with_ref(|tls| tls.get_ref().1.alpn_protocol() == Some(b"h2"))
             }
-            _ => Connected::new(),
+            _ => false,
         }
     }
 }
@@ -178,6 +168,11 @@ impl Connector {
         }
     }
 
+    /// True for an mTLS connector.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Opens one connection (and, for mTLS, completes the handshake).
     pub async fn connect(self) -> Result<Stream, ConnectError> {
         let label = match &self.endpoint {
@@ -213,20 +208,5 @@ impl Connector {
             .peer_certificates()
             .and_then(PeerIdentity::from_certs);
         Ok(Stream::Tls(Box::new(Coalesce::new(tls)), peer))
-    }
-}
-
-impl tower::Service<Uri> for Connector {
-    type Response = TokioIo<Stream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let connector = self.clone();
-        Box::pin(async move { connector.connect().await.map(TokioIo::new) })
     }
 }

@@ -24,6 +24,9 @@ use time::OffsetDateTime;
 
 /// Lines waiting for the writer at most; more are dropped and counted.
 const QUEUE_LINES: usize = 65_536;
+/// Room for a typical line (320-380 bytes with SPIFFE IDs and a request ID), so
+/// serialising one costs a single allocation.
+const LINE_CAPACITY: usize = 512;
 /// The date and time of day of a timestamp, down to the second.
 const SECOND: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
@@ -134,7 +137,7 @@ impl DecisionLog {
     pub fn record(&self, record: &DecisionRecord<'_>) {
         let mut ts = [0u8; 24];
         let ts = timestamp(SystemTime::now(), &mut ts);
-        let mut line = Vec::with_capacity(320);
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
         if serde_json::to_writer(&mut line, &Line { ts, record }).is_err() {
             return;
         }

@@ -1,0 +1,399 @@
+//! Connections to one upstream, reused across requests: one shared HTTP/2 connection, or
+//! a stack of idle HTTP/1.1 ones.
+//!
+//! ALPN (or prior knowledge, for gRPC over h2c) decides the protocol of each new
+//! connection. An HTTP/2 connection carries every request until it closes or idles out;
+//! an HTTP/1.1 connection goes back to the pool when its response body has been read to
+//! the end. A request that a reused connection dropped before sending (it closed under
+//! us) is sent again on a fresh connection. Per request this costs a lock and a clone
+//! of the sender: no hashing, no boxed future, no task.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper::rt::Executor;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use super::coalesce::FlushingExecutor;
+use super::stream::{ConnectError, Connector, Stream};
+use crate::tls::PeerIdentity;
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No connection could be opened.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The connection failed before or while the response head arrived.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// The identity the upstream proved in its handshake (mTLS connections only).
+pub type Peer = Option<Arc<PeerIdentity>>;
+
+/// Connections to one upstream. Clones share them.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: Connector,
+    /// Speak HTTP/2 without asking (gRPC to the local app over h2c).
+    http2_only: bool,
+    idle_timeout: Duration,
+    /// The last connection negotiated HTTP/2, so concurrent requests should wait for one
+    /// connection instead of each opening their own.
+    expect_http2: AtomicBool,
+    /// Held while an HTTP/2 connection is being opened.
+    opening: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    http2: Option<Shared2>,
+    /// Most recently used last.
+    idle: Vec<Idle1>,
+    reaper: bool,
+}
+
+struct Shared2 {
+    sender: http2::SendRequest<Incoming>,
+    peer: Peer,
+    used: Instant,
+}
+
+struct Idle1 {
+    sender: http1::SendRequest<Incoming>,
+    peer: Peer,
+    since: Instant,
+}
+
+/// A connection checked out for one request.
+enum Checkout {
+    Http2(http2::SendRequest<Incoming>, Peer),
+    Http1(http1::SendRequest<Incoming>, Peer),
+}
+
+impl Pool {
+    /// A pool that opens connections with `connector` and closes them after
+    /// `idle_timeout` unused; `http2_only` skips negotiation (h2c).
+    pub fn new(connector: Connector, http2_only: bool, idle_timeout: Duration) -> Self {
+        let expect_http2 = http2_only || connector.is_tls();
+        Self {
+            inner: Arc::new(Inner {
+                connector,
+                http2_only,
+                idle_timeout,
+                expect_http2: AtomicBool::new(expect_http2),
+                opening: tokio::sync::Mutex::new(()),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// Sends `request` (its URI absolute: scheme and authority name the upstream) and
+    /// returns the response head, the body streaming behind it.
+    pub async fn send(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<(Response<UpstreamBody>, Peer), PoolError> {
+        loop {
+            let (checkout, reused) = match self.inner.checkout() {
+                Some(checkout) => (checkout, true),
+                None => (self.inner.open().await?, false),
+            };
+            match checkout {
+                Checkout::Http2(mut sender, peer) => match sender.try_send_request(request).await {
+                    Ok(response) => return Ok((response.map(UpstreamBody::plain), peer)),
+                    Err(mut error) => match error.take_message() {
+                        Some(unsent) if reused => {
+                            self.inner.forget_closed_http2();
+                            request = unsent;
+                        }
+                        _ => return Err(error.into_error().into()),
+                    },
+                },
+                Checkout::Http1(mut sender, peer) => {
+                    let absolute = to_origin_form(&mut request);
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            return Ok((self.release_at_end(response, sender, &peer), peer))
+                        }
+                        Err(mut error) => match error.take_message() {
+                            Some(mut unsent) if reused => {
+                                *unsent.uri_mut() = absolute;
+                                request = unsent;
+                            }
+                            _ => return Err(error.into_error().into()),
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wraps the body so the connection returns to the pool once the body is read.
+    fn release_at_end(
+        &self,
+        response: Response<Incoming>,
+        sender: http1::SendRequest<Incoming>,
+        peer: &Peer,
+    ) -> Response<UpstreamBody> {
+        // A switched connection belongs to the upgrade from now on.
+        let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+        response.map(|body| {
+            let mut body = UpstreamBody::plain(body);
+            if reusable {
+                body.release = Some(Release {
+                    sender,
+                    peer: peer.clone(),
+                    pool: self.inner.clone(),
+                });
+                body.release_if_done();
+            }
+            body
+        })
+    }
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The lock is never held across a panic point that leaves the state broken.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A live connection, if one is free: the shared HTTP/2 one, or the most recently
+    /// used idle HTTP/1.1 one that is ready for a request.
+    fn checkout(&self) -> Option<Checkout> {
+        let mut state = self.state();
+        if let Some(shared) = &mut state.http2 {
+            if !shared.sender.is_closed() {
+                shared.used = Instant::now();
+                return Some(Checkout::Http2(shared.sender.clone(), shared.peer.clone()));
+            }
+            state.http2 = None;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut finishing = Vec::new();
+        let mut found = None;
+        while let Some(mut idle) = state.idle.pop() {
+            if idle.since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            match idle.sender.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => {
+                    found = Some(Checkout::Http1(idle.sender, idle.peer));
+                    break;
+                }
+                Poll::Ready(Err(_)) => {}
+                // Still reading the end of its last response: ready in a moment.
+                Poll::Pending => finishing.push(idle),
+            }
+        }
+        state.idle.append(&mut finishing);
+        found
+    }
+
+    /// Opens a connection; while HTTP/2 is expected, one at a time, and a request that
+    /// waited takes the connection the other one opened.
+    async fn open(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        if !self.expect_http2.load(Ordering::Relaxed) {
+            return self.connect().await;
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(shared) = self.state().http2.as_ref() {
+            if !shared.sender.is_closed() {
+                return Ok(Checkout::Http2(shared.sender.clone(), shared.peer.clone()));
+            }
+        }
+        self.connect().await
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        let stream = self.connector.clone().connect().await?;
+        let peer = stream.peer().cloned().map(Arc::new);
+        let http2 = self.http2_only || stream.negotiated_http2();
+        self.expect_http2.store(http2, Ordering::Relaxed);
+        let checkout = if http2 {
+            let (sender, connection) = handshake2(stream).await?;
+            FlushingExecutor.execute(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream HTTP/2 connection ended");
+                }
+            });
+            self.state().http2 = Some(Shared2 {
+                sender: sender.clone(),
+                peer: peer.clone(),
+                used: Instant::now(),
+            });
+            Checkout::Http2(sender, peer)
+        } else {
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            FlushingExecutor.execute(async move {
+                if let Err(error) = connection.with_upgrades().await {
+                    tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Checkout::Http1(sender, peer)
+        };
+        self.start_reaper();
+        Ok(checkout)
+    }
+
+    /// Drops the shared HTTP/2 connection if it has closed.
+    fn forget_closed_http2(&self) {
+        let mut state = self.state();
+        if state.http2.as_ref().is_some_and(|s| s.sender.is_closed()) {
+            state.http2 = None;
+        }
+    }
+
+    fn check_in(&self, sender: http1::SendRequest<Incoming>, peer: Peer) {
+        self.state().idle.push(Idle1 {
+            sender,
+            peer,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes connections idle for longer than the timeout, every third of it, for as
+    /// long as the pool exists.
+    fn start_reaper(self: &Arc<Self>) {
+        let mut state = self.state();
+        if std::mem::replace(&mut state.reaper, true) {
+            return;
+        }
+        let pool: Weak<Self> = Arc::downgrade(self);
+        let period = self.idle_timeout / 3;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.close_idle();
+            }
+        });
+    }
+
+    fn close_idle(&self) {
+        let mut state = self.state();
+        let timeout = self.idle_timeout;
+        state.idle.retain(|idle| idle.since.elapsed() < timeout);
+        if state
+            .http2
+            .as_ref()
+            .is_some_and(|s| s.used.elapsed() >= timeout)
+        {
+            // Requests in flight keep their clone of the sender and finish.
+            state.http2 = None;
+        }
+    }
+}
+
+async fn handshake2(
+    stream: Stream,
+) -> hyper::Result<(
+    http2::SendRequest<Incoming>,
+    http2::Connection<TokioIo<Stream>, Incoming, FlushingExecutor>,
+)> {
+    http2::Builder::new(FlushingExecutor)
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+}
+
+/// Rewrites an absolute URI to the origin form HTTP/1.1 sends (with a `Host` header
+/// when the request has none); returns the absolute URI, for a retry.
+fn to_origin_form(request: &mut Request<Incoming>) -> Uri {
+    let origin = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let absolute = std::mem::replace(request.uri_mut(), Uri::from(origin));
+    if !request.headers().contains_key(HOST) {
+        if let Some(host) = absolute
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(HOST, host);
+        }
+    }
+    absolute
+}
+
+/// A response body from the pool: an HTTP/1.1 connection goes back to the pool when the
+/// body has been read to the end (and is closed if the body is dropped before that).
+pub struct UpstreamBody {
+    body: Incoming,
+    release: Option<Release>,
+}
+
+struct Release {
+    sender: http1::SendRequest<Incoming>,
+    peer: Peer,
+    pool: Arc<Inner>,
+}
+
+impl UpstreamBody {
+    fn plain(body: Incoming) -> Self {
+        Self {
+            body,
+            release: None,
+        }
+    }
+
+    fn release_if_done(&mut self) {
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(release) = self.release.take() {
+            release.pool.check_in(release.sender, release.peer);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.release(),
+            Some(Ok(_)) => self.release_if_done(),
+            // A broken body leaves the connection unusable: it closes with the sender.
+            Some(Err(_)) => self.release = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,140 @@
+//! Connection reuse to the local app: client -> outbound -> mTLS -> inbound -> an HTTP/1.1
+//! app that counts the connections it accepts and closes them the way real apps do.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use support::*;
+
+const ALLOW_FRONTEND: &str = r#"
+[[rule]]
+name = "frontend-all"
+action = "allow"
+from = ["spiffe://example.org/ns/shop/sa/frontend"]
+"#;
+
+/// How the app treats a connection once it has answered.
+#[derive(Clone, Copy)]
+enum AppKeepAlive {
+    /// Keeps it open for the next request.
+    Open,
+    /// Closes it after every response.
+    Never,
+    /// Closes it after this long without a request.
+    IdleFor(Duration),
+}
+
+/// An HTTP/1.1 app answering 200 with a 1 KiB body; returns its address and the number of
+/// connections it has accepted.
+async fn counting_app(keep_alive: AppKeepAlive) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut builder = http1::Builder::new();
+            builder.timer(TokioTimer::new());
+            match keep_alive {
+                AppKeepAlive::Open => {}
+                AppKeepAlive::Never => {
+                    builder.keep_alive(false);
+                }
+                AppKeepAlive::IdleFor(idle) => {
+                    builder.header_read_timeout(idle);
+                }
+            }
+            tokio::spawn(async move {
+                let service = service_fn(|_| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; 1024]))))
+                });
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn mesh_in_front_of(keep_alive: AppKeepAlive) -> (Mesh, Sidecar, Arc<AtomicUsize>) {
+    let (app, accepted) = counting_app(keep_alive).await;
+    let mesh = Mesh::start_upstream(ALLOW_FRONTEND, &format!("http://{app}"), "").await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    (mesh, client, accepted)
+}
+
+async fn get_ok(client: &Sidecar, path: &str) {
+    let reply = get(&client.url(path), &[]).await;
+    assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+    assert_eq!(reply.body.len(), 1024, "{path}: the whole body");
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_connection_to_the_app() {
+    let (_mesh, client, accepted) = mesh_in_front_of(AppKeepAlive::Open).await;
+    for i in 0..20 {
+        get_ok(&client, &format!("/seq/{i}")).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_open_no_more_connections_than_requests_in_flight() {
+    let (_mesh, client, accepted) = mesh_in_front_of(AppKeepAlive::Open).await;
+    let client = Arc::new(client);
+    for round in 0..5 {
+        let requests: Vec<_> = (0..8)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move { get_ok(&client, &format!("/par/{round}/{i}")).await })
+            })
+            .collect();
+        for request in requests {
+            request.await.expect("request task");
+        }
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=8).contains(&opened),
+        "40 requests, 8 at a time, opened {opened} connections"
+    );
+}
+
+#[tokio::test]
+async fn an_app_that_closes_after_every_response_loses_no_request() {
+    let (_mesh, client, accepted) = mesh_in_front_of(AppKeepAlive::Never).await;
+    for i in 0..10 {
+        get_ok(&client, &format!("/close/{i}")).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test]
+async fn an_app_that_closes_idle_connections_loses_no_request() {
+    let idle = Duration::from_millis(100);
+    let (_mesh, client, accepted) = mesh_in_front_of(AppKeepAlive::IdleFor(idle)).await;
+    for i in 0..4 {
+        get_ok(&client, &format!("/idle/{i}")).await;
+        tokio::time::sleep(idle * 3).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "each request after an idle close needs a new connection"
+    );
+}
