@@ -138,3 +138,46 @@ async fn an_app_that_closes_idle_connections_loses_no_request() {
         "each request after an idle close needs a new connection"
     );
 }
+
+/// A peer that accepts TCP and then never says a word (a hung process, a black hole).
+async fn silent_peer() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn requests_waiting_for_a_connect_that_times_out_share_its_outcome() {
+    let mesh = Mesh::start(ALLOW_FRONTEND).await;
+    let peer = silent_peer().await;
+    let toml = format!(
+        "{}\n[[outbound]]\nname = \"to-silence\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{peer}\"\nserver_ids = [\"{SERVER_ID}\"]\ntimeouts = {{ connect = \"300ms\" }}\n",
+        mesh.pki.identity_toml("frontend", FRONTEND_ID)
+    );
+    let client = Arc::new(Sidecar::start(mesh.pki.dir.path(), "frontend", &toml).await);
+    let started = std::time::Instant::now();
+    let requests: Vec<_> = (0..6)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { get(&client.url(&format!("/wait/{i}")), &[]).await })
+        })
+        .collect();
+    for request in requests {
+        let reply = request.await.expect("request task");
+        assert_eq!(reply.status, 504, "{}", reply.text());
+    }
+    // One attempt's timeout for all six, not six timeouts one after another (1.8 s).
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "six waiting requests took {took:?}"
+    );
+}

@@ -66,6 +66,11 @@ struct State {
     /// Most recently used last.
     idle: Vec<Idle1>,
     reaper: bool,
+    /// Failed attempts to open the shared HTTP/2 connection, and the last one's error:
+    /// requests that waited for an attempt that failed fail with it at once, instead of
+    /// each waiting out its own connect timeout in turn.
+    failed_opens: u64,
+    last_open_error: Option<ConnectError>,
 }
 
 struct Shared2 {
@@ -208,19 +213,34 @@ impl Inner {
         found
     }
 
-    /// Opens a connection; while HTTP/2 is expected, one at a time, and a request that
-    /// waited takes the connection the other one opened.
+    /// Opens a connection; while HTTP/2 is expected, one at a time: a request that waited
+    /// takes the connection the attempt before it opened, or fails with its error.
     async fn open(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         if !self.expect_http2.load(Ordering::Relaxed) {
             return self.connect().await;
         }
+        let failures_before = self.state().failed_opens;
         let _opening = self.opening.lock().await;
-        if let Some(shared) = self.state().http2.as_ref() {
-            if !shared.sender.is_closed() {
-                return Ok(Checkout::Http2(shared.sender.clone(), shared.peer.clone()));
+        {
+            let state = self.state();
+            if let Some(shared) = state.http2.as_ref() {
+                if !shared.sender.is_closed() {
+                    return Ok(Checkout::Http2(shared.sender.clone(), shared.peer.clone()));
+                }
+            }
+            if state.failed_opens != failures_before {
+                if let Some(error) = &state.last_open_error {
+                    return Err(PoolError::Connect(error.clone()));
+                }
             }
         }
-        self.connect().await
+        let opened = self.connect().await;
+        if let Err(PoolError::Connect(error)) = &opened {
+            let mut state = self.state();
+            state.failed_opens += 1;
+            state.last_open_error = Some(error.clone());
+        }
+        opened
     }
 
     async fn connect(self: &Arc<Self>) -> Result<Checkout, PoolError> {

@@ -131,15 +131,16 @@ pub struct Connector {
     connect_timeout: Duration,
 }
 
-/// A connect failure, telling timeouts apart (504) from refusals (502).
-#[derive(Debug, thiserror::Error)]
+/// A connect failure, telling timeouts apart (504) from refusals (502). Cloneable, so
+/// requests that waited for one attempt all get its outcome.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connect to {0} timed out after {1:?}")]
     Timeout(String, Duration),
     #[error("connect to {0}: {1}")]
-    Io(String, io::Error),
+    Io(String, Arc<io::Error>),
     #[error("mTLS handshake with {0}: {1}")]
-    Handshake(String, io::Error),
+    Handshake(String, Arc<io::Error>),
 }
 
 impl Connector {
@@ -192,7 +193,7 @@ impl Connector {
         let stream = tokio::time::timeout(self.connect_timeout, dial)
             .await
             .map_err(|_| ConnectError::Timeout(label.clone(), self.connect_timeout))?
-            .map_err(|e| ConnectError::Io(label.clone(), e))?;
+            .map_err(|e| ConnectError::Io(label.clone(), Arc::new(e)))?;
         let (tls, name, tcp) = match (self.tls, stream) {
             (Some((tls, name)), Stream::Tcp(tcp)) => (tls, name, tcp),
             (_, plain) => return Ok(plain),
@@ -201,7 +202,7 @@ impl Connector {
         let tls = tokio::time::timeout(self.connect_timeout, handshake)
             .await
             .map_err(|_| ConnectError::Timeout(label.clone(), self.connect_timeout))?
-            .map_err(|e| ConnectError::Handshake(label, e))?;
+            .map_err(|e| ConnectError::Handshake(label, Arc::new(e)))?;
         let peer = tls
             .get_ref()
             .1
