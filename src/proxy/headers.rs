@@ -33,14 +33,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // Each `Connection` value is cloned (a reference count) before the names in it are
+    // removed: no list and no owned header names on the way.
+    let mut nth = 0;
+    while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(nth).cloned() {
+        for name in value.to_str().unwrap_or_default().split(',') {
+            headers.remove(name.trim());
+        }
+        nth += 1;
+    }
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     let te_is_trailers = headers
@@ -112,6 +114,18 @@ mod tests {
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         h.insert(header::TE, "gzip".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn every_connection_header_names_headers_to_strip() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "X-One,".parse().unwrap());
+        h.append(header::CONNECTION, " x-two , close".parse().unwrap());
+        h.insert("x-one", "1".parse().unwrap());
+        h.insert("x-two", "2".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
