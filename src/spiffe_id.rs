@@ -117,6 +117,11 @@ impl SpiffeId {
     pub fn as_str(&self) -> &str {
         &self.uri
     }
+
+    /// The whole URI, sharing this ID's text instead of copying it.
+    pub fn to_shared_str(&self) -> Arc<str> {
+        Arc::clone(&self.uri)
+    }
 }
 
 impl FromStr for SpiffeId {

@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
-use super::compile::Rule;
 use super::path::PathPattern;
+use super::rule::Rule;
 
 /// Buckets with more rules than this get a path index.
 const INDEX_ABOVE: usize = 16;

@@ -5,10 +5,9 @@
 //! Compilation runs once per load; it must never run per request.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, Method};
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -18,23 +17,9 @@ use super::bucket::Bucket;
 use super::model::{Action, Mode, RawPolicy, RawRule};
 use super::path::{PathPattern, PathSet};
 use super::principal::{PrincipalIndex, PrincipalPattern};
+use super::rule::{Rare, Rule};
 use super::stats::RuleStats;
 use crate::config::{FileError, SourceFile};
-
-/// One rule, ready to match.
-#[derive(Debug)]
-pub(super) struct Rule {
-    pub name: Arc<str>,
-    pub action: Action,
-    pub audit: bool,
-    pub expires: Option<(SystemTime, OffsetDateTime)>,
-    pub from: Vec<PrincipalPattern>,
-    pub not_from: Vec<PrincipalPattern>,
-    pub methods: Vec<Box<str>>,
-    pub paths: PathSet,
-    pub not_paths: PathSet,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
 
 /// Everything `Policy` holds, built from one file.
 #[derive(Debug)]
@@ -94,7 +79,7 @@ pub(super) fn compile(source: &SourceFile) -> Result<Compiled, FileError> {
         mode: raw.mode,
         default: raw.default,
         version: hex::encode(Sha256::digest(source.text.as_bytes()))[..12].to_string(),
-        has_expiry: rules.iter().any(|r| r.expires.is_some()),
+        has_expiry: rules.iter().any(|r| r.expires().is_some()),
         stats: RuleStats::new(&rules),
         rules,
         index,
@@ -110,7 +95,7 @@ fn compile_rule(source: &SourceFile, field: &str, r: &RawRule) -> Result<Rule, F
                 PrincipalPattern::parse(p.get_ref())
                     .map_err(|e| source.error_at(p.span(), &format!("{field}.{key}[{j}]"), e))
             })
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Box<[_]>, _>>()
     };
     let paths = |list: &[Spanned<String>], key: &str| {
         list.iter()
@@ -127,11 +112,10 @@ fn compile_rule(source: &SourceFile, field: &str, r: &RawRule) -> Result<Rule, F
         .iter()
         .enumerate()
         .map(|(j, m)| {
-            check_method(m.get_ref())
-                .map(|()| m.get_ref().as_str().into())
+            parse_method(m.get_ref())
                 .map_err(|e| source.error_at(m.span(), &format!("{field}.methods[{j}]"), e))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Box<[_]>, _>>()?;
     let headers = r
         .headers
         .iter()
@@ -145,7 +129,7 @@ fn compile_rule(source: &SourceFile, field: &str, r: &RawRule) -> Result<Rule, F
                 .map_err(|_| at(format!("{:?} is not a valid header value", value.get_ref())))?;
             Ok((header, value))
         })
-        .collect::<Result<Vec<_>, FileError>>()?;
+        .collect::<Result<Box<[_]>, FileError>>()?;
     let expires = match &r.expires {
         None => None,
         Some(e) => Some(
@@ -153,25 +137,25 @@ fn compile_rule(source: &SourceFile, field: &str, r: &RawRule) -> Result<Rule, F
                 .map_err(|msg| source.error_at(e.span(), &format!("{field}.expires"), msg))?,
         ),
     };
+    let rare = Rare {
+        expires,
+        not_from: principals(&r.not_from, "not_from")?,
+        not_paths: paths(&r.not_paths, "not_paths")?,
+        headers,
+    };
     Ok(Rule {
         name: r.name.get_ref().as_str().into(),
         action: r.action,
         audit: r.audit,
-        expires,
         from: principals(&r.from, "from")?,
-        not_from: principals(&r.not_from, "not_from")?,
         methods,
         paths: paths(&r.paths, "paths")?,
-        not_paths: paths(&r.not_paths, "not_paths")?,
-        headers,
+        rare: rare.boxed(),
     })
 }
 
-fn check_method(method: &str) -> Result<(), String> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if method.is_empty() || !method.bytes().all(tchar) {
-        return Err(format!("{method:?} is not an HTTP method name"));
-    }
+/// A method name as written (`http::Method` keeps standard and short names inline).
+fn parse_method(method: &str) -> Result<Method, String> {
     const KNOWN: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
     ];
@@ -179,7 +163,9 @@ fn check_method(method: &str) -> Result<(), String> {
     if upper != method && KNOWN.contains(&upper.as_str()) {
         return Err(format!("methods are case-sensitive; write {upper:?}"));
     }
-    Ok(())
+    // An RFC 9110 token, as `Method::from_bytes` checks it.
+    Method::from_bytes(method.as_bytes())
+        .map_err(|_| format!("{method:?} is not an HTTP method name"))
 }
 
 fn parse_expires(value: &toml::Value) -> Result<(SystemTime, OffsetDateTime), String> {

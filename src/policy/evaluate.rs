@@ -10,8 +10,9 @@ use std::time::SystemTime;
 
 use time::format_description::well_known::Rfc3339;
 
-use super::compile::{Compiled, Rule};
+use super::compile::Compiled;
 use super::model::{Action, Mode};
+use super::rule::Rule;
 use super::{Decision, Request, Verdict};
 use crate::spiffe_id::SpiffeId;
 
@@ -32,25 +33,25 @@ fn slot_of(rule: &Rule) -> usize {
 
 impl Rule {
     fn is_live(&self, now: SystemTime) -> bool {
-        self.expires.is_none_or(|(at, _)| now < at)
+        self.expires().is_none_or(|(at, _)| now < at)
     }
 
     /// No method, path or header condition: the rule judges the source alone.
     fn applies_to_every_request(&self) -> bool {
         self.methods.is_empty()
             && self.paths.is_empty()
-            && self.not_paths.is_empty()
-            && self.headers.is_empty()
+            && self.not_paths().is_empty()
+            && self.headers().is_empty()
     }
 
     /// Every field but `from` (the principal index has matched that already).
     fn matches_rest(&self, req: &Request<'_>) -> bool {
-        !self.not_from.iter().any(|p| p.matches(req.source))
-            && (self.methods.is_empty() || self.methods.iter().any(|m| &**m == req.method))
+        !self.not_from().iter().any(|p| p.matches(req.source))
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == req.method))
             && (self.paths.is_empty() || self.paths.matches(req.path))
-            && !self.not_paths.matches(req.path)
+            && !self.excludes_path(req.path)
             && self
-                .headers
+                .headers()
                 .iter()
                 .all(|(name, want)| req.headers.get_all(name).iter().any(|v| v == want))
     }
@@ -58,8 +59,8 @@ impl Rule {
     /// Why this rule does not match, field by field (empty when it matches and is enforced).
     fn failures(&self, req: &Request<'_>, now: SystemTime) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some((at, text)) = &self.expires {
-            if now >= *at {
+        if let Some((at, text)) = self.expires() {
+            if now >= at {
                 let when = text.format(&Rfc3339).unwrap_or_else(|_| text.to_string());
                 out.push(format!("expired at {when}"));
             }
@@ -71,10 +72,10 @@ impl Rule {
                 list(&self.from)
             ));
         }
-        if let Some(p) = self.not_from.iter().find(|p| p.matches(req.source)) {
+        if let Some(p) = self.not_from().iter().find(|p| p.matches(req.source)) {
             out.push(format!("source {} excluded by not_from {p}", req.source));
         }
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| &**m == req.method) {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method) {
             out.push(format!(
                 "method {} not in {}",
                 req.method,
@@ -88,10 +89,10 @@ impl Rule {
                 list(self.paths.patterns())
             ));
         }
-        if let Some(p) = self.not_paths.first_match(req.path) {
+        if let Some(p) = self.not_paths().iter().find(|p| p.matches(req.path)) {
             out.push(format!("path {} excluded by not_paths {p}", req.path));
         }
-        for (name, want) in &self.headers {
+        for (name, want) in self.headers() {
             let want = String::from_utf8_lossy(want.as_bytes());
             let mut got = req.headers.get_all(name).iter().peekable();
             if got.peek().is_none() {
@@ -134,7 +135,7 @@ impl Compiled {
             {
                 if rule.audit
                     || !rule.is_live(now)
-                    || rule.not_from.iter().any(|p| p.matches(source))
+                    || rule.not_from().iter().any(|p| p.matches(source))
                 {
                     continue;
                 }
@@ -190,7 +191,7 @@ impl Compiled {
         };
         let break_glass = rule
             .and_then(|n| self.rules.get(n as usize))
-            .is_some_and(|r| r.expires.is_some());
+            .is_some_and(|r| r.expires().is_some());
         Decision {
             verdict,
             rule: rule.and_then(name),

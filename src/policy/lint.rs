@@ -11,10 +11,10 @@ use std::time::SystemTime;
 
 use time::format_description::well_known::Rfc3339;
 
-use super::compile::Rule;
 use super::model::{Action, RawPolicy};
 use super::path::PathPattern;
 use super::principal::{PrincipalPattern, Segment};
+use super::rule::Rule;
 use super::Policy;
 use crate::config::{FileError, SourceFile};
 
@@ -38,8 +38,8 @@ pub fn lint(source: &SourceFile, context: &LintContext) -> Result<Vec<FileError>
         let at = |span: std::ops::Range<usize>, key: &str, msg: String| {
             source.error_at(span, &format!("rule[{i}].{key}"), msg)
         };
-        if let (Some((when, text)), Some(raw_expires)) = (&rule.expires, &raw_rule.expires) {
-            if *when <= context.now {
+        if let (Some((when, text)), Some(raw_expires)) = (rule.expires(), &raw_rule.expires) {
+            if when <= context.now {
                 let text = text.format(&Rfc3339).unwrap_or_else(|_| text.to_string());
                 out.push(at(
                     raw_expires.span(),
@@ -62,10 +62,10 @@ pub fn lint(source: &SourceFile, context: &LintContext) -> Result<Vec<FileError>
             }
         }
         let sources = effective_from(rule);
-        if !rule.not_from.is_empty()
+        if !rule.not_from().is_empty()
             && sources
                 .iter()
-                .all(|p| rule.not_from.iter().any(|q| principal_covers(q, p)))
+                .all(|p| rule.not_from().iter().any(|q| principal_covers(q, p)))
         {
             let span = raw_rule
                 .not_from
@@ -81,10 +81,10 @@ pub fn lint(source: &SourceFile, context: &LintContext) -> Result<Vec<FileError>
             ));
         }
         let paths = effective_paths(rule);
-        if !rule.not_paths.is_empty()
+        if !rule.not_paths().is_empty()
             && paths
                 .iter()
-                .all(|p| rule.not_paths.patterns().iter().any(|q| path_covers(q, p)))
+                .all(|p| rule.not_paths().iter().any(|q| path_covers(q, p)))
         {
             let span = raw_rule
                 .not_paths
@@ -115,7 +115,7 @@ pub fn lint(source: &SourceFile, context: &LintContext) -> Result<Vec<FileError>
 }
 
 fn live(rule: &Rule, now: SystemTime) -> bool {
-    rule.expires.is_none_or(|(at, _)| now < at)
+    rule.expires().is_none_or(|(at, _)| now < at)
 }
 
 fn trust_domain(pattern: &PrincipalPattern) -> Option<&str> {
@@ -130,7 +130,7 @@ fn trust_domain(pattern: &PrincipalPattern) -> Option<&str> {
 fn effective_from(rule: &Rule) -> Vec<PrincipalPattern> {
     match rule.from.is_empty() {
         true => vec![PrincipalPattern::Any],
-        false => rule.from.clone(),
+        false => rule.from.to_vec(),
     }
 }
 
@@ -144,7 +144,7 @@ fn effective_paths(rule: &Rule) -> Vec<PathPattern> {
 
 /// Whether every request `allow` matches is matched by `deny` (for the whole life of `allow`).
 fn deny_covers(deny: &Rule, allow: &Rule) -> bool {
-    let lifetime = match (deny.expires, allow.expires) {
+    let lifetime = match (deny.expires(), allow.expires()) {
         (None, _) => true,
         (Some((d, _)), Some((a, _))) => a <= d,
         (Some(_), None) => false,
@@ -154,9 +154,9 @@ fn deny_covers(deny: &Rule, allow: &Rule) -> bool {
         .iter()
         .all(|p| deny_from.iter().any(|q| principal_covers(q, p)))
         && deny
-            .not_from
+            .not_from()
             .iter()
-            .all(|q| allow.not_from.iter().any(|p| principal_covers(p, q)));
+            .all(|q| allow.not_from().iter().any(|p| principal_covers(p, q)));
     let methods = deny.methods.is_empty()
         || (!allow.methods.is_empty() && allow.methods.iter().all(|m| deny.methods.contains(m)));
     let deny_paths = effective_paths(deny);
@@ -164,11 +164,10 @@ fn deny_covers(deny: &Rule, allow: &Rule) -> bool {
         .iter()
         .all(|p| deny_paths.iter().any(|q| path_covers(q, p)))
         && deny
-            .not_paths
-            .patterns()
+            .not_paths()
             .iter()
-            .all(|q| allow.not_paths.patterns().iter().any(|p| path_covers(p, q)));
-    let headers = deny.headers.iter().all(|h| allow.headers.contains(h));
+            .all(|q| allow.not_paths().iter().any(|p| path_covers(p, q)));
+    let headers = deny.headers().iter().all(|h| allow.headers().contains(h));
     lifetime && sources && methods && paths && headers
 }
 

@@ -13,6 +13,7 @@ mod lint;
 mod model;
 mod path;
 mod principal;
+mod rule;
 mod stats;
 
 use std::path::Path;

@@ -189,7 +189,8 @@ impl PathPattern {
         })
     }
 
-    fn matches(&self, path: &str) -> bool {
+    /// Whether the pattern matches the (normalised) path.
+    pub fn matches(&self, path: &str) -> bool {
         match self {
             Self::Any => true,
             Self::Exact(p) => path == &**p,
@@ -199,41 +200,38 @@ impl PathPattern {
     }
 }
 
-/// Above this many entries a set is hashed instead of scanned.
+/// Above this many patterns a set hashes its exact paths and prefixes instead of scanning.
 const LINEAR_MAX: usize = 8;
 
 /// A compiled `paths` (or `not_paths`) list: cost independent of its length.
+///
+/// A short list (nearly every rule's) is scanned and holds each path once; only a long
+/// list also keeps its exact paths and prefixes in hash sets.
 #[derive(Debug, Default)]
 pub(super) struct PathSet {
-    any: bool,
-    exact: Vec<Box<str>>,
-    exact_hashed: HashSet<Box<str>>,
-    prefixes: Vec<Box<str>>,
-    prefixes_hashed: HashSet<Box<str>>,
-    suffixes: Vec<Box<str>>,
-    patterns: Vec<PathPattern>,
+    /// In file order.
+    patterns: Box<[PathPattern]>,
+    /// Set for lists longer than `LINEAR_MAX`.
+    hashed: Option<Box<Hashed>>,
+}
+
+/// The hashed form of a long list.
+#[derive(Debug)]
+struct Hashed {
+    exact: HashSet<Box<str>>,
+    prefixes: HashSet<Box<str>>,
+    /// `*` and `*.ext` patterns, scanned.
+    scanned: Box<[PathPattern]>,
 }
 
 impl PathSet {
     /// Builds the set; an empty list gives an empty set (the caller decides what that means).
     pub fn new(patterns: Vec<PathPattern>) -> Self {
-        let mut set = Self::default();
-        for p in &patterns {
-            match p {
-                PathPattern::Any => set.any = true,
-                PathPattern::Exact(s) => set.exact.push(s.clone()),
-                PathPattern::Prefix(s) => set.prefixes.push(s.clone()),
-                PathPattern::Suffix(s) => set.suffixes.push(s.clone()),
-            }
+        let hashed = (patterns.len() > LINEAR_MAX).then(|| Box::new(Hashed::new(&patterns)));
+        Self {
+            patterns: patterns.into_boxed_slice(),
+            hashed,
         }
-        if set.exact.len() > LINEAR_MAX {
-            set.exact_hashed = std::mem::take(&mut set.exact).into_iter().collect();
-        }
-        if set.prefixes.len() > LINEAR_MAX {
-            set.prefixes_hashed = std::mem::take(&mut set.prefixes).into_iter().collect();
-        }
-        set.patterns = patterns;
-        set
     }
 
     /// No patterns at all.
@@ -248,32 +246,48 @@ impl PathSet {
 
     /// Whether any pattern matches the (normalised) path.
     pub fn matches(&self, path: &str) -> bool {
-        if self.any {
+        match &self.hashed {
+            None => self.patterns.iter().any(|p| p.matches(path)),
+            Some(hashed) => hashed.matches(path),
+        }
+    }
+}
+
+impl Hashed {
+    fn new(patterns: &[PathPattern]) -> Self {
+        let mut exact = HashSet::new();
+        let mut prefixes = HashSet::new();
+        let mut scanned = Vec::new();
+        for p in patterns {
+            match p {
+                PathPattern::Exact(s) => {
+                    exact.insert(s.clone());
+                }
+                PathPattern::Prefix(s) => {
+                    prefixes.insert(s.clone());
+                }
+                PathPattern::Any | PathPattern::Suffix(_) => scanned.push(p.clone()),
+            }
+        }
+        Self {
+            exact,
+            prefixes,
+            scanned: scanned.into_boxed_slice(),
+        }
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        if self.exact.contains(path) {
             return true;
         }
-        if self.exact.iter().any(|p| path == &**p) || self.exact_hashed.contains(path) {
-            return true;
-        }
-        if self.prefixes.iter().any(|p| path.starts_with(&**p)) {
-            return true;
-        }
-        if !self.prefixes_hashed.is_empty() {
-            // Every candidate prefix of `path` ends at a '/': one lookup per segment.
-            let hit = path
+        // Every candidate prefix of `path` ends at a '/': one lookup per segment.
+        let prefixed = !self.prefixes.is_empty()
+            && path
                 .bytes()
                 .enumerate()
                 .filter(|&(_, b)| b == b'/')
-                .any(|(i, _)| self.prefixes_hashed.contains(&path[..=i]));
-            if hit {
-                return true;
-            }
-        }
-        self.suffixes.iter().any(|ext| path.ends_with(&**ext))
-    }
-
-    /// The first pattern that matches, for explanations.
-    pub fn first_match(&self, path: &str) -> Option<&PathPattern> {
-        self.patterns.iter().find(|p| p.matches(path))
+                .any(|(i, _)| self.prefixes.contains(&path[..=i]));
+        prefixed || self.scanned.iter().any(|p| p.matches(path))
     }
 }
 

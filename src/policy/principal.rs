@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
@@ -21,7 +22,7 @@ pub(super) enum PrincipalPattern {
         /// The literal trust domain.
         trust_domain: Box<str>,
         /// The leading segments (a `*` in the middle is [`Segment::One`]).
-        segments: Vec<Segment>,
+        segments: Box<[Segment]>,
         /// The pattern ends in `/*`: one or more further segments.
         tail: bool,
     },
@@ -154,7 +155,8 @@ fn id_segments(id: &SpiffeId) -> Segments<'_> {
 /// Maps principal patterns to values (rule buckets) and finds every value for a source.
 #[derive(Debug, Default)]
 pub(super) struct PrincipalIndex<T> {
-    exact: HashMap<Box<str>, T>,
+    /// Keyed by the pattern's own text (shared, not copied).
+    exact: HashMap<Arc<str>, T>,
     domains: HashMap<Box<str>, Node<T>>,
     any: T,
 }
@@ -175,7 +177,7 @@ impl<T: Default> PrincipalIndex<T> {
     pub fn slot(&mut self, pattern: &PrincipalPattern) -> &mut T {
         match pattern {
             PrincipalPattern::Any => &mut self.any,
-            PrincipalPattern::Exact(id) => self.exact.entry(id.as_str().into()).or_default(),
+            PrincipalPattern::Exact(id) => self.exact.entry(id.to_shared_str()).or_default(),
             PrincipalPattern::Segments {
                 trust_domain,
                 segments,

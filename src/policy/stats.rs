@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::compile::Rule;
 use super::model::Mode;
+use super::rule::Rule;
 use super::{Decision, Policy, Verdict};
 
 /// The `decision` labels, in slot order; `dry_run` counts an `audit = true` rule that
@@ -34,8 +34,8 @@ pub const DEFAULT_RULE: &str = "(default)";
 /// Hit counters of one compiled policy.
 #[derive(Debug)]
 pub(super) struct RuleStats {
-    /// Rule name -> slot (the default's slot is the last one).
-    index: HashMap<Box<str>, usize>,
+    /// Rule name (shared with the rule) -> slot (the default's slot is the last one).
+    index: HashMap<Arc<str>, usize>,
     slots: Box<[Slot]>,
 }
 
@@ -82,7 +82,7 @@ impl RuleStats {
         let index = rules
             .iter()
             .enumerate()
-            .map(|(i, r)| (Box::<str>::from(&*r.name), i))
+            .map(|(i, r)| (Arc::clone(&r.name), i))
             .collect();
         let slots = (0..=rules.len()).map(|_| Slot::default()).collect();
         Self { index, slots }
@@ -165,7 +165,7 @@ impl Policy {
             .enumerate()
             .map(|(n, rule)| {
                 let slot = c.stats.slots.get(n);
-                let expires = rule.expires.and_then(|(_, at)| at.format(&Rfc3339).ok());
+                let expires = rule.expires().and_then(|(_, at)| at.format(&Rfc3339).ok());
                 json!({
                     "name": &*rule.name,
                     "action": rule.action.as_str(),
