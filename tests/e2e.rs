@@ -6,13 +6,6 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use support::*;
 
-const ALLOW_ALL_FRONTEND: &str = r#"
-[[rule]]
-name = "frontend-all"
-action = "allow"
-from = ["spiffe://example.org/ns/shop/sa/frontend"]
-"#;
-
 fn leaf_sha256(pem: &str) -> String {
     use rustls_pki_types::pem::PemObject;
     let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())

@@ -17,13 +17,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use support::*;
 
-const ALLOW_FRONTEND: &str = r#"
-[[rule]]
-name = "frontend-all"
-action = "allow"
-from = ["spiffe://example.org/ns/shop/sa/frontend"]
-"#;
-
 /// How the app treats a connection once it has answered.
 #[derive(Clone, Copy)]
 enum AppKeepAlive {
@@ -38,42 +31,31 @@ enum AppKeepAlive {
 /// An HTTP/1.1 app answering 200 with a 1 KiB body; returns its address and the number of
 /// connections it has accepted.
 async fn counting_app(keep_alive: AppKeepAlive) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let mut builder = http1::Builder::new();
-            builder.timer(TokioTimer::new());
-            match keep_alive {
-                AppKeepAlive::Open => {}
-                AppKeepAlive::Never => {
-                    builder.keep_alive(false);
-                }
-                AppKeepAlive::IdleFor(idle) => {
-                    builder.header_read_timeout(idle);
-                }
+    counting_server(move |stream| async move {
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new());
+        match keep_alive {
+            AppKeepAlive::Open => {}
+            AppKeepAlive::Never => {
+                builder.keep_alive(false);
             }
-            tokio::spawn(async move {
-                let service = service_fn(|_| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; 1024]))))
-                });
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            AppKeepAlive::IdleFor(idle) => {
+                builder.header_read_timeout(idle);
+            }
         }
-    });
-    (addr, accepted)
+        let service = service_fn(|_| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; 1024]))))
+        });
+        let _ = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 async fn mesh_in_front_of(keep_alive: AppKeepAlive) -> (Mesh, Sidecar, Arc<AtomicUsize>) {
     let (app, accepted) = counting_app(keep_alive).await;
-    let mesh = Mesh::start_upstream(ALLOW_FRONTEND, &format!("http://{app}"), "").await;
+    let mesh = Mesh::start_upstream(ALLOW_ALL_FRONTEND, &format!("http://{app}"), "").await;
     let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
     (mesh, client, accepted)
 }
@@ -141,22 +123,18 @@ async fn an_app_that_closes_idle_connections_loses_no_request() {
 
 /// A peer that accepts TCP and then never says a word (a hung process, a black hole).
 async fn silent_peer() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
+    let (addr, _) = counting_server(|stream| async move {
+        // Holds the connection open, silent, until the test ends.
+        let _held = stream;
+        std::future::pending::<()>().await;
+    })
+    .await;
     addr
 }
 
 #[tokio::test]
 async fn requests_waiting_for_a_connect_that_times_out_share_its_outcome() {
-    let mesh = Mesh::start(ALLOW_FRONTEND).await;
+    let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
     let peer = silent_peer().await;
     let toml = format!(
         "{}\n[[outbound]]\nname = \"to-silence\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{peer}\"\nserver_ids = [\"{SERVER_ID}\"]\ntimeouts = {{ connect = \"300ms\" }}\n",

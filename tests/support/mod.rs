@@ -27,6 +27,14 @@ pub const SERVER_ID: &str = "spiffe://example.org/ns/billing/sa/api";
 pub const FRONTEND_ID: &str = "spiffe://example.org/ns/shop/sa/frontend";
 pub const REPORTS_ID: &str = "spiffe://example.org/ns/analytics/sa/reports";
 
+/// A policy that lets the frontend workload do anything.
+pub const ALLOW_ALL_FRONTEND: &str = r#"
+[[rule]]
+name = "frontend-all"
+action = "allow"
+from = ["spiffe://example.org/ns/shop/sa/frontend"]
+"#;
+
 /// A CA and a temp directory holding its bundle and the certs issued for a test.
 pub struct Pki {
     pub ca: DevCa,
@@ -409,10 +417,14 @@ pub async fn h2_connection(
     (sender, tokio::spawn(connection))
 }
 
-/// A TCP echo server (it half-closes after the client does); counts the connections it accepted.
-pub async fn tcp_echo() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// A listener on a free loopback port that hands each accepted connection to `serve` on a
+/// task of its own; returns its address and the number of connections it has accepted.
+pub async fn counting_server<F, Fut>(serve: F) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -422,14 +434,21 @@ pub async fn tcp_echo() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
+            tokio::spawn(serve(stream));
         }
     });
     (addr, accepted)
+}
+
+/// A TCP echo server (it half-closes after the client does); counts the connections it accepted.
+pub async fn tcp_echo() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncWriteExt;
+    counting_server(|stream| async move {
+        let (mut r, mut w) = stream.into_split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
 }
 
 /// Reads one counter sample from `/metrics` text, 0 when absent.
