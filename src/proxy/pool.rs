@@ -124,7 +124,7 @@ impl Pool {
                     Ok(response) => return Ok((response.map(UpstreamBody::plain), peer)),
                     Err(mut error) => match error.take_message() {
                         Some(unsent) if reused => {
-                            self.inner.forget_closed_http2();
+                            self.inner.forget_http2();
                             request = unsent;
                         }
                         _ => return Err(error.into_error().into()),
@@ -274,12 +274,10 @@ impl Inner {
         Ok(checkout)
     }
 
-    /// Drops the shared HTTP/2 connection if it has closed.
-    fn forget_closed_http2(&self) {
-        let mut state = self.state();
-        if state.http2.as_ref().is_some_and(|s| s.sender.is_closed()) {
-            state.http2 = None;
-        }
+    /// Stops handing out the shared HTTP/2 connection (it gave a request back unsent), so
+    /// the retry opens a fresh one and every retry loop ends.
+    fn forget_http2(&self) {
+        self.state().http2 = None;
     }
 
     fn check_in(&self, sender: http1::SendRequest<Incoming>, peer: Peer) {
