@@ -159,3 +159,41 @@ async fn requests_waiting_for_a_connect_that_times_out_share_its_outcome() {
         "six waiting requests took {took:?}"
     );
 }
+
+async fn mesh_with_inbound(extra: &str) -> (Mesh, Sidecar) {
+    let mesh = Mesh::start_with(ALLOW_ALL_FRONTEND, extra).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    (mesh, client)
+}
+
+#[tokio::test]
+async fn the_peer_closing_the_idle_http2_connection_loses_no_request() {
+    let (_mesh, client) = mesh_with_inbound("timeouts = { idle = \"200ms\" }").await;
+    for i in 0..4 {
+        let reply = get(&client.url(&format!("/after-idle/{i}")), &[]).await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_peer_ending_busy_http2_connections_at_their_age_loses_no_request() {
+    let (_mesh, client) = mesh_with_inbound("limits = { max_connection_age = \"300ms\" }").await;
+    let client = Arc::new(client);
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let requests: Vec<_> = (0..4)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move { get(&client.url(&format!("/aging/{i}")), &[]).await })
+            })
+            .collect();
+        for request in requests {
+            let reply = request.await.expect("request task");
+            assert_eq!(reply.status, 200, "after {sent} requests: {}", reply.text());
+            sent += 1;
+        }
+    }
+    assert!(sent >= 40, "the load ran ({sent} requests)");
+}
