@@ -62,8 +62,28 @@ async fn mesh_in_front_of(keep_alive: AppKeepAlive) -> (Mesh, Sidecar, Arc<Atomi
 
 async fn get_ok(client: &Sidecar, path: &str) {
     let reply = get(&client.url(path), &[]).await;
+    assert_ok(path, &reply);
+}
+
+fn assert_ok(path: &str, reply: &Reply) {
     assert_eq!(reply.status, 200, "{path}: {}", reply.text());
     assert_eq!(reply.body.len(), 1024, "{path}: the whole body");
+}
+
+/// GETs every path through `client` at once; the replies in the order of `paths`.
+async fn get_at_once(client: &Arc<Sidecar>, paths: &[String]) -> Vec<Reply> {
+    let requests: Vec<_> = paths
+        .iter()
+        .map(|path| {
+            let (client, path) = (client.clone(), path.clone());
+            tokio::spawn(async move { get(&client.url(&path), &[]).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for request in requests {
+        replies.push(request.await.expect("request task"));
+    }
+    replies
 }
 
 #[tokio::test]
@@ -80,14 +100,9 @@ async fn concurrent_requests_open_no_more_connections_than_requests_in_flight() 
     let (_mesh, client, accepted) = mesh_in_front_of(AppKeepAlive::Open).await;
     let client = Arc::new(client);
     for round in 0..5 {
-        let requests: Vec<_> = (0..8)
-            .map(|i| {
-                let client = client.clone();
-                tokio::spawn(async move { get_ok(&client, &format!("/par/{round}/{i}")).await })
-            })
-            .collect();
-        for request in requests {
-            request.await.expect("request task");
+        let paths: Vec<String> = (0..8).map(|i| format!("/par/{round}/{i}")).collect();
+        for (path, reply) in paths.iter().zip(get_at_once(&client, &paths).await) {
+            assert_ok(path, &reply);
         }
     }
     let opened = accepted.load(Ordering::SeqCst);
@@ -142,14 +157,8 @@ async fn requests_waiting_for_a_connect_that_times_out_share_its_outcome() {
     );
     let client = Arc::new(Sidecar::start(mesh.pki.dir.path(), "frontend", &toml).await);
     let started = std::time::Instant::now();
-    let requests: Vec<_> = (0..6)
-        .map(|i| {
-            let client = client.clone();
-            tokio::spawn(async move { get(&client.url(&format!("/wait/{i}")), &[]).await })
-        })
-        .collect();
-    for request in requests {
-        let reply = request.await.expect("request task");
+    let paths: Vec<String> = (0..6).map(|i| format!("/wait/{i}")).collect();
+    for reply in get_at_once(&client, &paths).await {
         assert_eq!(reply.status, 504, "{}", reply.text());
     }
     // One attempt's timeout for all six, not six timeouts one after another (1.8 s).
@@ -183,14 +192,8 @@ async fn the_peer_ending_busy_http2_connections_at_their_age_loses_no_request() 
     let started = std::time::Instant::now();
     let mut sent = 0;
     while started.elapsed() < Duration::from_millis(1500) {
-        let requests: Vec<_> = (0..4)
-            .map(|i| {
-                let client = client.clone();
-                tokio::spawn(async move { get(&client.url(&format!("/aging/{i}")), &[]).await })
-            })
-            .collect();
-        for request in requests {
-            let reply = request.await.expect("request task");
+        let paths: Vec<String> = (0..4).map(|i| format!("/aging/{i}")).collect();
+        for reply in get_at_once(&client, &paths).await {
             assert_eq!(reply.status, 200, "after {sent} requests: {}", reply.text());
             sent += 1;
         }
