@@ -268,7 +268,7 @@ where
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
 
     use super::*;
 
@@ -327,11 +327,10 @@ mod tests {
         assert_eq!(&recorder.bytes.lock().unwrap()[..], b"onetwo");
     }
 
-    #[tokio::test]
-    async fn a_flush_owed_by_a_finished_task_is_paid_by_the_next_flush() {
-        // The connection future ends (as an HTTP/1.1 connection does when it upgrades)
-        // while the socket is full; whoever flushes next must still get the bytes out.
-        let (client, mut server) = tokio::io::duplex(64);
+    /// A stream whose FlushAtEnd task ended while the socket (a 64-byte pipe) was full, as
+    /// an HTTP/1.1 connection's does when it upgrades; the pipe's far end and the payload.
+    async fn stream_owing_a_flush() -> (Coalesce<DuplexStream>, DuplexStream, Vec<u8>) {
+        let (client, server) = tokio::io::duplex(64);
         let mut stream = Coalesce::new(client);
         let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         FlushAtEnd::new(async {
@@ -339,6 +338,13 @@ mod tests {
             stream.flush().await.unwrap();
         })
         .await;
+        (stream, server, payload)
+    }
+
+    #[tokio::test]
+    async fn a_flush_owed_by_a_finished_task_is_paid_by_the_next_flush() {
+        // Whoever flushes next must still get the bytes out.
+        let (mut stream, mut server, payload) = stream_owing_a_flush().await;
         let reader = tokio::spawn(async move {
             let mut received = vec![0u8; 10_000];
             tokio::io::AsyncReadExt::read_exact(&mut server, &mut received)
@@ -357,16 +363,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_flush_owed_by_a_finished_task_is_paid_by_the_next_task() {
-        // As above, but the next flush comes from another FlushAtEnd task: the ended
-        // task's debt must have been given back, or nobody would list it again.
-        let (client, mut server) = tokio::io::duplex(64);
-        let mut stream = Coalesce::new(client);
-        let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        FlushAtEnd::new(async {
-            stream.write_all(&payload).await.unwrap();
-            stream.flush().await.unwrap();
-        })
-        .await;
+        // The next flush comes from another FlushAtEnd task: the ended task's debt must
+        // have been given back, or nobody would list it again.
+        let (mut stream, mut server, payload) = stream_owing_a_flush().await;
         let next = tokio::spawn(FlushAtEnd::new(async move {
             stream.flush().await.unwrap();
             // Keep the stream (and so the pending bytes) alive until the reader is done.

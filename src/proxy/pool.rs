@@ -85,6 +85,20 @@ struct Idle1 {
     since: Instant,
 }
 
+impl State {
+    /// The shared HTTP/2 connection for one more request, unless it has closed (then it
+    /// is forgotten).
+    fn live_http2(&mut self) -> Option<Checkout> {
+        let shared = self.http2.as_mut()?;
+        if shared.sender.is_closed() {
+            self.http2 = None;
+            return None;
+        }
+        shared.used = Instant::now();
+        Some(Checkout::Http2(shared.sender.clone(), shared.peer.clone()))
+    }
+}
+
 /// A connection checked out for one request.
 enum Checkout {
     Http2(http2::SendRequest<Incoming>, Peer),
@@ -185,12 +199,8 @@ impl Inner {
     /// used idle HTTP/1.1 one that is ready for a request.
     fn checkout(&self) -> Option<Checkout> {
         let mut state = self.state();
-        if let Some(shared) = &mut state.http2 {
-            if !shared.sender.is_closed() {
-                shared.used = Instant::now();
-                return Some(Checkout::Http2(shared.sender.clone(), shared.peer.clone()));
-            }
-            state.http2 = None;
+        if let Some(shared) = state.live_http2() {
+            return Some(shared);
         }
         let mut cx = Context::from_waker(Waker::noop());
         let mut finishing = Vec::new();
@@ -222,11 +232,9 @@ impl Inner {
         let failures_before = self.state().failed_opens;
         let _opening = self.opening.lock().await;
         {
-            let state = self.state();
-            if let Some(shared) = state.http2.as_ref() {
-                if !shared.sender.is_closed() {
-                    return Ok(Checkout::Http2(shared.sender.clone(), shared.peer.clone()));
-                }
+            let mut state = self.state();
+            if let Some(shared) = state.live_http2() {
+                return Ok(shared);
             }
             if state.failed_opens != failures_before {
                 if let Some(error) = &state.last_open_error {
