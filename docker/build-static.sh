@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-musl
 rustup target list --installed | grep -qx "$target" || rustup target add "$target" >&2
-# ring's C parts build with the system gcc; no musl-tools needed (STACK-NOTES.md).
-CC_x86_64_unknown_linux_musl=gcc cargo build --release --locked --target "$target" >&2
+# jemalloc's C parts must build against musl's headers: musl-gcc (Debian's musl-tools,
+# which tests/setup.sh installs). ring builds with it too.
+command -v musl-gcc >/dev/null || { echo "error: musl-gcc not found (apt-get install musl-tools)" >&2; exit 1; }
+CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" >&2
 binary="${CARGO_TARGET_DIR:-target}/$target/release/idgate"
 if ldd "$binary" 2>&1 | grep -Eq 'statically linked|not a dynamic executable'; then :; else
   echo "error: $binary is not statically linked:" >&2

@@ -370,6 +370,9 @@ pub async fn mtls_connect(
     config: Arc<rustls::ClientConfig>,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    // As real clients do: without it, Nagle holds the request behind the handshake's
+    // last flight until the delayed ACK (40 ms).
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
