@@ -131,8 +131,10 @@ impl ListenerState {
         // Boxed, so the handshake's state does not size the task for the connection's life.
         let accept = Box::pin(self.acceptor.accept(tcp));
         let handshake = tokio::time::timeout(self.timeouts.handshake.0, accept);
+        // Boxed too: the stream (1.2 KiB) would otherwise keep a slot in the task for the
+        // connection's life, even after it has moved into the HTTP server.
         let tls = match handshake.await {
-            Ok(Ok(tls)) => tls,
+            Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(error)) => {
                 self.shared.tls.handshake_failed(&self.name, addr, &error);
                 return;
@@ -179,7 +181,7 @@ impl ListenerState {
                 relay,
                 &decision,
                 version,
-                tls,
+                *tls,
                 upstream,
             ))
             .await;
@@ -198,13 +200,15 @@ impl ListenerState {
             peer,
             own_id,
         });
+        // Boxed: hyper keeps a slot the size of the service's future in every HTTP/1.1
+        // connection, idle or not; the request's state lives only while it is in flight.
         let service = service_fn(move |request| {
             let connection = connection.clone();
-            async move { Ok::<_, Infallible>(connection.handle(request).await) }
+            Box::pin(async move { Ok::<_, Infallible>(connection.handle(request).await) })
         });
         serve_http(
             &self.builder,
-            Coalesce::new(tls),
+            Coalesce::new(*tls),
             service,
             lifetime,
             revoked,
@@ -284,9 +288,7 @@ impl Connection {
                 policy.evaluate(&again).verdict.passes()
             })
         });
-        // Boxed: hyper keeps a slot the size of this future in every connection, idle
-        // or not; the forward's state lives only while a request is in flight.
-        match Box::pin(self.state.upstream.forward(request, &path, revoked)).await {
+        match self.state.upstream.forward(request, &path, revoked).await {
             Ok(Forwarded { response, .. }) => {
                 let status = response.status().as_u16();
                 log.write(&decision, status, denial.as_deref(), Some(policy.version()));

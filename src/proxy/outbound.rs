@@ -163,7 +163,9 @@ impl ListenerState {
                 break_glass: false,
             };
             let upstream = self.connector.clone();
-            tcp::relay(&self.shared, relay, &allow, None, tcp, upstream).await;
+            // Boxed, as on the inbound: the relay's state would otherwise size every HTTP
+            // connection's task too.
+            Box::pin(tcp::relay(&self.shared, relay, &allow, None, tcp, upstream)).await;
             return;
         }
         let connection = Arc::new(Connection {
