@@ -131,7 +131,9 @@ impl Pool {
         loop {
             let (checkout, reused) = match self.inner.checkout() {
                 Some(checkout) => (checkout, true),
-                None => (self.inner.open().await?, false),
+                // Boxed: opening a connection (a TLS handshake) is rare, but its state
+                // would size the future of every request, which is moved several times.
+                None => (Box::pin(self.inner.open()).await?, false),
             };
             match checkout {
                 Checkout::Http2(mut sender, peer) => match sender.try_send_request(request).await {
