@@ -32,10 +32,6 @@ fn slot_of(rule: &Rule) -> usize {
 }
 
 impl Rule {
-    fn is_live(&self, now: SystemTime) -> bool {
-        self.expires().is_none_or(|(at, _)| now < at)
-    }
-
     /// No method, path or header condition: the rule judges the source alone.
     fn applies_to_every_request(&self) -> bool {
         self.methods.is_empty()

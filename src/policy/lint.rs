@@ -101,7 +101,10 @@ pub fn lint(source: &SourceFile, context: &LintContext) -> Result<Vec<FileError>
         }
         if rule.action == Action::Allow && !rule.audit {
             let shadow = rules.iter().enumerate().find(|(_, d)| {
-                d.action == Action::Deny && !d.audit && live(d, context.now) && deny_covers(d, rule)
+                d.action == Action::Deny
+                    && !d.audit
+                    && d.is_live(context.now)
+                    && deny_covers(d, rule)
             });
             if let Some((k, deny)) = shadow {
                 out.push(at(raw_rule.name.span(), "name", format!(
@@ -112,10 +115,6 @@ pub fn lint(source: &SourceFile, context: &LintContext) -> Result<Vec<FileError>
         }
     }
     Ok(out)
-}
-
-fn live(rule: &Rule, now: SystemTime) -> bool {
-    rule.expires().is_none_or(|(at, _)| now < at)
 }
 
 fn trust_domain(pattern: &PrincipalPattern) -> Option<&str> {

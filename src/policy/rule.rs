@@ -55,6 +55,11 @@ impl Rule {
         self.rare.as_ref()?.expires
     }
 
+    /// Not yet expired at `now` (a rule without `expires` never expires).
+    pub fn is_live(&self, now: SystemTime) -> bool {
+        self.expires().is_none_or(|(at, _)| now < at)
+    }
+
     /// Sources excluded even when `from` matches them.
     pub fn not_from(&self) -> &[PrincipalPattern] {
         self.rare.as_ref().map_or(&[], |r| &r.not_from)
