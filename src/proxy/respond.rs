@@ -3,12 +3,13 @@
 //! A denied gRPC call gets `grpc-status: 7` in an HTTP 200 (gRPC clients cannot read a
 //! 403); everything else gets a short text body. Never forwards anything.
 
-use super::headers::REQUEST_ID;
-use super::pool::UpstreamBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
+
+use super::headers::REQUEST_ID;
+use super::pool::UpstreamBody;
 
 /// The body of every proxied response: streamed from upstream or written here.
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
