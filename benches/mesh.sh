@@ -9,11 +9,14 @@
 # from `idgate certs dev`. HAProxy and nginx check the chain but cannot check a SPIFFE ID;
 # ghostunnel checks the peer's URI SAN but is L4 only (no HTTP, no per-request policy).
 # idgate's inbound has a 1,000-rule policy loaded and writes its decision log to a file.
+# Every contender gets one thread per core: HAProxy nbthread, nginx worker_processes,
+# ghostunnel GOMAXPROCS, idgate `[runtime] workers` (IDGATE_WORKERS).
 #
 # Usage: benches/mesh.sh            (about 10-15 minutes on 2 cores; env knobs below)
 # Knobs: ROUNDS=3 DURATION=5 (seconds per run) RATE=1000 CONNS=32 HOLD=1000 RULES=1000
 #        CONTENDERS="idgate haproxy nginx ghostunnel" BASE_PORT=20000 KEEP=1 (keep $WORK)
-#        IDGATE_BIN=path (skip the cargo build) IDGATE_BENCH_CACHE=dir (oha, ghostunnel)
+#        IDGATE_BIN=path (skip the cargo build) IDGATE_WORKERS=$(nproc)
+#        IDGATE_BENCH_CACHE=dir (oha, ghostunnel)
 # Loopback only: every address below is 127.0.0.1. Every process it starts, it stops.
 set -euo pipefail
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -26,6 +29,7 @@ CONNS=${CONNS:-32}
 HOLD=${HOLD:-1000}
 RULES=${RULES:-1000}
 BASE_PORT=${BASE_PORT:-20000}
+IDGATE_WORKERS=${IDGATE_WORKERS:-$(nproc)}
 CONTENDERS=${CONTENDERS:-"idgate haproxy nginx ghostunnel"}
 CACHE=${IDGATE_BENCH_CACHE:-$HOME/.cache/idgate/bench}
 KEEP=${KEEP:-0}
@@ -242,6 +246,8 @@ server_ids = ["$SERVER_ID"]
 listen = "127.0.0.1:$((BASE_PORT + 103))"
 [log]
 decisions = "$WORK/logs/idgate-out-decisions.log"
+[runtime]
+workers = $IDGATE_WORKERS
 EOF
   cat >"$WORK/idgate-in.toml" <<EOF
 [identity]
@@ -258,6 +264,8 @@ policy = "$WORK/policy.toml"
 listen = "127.0.0.1:$((BASE_PORT + 104))"
 [log]
 decisions = "$WORK/logs/idgate-in-decisions.log"
+[runtime]
+workers = $IDGATE_WORKERS
 EOF
   start idgate-in "$IDGATE_BIN" run --config "$WORK/idgate-in.toml"
   start idgate-out "$IDGATE_BIN" run --config "$WORK/idgate-out.toml"
@@ -549,7 +557,7 @@ per_conn() { awk -v a="$1" -v b="$2" -v n="$HOLD" 'BEGIN { printf "%.1f", (b - a
 
 echo
 echo "## idgate mesh benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r)"
-echo "ROUNDS=$ROUNDS DURATION=${DURATION}s RATE=$RATE CONNS=$CONNS HOLD=$HOLD RULES=$RULES; medians of $ROUNDS rounds; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "ROUNDS=$ROUNDS DURATION=${DURATION}s RATE=$RATE CONNS=$CONNS HOLD=$HOLD RULES=$RULES IDGATE_WORKERS=$IDGATE_WORKERS; medians of $ROUNDS rounds; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "### Keep-alive throughput (wrk, $CONNS connections) and fixed-rate latency (oha -q $RATE --latency-correction)"
 echo

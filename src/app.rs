@@ -19,7 +19,7 @@ use crate::config::{Config, IdentityConfig, Protocol};
 use crate::identity::spire::SpireSource;
 use crate::identity::{self, HealthSettings, IdentityHandle, IdentityHealth, IdentityMetrics};
 use crate::policy::RuleHits;
-use crate::proxy::{InboundListener, OutboundListener, Shared};
+use crate::proxy::{InboundListener, OutboundListener, Shared, Workers};
 use crate::reload::{IdentityFiles, PolicySlot, ReloadMetrics, Reloader};
 use crate::telemetry::{DecisionLog, RequestMetrics};
 use crate::tls::TlsMetrics;
@@ -36,13 +36,18 @@ pub struct App {
     pub identity: IdentityHandle,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    workers: Arc<Workers>,
     drain_timeout: Duration,
     admin_stop: CancellationToken,
 }
 
-/// Starts a sidecar: loads the identity, binds every listener, and serves in the background.
+/// Starts a sidecar: loads the identity, binds every listener, and serves in the background
+/// (on the calling runtime and `[runtime] workers - 1` threads of its own).
 pub async fn start(config: &Config) -> anyhow::Result<App> {
     let mut registry = Registry::default();
+    let workers = Arc::new(
+        Workers::start(config.runtime.workers).context("cannot start the worker threads")?,
+    );
     let shutdown = CancellationToken::new();
     let (identity, health) = start_identity(&config.identity, &mut registry, &shutdown)?;
     tokio::spawn(health.clone().watch(identity.clone(), shutdown.clone()));
@@ -53,6 +58,7 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
         tls: TlsMetrics::register(&mut registry),
         shutdown,
         tasks: TaskTracker::new(),
+        workers: workers.clone(),
     };
     tokio::spawn(IdentityMetrics::register(&mut registry).follow(identity.clone()));
 
@@ -122,8 +128,7 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
         admin_stop.clone(),
     ));
     drop(binding);
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(?inbound, ?outbound, %admin, workers, spiffe_id = ?identity.current().map(|m| m.svid.spiffe_id.to_string()), "idgate running");
+    tracing::info!(?inbound, ?outbound, %admin, workers = workers.count(), spiffe_id = ?identity.current().map(|m| m.svid.spiffe_id.to_string()), "idgate running");
     Ok(App {
         inbound,
         outbound,
@@ -131,6 +136,7 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
         identity,
         shutdown: shared.shutdown,
         tasks: shared.tasks,
+        workers,
         drain_timeout: config.drain_timeout(),
         admin_stop,
     })
@@ -207,6 +213,13 @@ impl App {
         }
         self.admin_stop.cancel();
         drained
+    }
+}
+
+impl Drop for App {
+    /// The worker threads end with the sidecar (drained or not).
+    fn drop(&mut self) {
+        self.workers.stop();
     }
 }
 

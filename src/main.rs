@@ -97,7 +97,7 @@ fn run(args: &ConfigArgs) -> u8 {
         }
     };
     init_tracing(config.log.format, &config.log.level);
-    cli::block_on_workers(config.runtime.workers, async {
+    cli::block_on_current_thread(async {
         let mut signals = match idgate::app::ShutdownSignals::install() {
             Ok(signals) => signals,
             Err(error) => {

@@ -15,7 +15,6 @@ pub mod validate;
 pub mod webhook;
 
 use std::future::Future;
-use std::num::NonZeroUsize;
 
 use tokio::runtime::Builder;
 
@@ -25,17 +24,10 @@ pub fn block_on(work: impl Future<Output = u8>) -> u8 {
     block_on_with(Builder::new_multi_thread(), work)
 }
 
-/// Runs `work` on `workers` threads: one is a current-thread runtime (every task on the
-/// calling thread, so waking a task never wakes another thread), more a work-stealing one.
-pub fn block_on_workers(workers: NonZeroUsize, work: impl Future<Output = u8>) -> u8 {
-    let builder = if workers.get() == 1 {
-        Builder::new_current_thread()
-    } else {
-        let mut builder = Builder::new_multi_thread();
-        builder.worker_threads(workers.get());
-        builder
-    };
-    block_on_with(builder, work)
+/// Runs `work` on a current-thread runtime: every task on the calling thread, so waking a
+/// task never wakes another thread (`idgate run` adds its own worker threads beside it).
+pub fn block_on_current_thread(work: impl Future<Output = u8>) -> u8 {
+    block_on_with(Builder::new_current_thread(), work)
 }
 
 fn block_on_with(mut builder: Builder, work: impl Future<Output = u8>) -> u8 {

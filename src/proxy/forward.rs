@@ -23,6 +23,7 @@ use super::pool::{Peer, Pool, PoolError};
 use super::respond::{is_grpc, Body, Refusal};
 use super::serve::{never_revoked, Revoked};
 use super::stream::{ConnectError, Connector};
+use super::workers;
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -32,7 +33,8 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 #[derive(Clone)]
 pub struct Upstream {
     connectors: Connectors,
-    pools: Arc<ArcSwap<Pools>>,
+    /// One set per worker thread, so a request never waits on another thread's connection.
+    pools: Arc<[ArcSwap<Pools>]>,
     base: Uri,
     response_timeout: Duration,
     tunnels: TaskTracker,
@@ -82,12 +84,14 @@ pub struct ForwardError {
 
 impl Upstream {
     /// A client that sends every request to `connector`, naming `base` (scheme and
-    /// authority) in URIs; WebSocket tunnels run on `tunnels` so a drain waits for them.
+    /// authority) in URIs, with pools for `workers` threads; WebSocket tunnels run on
+    /// `tunnels` so a drain waits for them.
     pub fn new(
         connector: Connector,
         base: Uri,
         response_timeout: Duration,
         tunnels: TaskTracker,
+        workers: usize,
     ) -> Self {
         let connectors = Connectors {
             default: connector,
@@ -95,7 +99,9 @@ impl Upstream {
             upgrade: None,
         };
         Self {
-            pools: Arc::new(ArcSwap::from_pointee(connectors.pools())),
+            pools: (0..workers.max(1))
+                .map(|_| ArcSwap::from_pointee(connectors.pools()))
+                .collect(),
             connectors,
             base,
             response_timeout,
@@ -120,7 +126,9 @@ impl Upstream {
     /// Starts fresh pools: later requests open new connections (e.g. with a rotated SVID)
     /// while requests in flight finish on the old ones, which close once idle.
     pub fn refresh(&self) {
-        self.pools.store(Arc::new(self.connectors.pools()));
+        for pools in self.pools.iter() {
+            pools.store(Arc::new(self.connectors.pools()));
+        }
     }
 
     /// Rewrites the request for the upstream (URI, version, hop-by-hop headers), sends it
@@ -142,7 +150,7 @@ impl Upstream {
         *request.version_mut() = Version::HTTP_11;
         let upgrade = upgrade_protocol(request.headers());
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        let pools = self.pools.load_full();
+        let pools = self.pools[workers::current() % self.pools.len()].load_full();
         let pool = match (&upgrade, &pools.upgrade, &pools.grpc) {
             (Some(_), Some(pool), _) => pool,
             (None, _, Some(pool)) if is_grpc(request.headers()) => pool,

@@ -86,6 +86,7 @@ impl InboundListener {
                 base,
                 config.timeouts.response.0,
                 shared.tasks.clone(),
+                shared.workers.count(),
             )
             .with_grpc_h2c(connector.clone()),
             connector,
@@ -116,7 +117,7 @@ impl InboundListener {
         let state = self.state;
         let shared = state.shared.clone();
         let max_connections = state.limits.max_connections;
-        accept_loop(self.listener, &state.name.clone(), max_connections, &shared, |tcp, addr| {
+        accept_loop(self.listener, &state.name.clone(), max_connections, &shared, move |tcp, addr| {
             let state = state.clone();
             let span = tracing::info_span!("conn", listener = %state.name, peer.addr = %addr, peer.id = tracing::field::Empty);
             state.serve_connection(tcp, addr).instrument(span)

@@ -16,9 +16,13 @@ mod respond;
 mod serve;
 mod stream;
 mod tcp;
+mod workers;
 
 pub use inbound::InboundListener;
 pub use outbound::OutboundListener;
+pub use workers::Workers;
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,6 +46,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Every connection task, so the drain can wait for them.
     pub tasks: TaskTracker,
+    /// The threads that serve connections.
+    pub workers: Arc<Workers>,
 }
 
 impl Shared {

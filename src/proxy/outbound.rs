@@ -73,6 +73,7 @@ impl OutboundListener {
             base,
             config.timeouts.response.0,
             shared.tasks.clone(),
+            shared.workers.count(),
         )
         .with_upgrades(upgrades);
         tokio::spawn(fresh_connections_on_rotation(peer.clone(), shared.clone()));
@@ -107,7 +108,7 @@ impl OutboundListener {
             &state.name.clone(),
             max_connections,
             &shared,
-            |tcp, addr| {
+            move |tcp, addr| {
                 let state = state.clone();
                 let span = tracing::info_span!("conn", listener = %state.name, peer.addr = %addr);
                 state.serve_connection(tcp).instrument(span)

@@ -157,9 +157,9 @@ fn millis_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Accepts connections until shutdown, spawning `handle` for each on the tracker.
-/// Beyond `max_connections` open at once, a new connection is closed straight away
-/// (the client sees a clean close, not a hang) and counted as refused.
+/// Accepts connections until shutdown, spawning `handle` for each on the tracker, on
+/// the least busy worker. Beyond `max_connections` open at once, a new connection is closed
+/// straight away (the client sees a clean close, not a hang) and counted as refused.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     name: &str,
@@ -167,9 +167,10 @@ pub async fn accept_loop<F, Fut>(
     shared: &Shared,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let handle = Arc::new(handle);
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
@@ -185,10 +186,37 @@ pub async fn accept_loop<F, Fut>(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                // `map`, not an async block: a block would keep the moved-in future
-                // and the future it awaits side by side, twice the task's size.
-                let connection = handle(stream, peer).map(move |()| drop(slot));
-                shared.tasks.spawn(connection);
+                let place = shared.workers.assign();
+                let worker = place.worker;
+                if worker == 0 {
+                    // `map`, not an async block: a block would keep the moved-in future
+                    // and the future it awaits side by side, twice the task's size.
+                    let connection = handle(stream, peer).map(move |()| drop((slot, place)));
+                    shared.tasks.spawn(connection);
+                    continue;
+                }
+                // The socket moves to the worker's own I/O driver, so its readiness
+                // wakes that thread and no other.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::warn!(listener = name, %peer, %error, "cannot hand the connection to a worker");
+                        continue;
+                    }
+                };
+                let handle = handle.clone();
+                let connection = async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => handle(stream, peer).await,
+                        Err(error) => {
+                            tracing::warn!(%peer, %error, "worker cannot take the connection")
+                        }
+                    }
+                    drop((slot, place));
+                };
+                shared
+                    .workers
+                    .spawn(worker, shared.tasks.track_future(connection));
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
