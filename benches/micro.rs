@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-request (and per-connection) work on idgate's data path:
 //! policy decisions at 10, 1,000 and 10,000 rules, path normalisation, SPIFFE ID parsing,
-//! XFCC building and the header pass. `cargo bench` runs them with criterion (means and
+//! XFCC building, the header pass and the decision-log line. `cargo bench` runs them with criterion (means and
 //! confidence intervals); after criterion, a plain timing loop prints p50/p99/p99.9 per
 //! decision, since the targets are percentiles.
 //!
@@ -17,6 +17,7 @@ use idgate::devpki::DevCa;
 use idgate::policy::{normalize_path, Policy, Request};
 use idgate::proxy::headers::{ensure_request_id, set_xfcc, strip_hop_by_hop, xfcc_value};
 use idgate::spiffe_id::SpiffeId;
+use idgate::telemetry::{decision_line, DecisionRecord};
 use idgate::tls::PeerIdentity;
 
 const TD: &str = "spiffe://example.org";
@@ -201,6 +202,35 @@ fn bench_xfcc(c: &mut Criterion) {
     });
 }
 
+fn bench_decision_line(c: &mut Criterion) {
+    let record = DecisionRecord {
+        listener: "api",
+        direction: "inbound",
+        source: Some("spiffe://example.org/ns/payments/sa/payment-service"),
+        destination: Some("spiffe://example.org/ns/billing/sa/api"),
+        method: Some("GET"),
+        path: Some("/api/v2/invoices"),
+        decision: "allow",
+        rule: Some("payments-reads-invoices"),
+        status: 200,
+        duration_ms: 0.412,
+        request_id: "3f2a9c1b7d4e8f60a1b2c3d4e5f60718",
+        reason: None,
+        policy_version: Some("0123456789ab"),
+        audit_rule: None,
+        break_glass: false,
+        bytes_in: None,
+        bytes_out: None,
+    };
+    c.bench_function("decision-log line (per request)", |b| {
+        b.iter(|| {
+            let mut line = Vec::with_capacity(512);
+            decision_line::write("2026-11-26T10:00:00.123Z", black_box(&record), &mut line);
+            black_box(line)
+        })
+    });
+}
+
 /// Per-call latency percentiles of `policy.evaluate`, measured one call at a time (so the
 /// numbers include one `Instant::now()` pair, about 20-40 ns here).
 fn policy_percentiles() {
@@ -257,7 +287,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = micro;
     config = config();
-    targets = bench_policy, bench_paths, bench_spiffe_id, bench_xfcc
+    targets = bench_policy, bench_paths, bench_spiffe_id, bench_xfcc, bench_decision_line
 }
 
 fn main() {

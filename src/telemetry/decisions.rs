@@ -17,10 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 use time::OffsetDateTime;
+
+use super::decision_line;
 
 /// Lines waiting for the writer at most; more are dropped and counted.
 const QUEUE_LINES: usize = 65_536;
@@ -32,7 +33,7 @@ const SECOND: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
 
 /// One decision, borrowed from the request that produced it.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct DecisionRecord<'a> {
     /// Listener name.
     pub listener: &'a str,
@@ -57,30 +58,17 @@ pub struct DecisionRecord<'a> {
     /// The `x-request-id` of the request.
     pub request_id: &'a str,
     /// Why, in words, for denials and errors.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
     /// Version of the policy that judged the request.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_version: Option<&'a str>,
     /// An `audit = true` rule that would have decided (dry run), if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_rule: Option<&'a str>,
     /// The deciding rule is a break-glass rule (it has `expires`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub break_glass: bool,
     /// TCP listeners: bytes from the client to the upstream.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
     /// TCP listeners: bytes from the upstream to the client.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    ts: &'a str,
-    #[serde(flatten)]
-    record: &'a DecisionRecord<'a>,
 }
 
 /// Where decision lines go; cheap to clone.
@@ -138,10 +126,7 @@ impl DecisionLog {
         let mut ts = [0u8; 24];
         let ts = timestamp(SystemTime::now(), &mut ts);
         let mut line = Vec::with_capacity(LINE_CAPACITY);
-        if serde_json::to_writer(&mut line, &Line { ts, record }).is_err() {
-            return;
-        }
-        line.push(b'\n');
+        decision_line::write(ts, record, &mut line);
         if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             self.dropped.inc();
