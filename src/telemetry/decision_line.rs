@@ -11,28 +11,27 @@ use super::decisions::DecisionRecord;
 pub fn write(ts: &str, record: &DecisionRecord<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"ts\":");
     string(out, ts);
-    key(out, "listener");
-    string(out, record.listener);
-    key(out, "direction");
-    string(out, record.direction);
-    key(out, "source");
-    optional_string(out, record.source);
-    key(out, "destination");
-    optional_string(out, record.destination);
-    key(out, "method");
-    optional_string(out, record.method);
-    key(out, "path");
-    optional_string(out, record.path);
-    key(out, "decision");
-    string(out, record.decision);
-    key(out, "rule");
-    optional_string(out, record.rule);
+    // SPEC's fields, null when absent.
+    for (name, value) in [
+        ("listener", Some(record.listener)),
+        ("direction", Some(record.direction)),
+        ("source", record.source),
+        ("destination", record.destination),
+        ("method", record.method),
+        ("path", record.path),
+        ("decision", Some(record.decision)),
+        ("rule", record.rule),
+    ] {
+        key(out, name);
+        optional_string(out, value);
+    }
     key(out, "status");
     number(out, record.status);
     key(out, "duration_ms");
     number(out, record.duration_ms);
     key(out, "request_id");
     string(out, record.request_id);
+    // idgate's extra fields, only when they apply.
     for (name, value) in [
         ("reason", record.reason),
         ("policy_version", record.policy_version),
