@@ -1,7 +1,12 @@
 //! The `idgate` binary: exit codes and error messages of SPEC.md.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::RunningIdgate;
 
 fn idgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_idgate"))
@@ -277,7 +282,8 @@ fn zero_workers_is_refused_with_file_line_and_field() {
 #[cfg(unix)]
 #[test]
 fn run_drains_and_exits_zero_on_sigterm() {
-    // One worker is a current-thread runtime, more a work-stealing one: both must run and drain.
+    // One worker serves on the main thread alone, more start worker threads: both must
+    // run and drain.
     for workers in [1, 2] {
         run_then_sigterm(workers);
     }
@@ -285,7 +291,6 @@ fn run_drains_and_exits_zero_on_sigterm() {
 
 #[cfg(unix)]
 fn run_then_sigterm(workers: usize) {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let path = broken_config(
         dir.path(),
@@ -298,32 +303,19 @@ fn run_then_sigterm(workers: usize) {
         .replace("127.0.0.1:15000", "127.0.0.1:0")
         .replace("workers = 1", &format!("workers = {workers}"));
     std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
-        .args(["run", "--config", &path])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("idgate running"))
-        .expect("idgate did not report it was running");
-    assert!(started.contains(&format!("workers={workers}")), "{started}");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0));
+    let mut idgate = RunningIdgate::start(Path::new(&path));
+    assert!(
+        idgate.started.contains(&format!("workers={workers}")),
+        "{}",
+        idgate.started
+    );
+    idgate.signal("TERM");
+    assert_eq!(idgate.wait().code(), Some(0));
 }
 
 #[cfg(unix)]
 #[test]
 fn sighup_reloads_a_policy_the_watcher_cannot_see() {
-    use std::io::{BufRead, BufReader};
     // The config names a symlink whose target lives in a directory nobody watches, so
     // only SIGHUP can bring the edit in.
     let dir = tempfile::tempdir().unwrap();
@@ -341,29 +333,11 @@ fn sighup_reloads_a_policy_the_watcher_cannot_see() {
     let target = elsewhere.path().join("real-policy.toml");
     std::fs::rename(dir.path().join("billing-policy.toml"), &target).unwrap();
     std::os::unix::fs::symlink(&target, dir.path().join("billing-policy.toml")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
-        .args(["run", "--config", &path])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
-    assert!(lines.by_ref().any(|l| l.contains("idgate running")));
+    let mut idgate = RunningIdgate::start(Path::new(&path));
     std::fs::write(&target, "default = \"allow\"\n").unwrap();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let reloaded = lines.by_ref().any(|l| l.contains("policy reloaded"));
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let _ = child.wait();
-    assert!(reloaded, "SIGHUP should reload the policy");
+    idgate.signal("HUP");
+    let reloaded = idgate.wait_for("policy reloaded", Duration::from_secs(10));
+    idgate.signal("TERM");
+    let _ = idgate.wait();
+    assert!(reloaded.is_some(), "SIGHUP should reload the policy");
 }

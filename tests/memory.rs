@@ -5,68 +5,33 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
 
 const CONNECTIONS: usize = 1000;
 
-/// An `idgate run` process, killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Resident set size of `idgate` in KiB, from `/proc/PID/status`.
+fn rss_kib(idgate: &RunningIdgate) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", idgate.id()))
+        .expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
 }
 
-impl Process {
-    /// Resident set size in KiB, from `/proc/PID/status`.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
-            .expect("read /proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc status")
-    }
-}
-
-/// Starts `idgate run` on `config` and returns it with its first inbound address, read
-/// from the "idgate running" log line. A thread keeps draining its log.
-fn run(config: &std::path::Path) -> (Process, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn idgate");
-    let stderr = child.stderr.take().expect("stderr");
-    let process = Process(child);
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("idgate running") {
-                let _ = started_tx.send(line);
-            }
-        }
-    });
-    let started = started_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("idgate did not report it was running");
-    let inbound = started
+/// The first inbound address in the "idgate running" line.
+fn inbound_address(idgate: &RunningIdgate) -> SocketAddr {
+    idgate
+        .started
         .split("inbound=[")
         .nth(1)
         .and_then(|rest| rest.split(']').next())
         .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no inbound address in: {started}"));
-    (process, inbound)
+        .unwrap_or_else(|| panic!("no inbound address in: {}", idgate.started))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +47,8 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
         pki.identity_toml("server", SERVER_ID),
     );
     std::fs::write(&config, toml).expect("write config");
-    let (idgate, inbound) = run(&config);
+    let idgate = RunningIdgate::start(&config);
+    let inbound = inbound_address(&idgate);
     let client = tls_client(
         &pki.ca.root_pem(),
         Some(&pki.svid(FRONTEND_ID)),
@@ -95,7 +61,7 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
     assert_eq!(warm.status(), 200);
     drop((sender, warm));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = idgate.rss_kib();
+    let idle = rss_kib(&idgate);
 
     // A spike: many connections, each with one request served, held open together.
     let mut held = Vec::with_capacity(CONNECTIONS);
@@ -105,7 +71,7 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
         assert_eq!(response.status(), 200);
         held.push((sender, task));
     }
-    let peak = idgate.rss_kib();
+    let peak = rss_kib(&idgate);
     let grown = peak.saturating_sub(idle);
     assert!(
         grown > 8 * 1024,
@@ -116,10 +82,10 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
     // Given back: within 10 s, at most a quarter of the growth stays resident.
     let bound = idle + grown / 4;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut now = idgate.rss_kib();
+    let mut now = rss_kib(&idgate);
     while now > bound && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        now = idgate.rss_kib();
+        now = rss_kib(&idgate);
     }
     assert!(
         now <= bound,

@@ -22,6 +22,9 @@ use rustls_pki_types::ServerName;
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 
+mod process;
+pub use process::RunningIdgate;
+
 pub const TD: &str = "example.org";
 pub const SERVER_ID: &str = "spiffe://example.org/ns/billing/sa/api";
 pub const FRONTEND_ID: &str = "spiffe://example.org/ns/shop/sa/frontend";

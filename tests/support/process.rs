@@ -1,0 +1,86 @@
+//! `idgate run` as a real child process, for tests of what only the binary does (signals,
+//! the allocator, exit codes).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+/// A running `idgate run`; killed when dropped. A thread drains its stderr (so the pipe
+/// never fills) and hands each line to [`RunningIdgate::wait_for`].
+pub struct RunningIdgate {
+    child: Child,
+    lines: Receiver<String>,
+    /// The "idgate running" line (addresses, workers, SPIFFE ID).
+    pub started: String,
+}
+
+impl RunningIdgate {
+    /// Starts `idgate run --config CONFIG` with `RUST_LOG=info` and waits (up to 30 s) for
+    /// its "idgate running" line.
+    pub fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn idgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut running = Self {
+            child,
+            lines,
+            started: String::new(),
+        };
+        running.started = running
+            .wait_for("idgate running", Duration::from_secs(30))
+            .expect("idgate did not report it was running");
+        running
+    }
+
+    /// The next log line containing `needle`, if one comes within `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().expect("wait for idgate")
+    }
+
+    /// The process ID (for reading /proc).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RunningIdgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
