@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::RunningIdgate;
+use support::process::RunningIdgate;
 
 fn idgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_idgate"))

@@ -8,6 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use support::process::RunningIdgate;
 use support::*;
 
 const CONNECTIONS: usize = 1000;

@@ -22,8 +22,7 @@ use rustls_pki_types::ServerName;
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 
-mod process;
-pub use process::RunningIdgate;
+pub mod process;
 
 pub const TD: &str = "example.org";
 pub const SERVER_ID: &str = "spiffe://example.org/ns/billing/sa/api";
