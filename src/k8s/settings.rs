@@ -5,6 +5,7 @@
 //! the annotation's name and what to write instead; nothing in this file panics on input.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 
 use crate::spiffe_id::SpiffeId;
 
@@ -34,6 +35,11 @@ pub const ADMIN_PORT: &str = "idgate.io/admin-port";
 /// talks plain HTTP to `127.0.0.1:LOCAL_PORT` and idgate calls `HOST:PORT` over mTLS,
 /// accepting only a server presenting `SPIFFE_ID`.
 pub const OUTBOUND: &str = "idgate.io/outbound";
+/// `idgate.io/workers`: `[runtime] workers`, the sidecar's threads (default 1; at most
+/// [`MAX_WORKERS`]). Give the container as many CPUs as workers.
+pub const WORKERS: &str = "idgate.io/workers";
+/// The most worker threads `idgate.io/workers` may ask for.
+pub const MAX_WORKERS: usize = 64;
 
 /// The image injected when `idgate.io/image` is not set.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/idgate/idgate:", env!("CARGO_PKG_VERSION"));
@@ -92,6 +98,8 @@ pub struct Settings {
     pub admin_port: u16,
     /// Outbound listeners.
     pub outbound: Vec<OutboundSpec>,
+    /// Threads serving connections.
+    pub workers: NonZeroUsize,
 }
 
 /// Whether `annotations` ask for injection (`idgate.io/inject: "true"`).
@@ -153,6 +161,10 @@ impl Settings {
             Some(list) => parse_outbound(list)?,
             None => Vec::new(),
         };
+        let workers = match get(WORKERS) {
+            Some(v) => parse_workers(v).map_err(|e| bad(WORKERS, e))?,
+            None => NonZeroUsize::MIN,
+        };
         let settings = Self {
             image,
             inbound_port: port(INBOUND_PORT, Some(8443))?.unwrap_or(8443),
@@ -163,6 +175,7 @@ impl Settings {
             spiffe_id,
             admin_port: port(ADMIN_PORT, Some(15000))?.unwrap_or(15000),
             outbound,
+            workers,
         };
         settings.check_ports()?;
         Ok(settings)
@@ -204,6 +217,16 @@ fn parse_port(value: &str) -> Result<u16, String> {
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("expected a port 1-65535, got {value:?}"))
+}
+
+fn parse_workers(value: &str) -> Result<NonZeroUsize, String> {
+    value
+        .parse::<NonZeroUsize>()
+        .ok()
+        .filter(|n| n.get() <= MAX_WORKERS)
+        .ok_or_else(|| {
+            format!("expected a whole number of threads, 1-{MAX_WORKERS}, got {value:?}")
+        })
 }
 
 fn parse_outbound(list: &str) -> Result<Vec<OutboundSpec>, InjectError> {
@@ -269,6 +292,9 @@ mod tests {
         assert_eq!(s.socket, SocketSource::Csi);
         assert_eq!(s.policy_configmap, "idgate-policy");
         assert_eq!(s.image, DEFAULT_IMAGE);
+        assert_eq!(s.workers.get(), 1);
+        let s = settings(&[(WORKERS, " 2 ")]).unwrap();
+        assert_eq!(s.workers.get(), 2);
     }
 
     #[test]
@@ -300,6 +326,9 @@ mod tests {
             (PROTOCOL, "grpc"),
             (IMAGE, "a b"),
             (SPIFFE_ID, "http://x"),
+            (WORKERS, "0"),
+            (WORKERS, "65"),
+            (WORKERS, "two"),
         ] {
             let error = settings(&[(key, value)]).unwrap_err().to_string();
             assert!(error.contains(key), "{key}={value}: {error}");

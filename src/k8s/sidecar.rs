@@ -63,6 +63,9 @@ pub fn config_toml(s: &Settings) -> String {
     }
     out += &format!("\n[admin]\nlisten = \"0.0.0.0:{}\"\n", s.admin_port);
     out += "\n[log]\nformat = \"json\"\ndecisions = \"stdout\"\n";
+    if s.workers.get() > 1 {
+        out += &format!("\n[runtime]\nworkers = {}\n", s.workers);
+    }
     out
 }
 
@@ -218,10 +221,13 @@ mod tests {
 
     #[test]
     fn rendered_config_loads_as_a_real_config() {
-        let annotations: BTreeMap<String, String> = [(
-            super::super::settings::OUTBOUND,
-            "15001=billing.shop.svc:8443@spiffe://example.org/ns/shop/sa/billing",
-        )]
+        let annotations: BTreeMap<String, String> = [
+            (
+                super::super::settings::OUTBOUND,
+                "15001=billing.shop.svc:8443@spiffe://example.org/ns/shop/sa/billing",
+            ),
+            (super::super::settings::WORKERS, "2"),
+        ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
@@ -241,5 +247,6 @@ mod tests {
         assert_eq!(config.inbound.len(), 1);
         assert_eq!(config.outbound.len(), 1);
         assert_eq!(config.admin.listen.port(), 15000);
+        assert_eq!(config.runtime.workers.get(), 2);
     }
 }
