@@ -171,6 +171,7 @@ pub async fn accept_loop<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handle = Arc::new(handle);
+    let listener_name: Arc<str> = Arc::from(name);
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
@@ -188,35 +189,24 @@ pub async fn accept_loop<F, Fut>(
                 let _ = stream.set_nodelay(true);
                 let place = shared.workers.assign();
                 let worker = place.worker;
+                // Held while the connection lives.
+                let held = (slot, place);
                 if worker == 0 {
                     // `map`, not an async block: a block would keep the moved-in future
                     // and the future it awaits side by side, twice the task's size.
-                    let connection = handle(stream, peer).map(move |()| drop((slot, place)));
+                    let connection = handle(stream, peer).map(move |()| drop(held));
                     shared.tasks.spawn(connection);
-                    continue;
+                } else {
+                    hand_over(
+                        shared,
+                        &listener_name,
+                        worker,
+                        stream,
+                        peer,
+                        handle.clone(),
+                        held,
+                    );
                 }
-                // The socket moves to the worker's own I/O driver, so its readiness
-                // wakes that thread and no other.
-                let stream = match stream.into_std() {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        tracing::warn!(listener = name, %peer, %error, "cannot hand the connection to a worker");
-                        continue;
-                    }
-                };
-                let handle = handle.clone();
-                let connection = async move {
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => handle(stream, peer).await,
-                        Err(error) => {
-                            tracing::warn!(%peer, %error, "worker cannot take the connection")
-                        }
-                    }
-                    drop((slot, place));
-                };
-                shared
-                    .workers
-                    .spawn(worker, shared.tasks.track_future(connection));
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -226,4 +216,40 @@ pub async fn accept_loop<F, Fut>(
         }
     }
     tracing::debug!(listener = name, "stopped accepting");
+}
+
+/// Serves a connection on another worker's thread. The socket moves to that worker's I/O
+/// driver, so its readiness wakes that thread and no other.
+fn hand_over<F, Fut>(
+    shared: &Shared,
+    listener: &Arc<str>,
+    worker: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    handle: Arc<F>,
+    held: impl Send + 'static,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%listener, %peer, %error, "cannot hand the connection to a worker");
+            return;
+        }
+    };
+    let listener = listener.clone();
+    let connection = async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => handle(stream, peer).await,
+            Err(error) => {
+                tracing::warn!(%listener, %peer, %error, "worker cannot take the connection")
+            }
+        }
+        drop(held);
+    };
+    shared
+        .workers
+        .spawn(worker, shared.tasks.track_future(connection));
 }
