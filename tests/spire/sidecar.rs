@@ -215,7 +215,8 @@ pub fn xfcc_field<'a>(xfcc: &'a str, key: &str) -> Option<&'a str> {
 /// A copy of the idgate binary that any uid may run. The build directory may sit under a
 /// home directory other users cannot enter (CI builds in `/root/.cache/...`), and the
 /// sidecars run under their own uids so SPIRE can tell them apart. One copy per build
-/// (named by the binary's size and modification time), shared by every test process.
+/// (named by the binary's size and modification time), shared by every test process;
+/// making one removes the copies of earlier builds (170 MB each), once they are an hour old.
 fn binary_for_any_uid() -> &'static Path {
     static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     COPY.get_or_init(|| {
@@ -231,6 +232,7 @@ fn binary_for_any_uid() -> &'static Path {
         if copy.exists() {
             return copy;
         }
+        remove_stale_copies(&dir);
         fs::create_dir_all(&dir).expect("binary dir");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod binary dir");
         // Copied under a name of its own, then renamed: test processes running at the same
@@ -241,4 +243,30 @@ fn binary_for_any_uid() -> &'static Path {
         fs::rename(&partial, &copy).expect("rename the idgate copy");
         copy
     })
+}
+
+/// Removes `idgate-bin-*` directories beside `current` last changed over an hour ago (no
+/// test run takes that long, so none is still in use).
+fn remove_stale_copies(current: &Path) {
+    let Some(parent) = current.parent() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("idgate-bin-"));
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if ours && path != current && age.is_some_and(|age| age > Duration::from_secs(3600)) {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
 }
