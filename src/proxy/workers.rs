@@ -108,6 +108,14 @@ impl Workers {
     }
 }
 
+impl Drop for Workers {
+    /// The threads end when nothing can hand them work any more (a sidecar that failed to
+    /// start); a running one is stopped by its `App`, since its tasks hold these workers.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn spawn_worker(index: usize, stop: CancellationToken) -> io::Result<Handle> {
     let runtime = Builder::new_current_thread().enable_all().build()?;
     let handle = runtime.handle().clone();
@@ -154,6 +162,23 @@ mod tests {
         }
         assert_eq!(current(), 0);
         workers.stop();
+    }
+
+    #[tokio::test]
+    async fn dropping_the_workers_ends_their_threads() {
+        let workers = Workers::start(NonZeroUsize::new(2).unwrap()).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // Held by a task on the worker: it is dropped (unsent) when the thread's runtime ends.
+        workers.spawn(1, async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        drop(workers);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
+        assert!(
+            matches!(ended, Ok(Err(_))),
+            "the worker's runtime was not shut down"
+        );
     }
 
     #[tokio::test]
