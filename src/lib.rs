@@ -8,6 +8,7 @@ pub mod config;
 pub mod devpki;
 pub mod identity;
 pub mod k8s;
+pub mod per_worker;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

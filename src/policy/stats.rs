@@ -1,9 +1,11 @@
 //! Per-rule hit counters: which rule decided how many requests, and when it last did.
 //!
-//! Each compiled policy preallocates one slot per rule (and one for the default), so
-//! [`Policy::record`] on the request path is a hash lookup and two relaxed atomic writes:
-//! no lock, no allocation. [`RuleHits`] reads them at scrape time for
-//! `idgate_rule_hits_total{rule,decision}` and for the admin `GET /policy` listing.
+//! Each compiled policy has one slot per rule (and one for the default) per worker,
+//! allocated on the worker's first request, so [`Policy::record`] on the request path is
+//! a hash lookup and two relaxed atomic writes to the worker's own slots: no lock, no
+//! allocation, no cache line shared with another worker. [`RuleHits`] adds the workers'
+//! slots up at scrape time for `idgate_rule_hits_total{rule,decision}` and for the admin
+//! `GET /policy` listing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,7 @@ use time::OffsetDateTime;
 use super::model::Mode;
 use super::rule::Rule;
 use super::{Decision, Policy, Verdict};
+use crate::per_worker::PerWorker;
 
 /// The `decision` labels, in slot order; `dry_run` counts an `audit = true` rule that
 /// would have decided.
@@ -36,7 +39,10 @@ pub const DEFAULT_RULE: &str = "(default)";
 pub(super) struct RuleStats {
     /// Rule name (shared with the rule) -> slot (the default's slot is the last one).
     index: HashMap<Arc<str>, usize>,
-    slots: Box<[Slot]>,
+    /// Each worker's slots, one per rule plus the default's.
+    slots: PerWorker<Box<[Slot]>>,
+    /// Slots per worker.
+    len: usize,
 }
 
 #[derive(Debug, Default)]
@@ -52,12 +58,37 @@ impl Slot {
         self.last_hit_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    fn hits(&self, decision: usize) -> u64 {
-        self.hits[decision].load(Ordering::Relaxed)
+    /// Adds `totals` (from a previous policy) to this slot.
+    fn inherit(&self, totals: &Totals) {
+        for (hits, n) in self.hits.iter().zip(totals.hits) {
+            hits.fetch_add(n, Ordering::Relaxed);
+        }
+        self.last_hit_ms
+            .fetch_max(totals.last_hit_ms, Ordering::Relaxed);
+    }
+}
+
+/// One rule's hits over all workers.
+#[derive(Debug, Default)]
+struct Totals {
+    hits: [u64; 4],
+    /// Milliseconds since the Unix epoch; 0 = never.
+    last_hit_ms: u64,
+}
+
+impl Totals {
+    fn add(mut self, slot: &Slot) -> Self {
+        for (total, hits) in self.hits.iter_mut().zip(&slot.hits) {
+            *total += hits.load(Ordering::Relaxed);
+        }
+        self.last_hit_ms = self
+            .last_hit_ms
+            .max(slot.last_hit_ms.load(Ordering::Relaxed));
+        self
     }
 
     fn last_hit(&self) -> Value {
-        let ms = self.last_hit_ms.load(Ordering::Relaxed);
+        let ms = self.last_hit_ms;
         if ms == 0 {
             return Value::Null;
         }
@@ -69,8 +100,8 @@ impl Slot {
 
     fn hits_json(&self) -> Value {
         let mut map = serde_json::Map::new();
-        for (i, label) in DECISIONS.iter().enumerate() {
-            map.insert((*label).to_string(), self.hits(i).into());
+        for (label, hits) in DECISIONS.iter().zip(self.hits) {
+            map.insert((*label).to_string(), hits.into());
         }
         Value::Object(map)
     }
@@ -84,16 +115,34 @@ impl RuleStats {
             .enumerate()
             .map(|(i, r)| (Arc::clone(&r.name), i))
             .collect();
-        let slots = (0..=rules.len()).map(|_| Slot::default()).collect();
-        Self { index, slots }
+        Self {
+            index,
+            slots: PerWorker::default(),
+            len: rules.len() + 1,
+        }
     }
 
-    fn slot(&self, rule: Option<&str>) -> Option<&Slot> {
-        let n = match rule {
-            Some(name) => *self.index.get(name)?,
-            None => self.slots.len() - 1,
-        };
-        self.slots.get(n)
+    /// The slot of a rule (`None`: the default), if the policy has that rule.
+    fn position(&self, rule: Option<&str>) -> Option<usize> {
+        match rule {
+            Some(name) => self.index.get(name).copied(),
+            None => Some(self.len - 1),
+        }
+    }
+
+    /// The calling worker's slot `n`.
+    fn local(&self, n: usize) -> &Slot {
+        let slots = self
+            .slots
+            .local_or_init(|| (0..self.len).map(|_| Slot::default()).collect());
+        &slots[n]
+    }
+
+    /// Slot `n` over all workers.
+    fn totals(&self, n: usize) -> Totals {
+        self.slots
+            .iter()
+            .fold(Totals::default(), |totals, slots| totals.add(&slots[n]))
     }
 }
 
@@ -118,15 +167,15 @@ impl Policy {
     pub fn record(&self, decision: &Decision) {
         let stats = &self.compiled.stats;
         let now = now_ms();
-        if let Some(slot) = stats.slot(decision.rule.as_deref()) {
-            slot.hit(verdict_slot(decision.verdict), now);
+        if let Some(n) = stats.position(decision.rule.as_deref()) {
+            stats.local(n).hit(verdict_slot(decision.verdict), now);
         }
-        if let Some(slot) = decision
+        if let Some(n) = decision
             .audit_rule
             .as_deref()
-            .and_then(|r| stats.slot(Some(r)))
+            .and_then(|r| stats.position(Some(r)))
         {
-            slot.hit(DRY_RUN, now);
+            stats.local(n).hit(DRY_RUN, now);
         }
     }
 
@@ -140,20 +189,13 @@ impl Policy {
             };
             action(mine) == action(theirs)
         };
-        for (name, &n) in &mine.stats.index {
-            let old = theirs
-                .stats
-                .index
-                .get(name)
-                .and_then(|&o| theirs.stats.slots.get(o));
-            if let (Some(old), Some(new), true) = (old, mine.stats.slots.get(n), same_action(name))
-            {
-                copy(old, new);
+        let (old, new) = (&theirs.stats, &mine.stats);
+        for (name, &n) in &new.index {
+            if let (Some(&o), true) = (old.index.get(name), same_action(name)) {
+                new.local(n).inherit(&old.totals(o));
             }
         }
-        if let (Some(old), Some(new)) = (theirs.stats.slot(None), mine.stats.slot(None)) {
-            copy(old, new);
-        }
+        new.local(new.len - 1).inherit(&old.totals(old.len - 1));
     }
 
     /// This policy's rules with their hits, as the admin `GET /policy` lists them.
@@ -164,39 +206,31 @@ impl Policy {
             .iter()
             .enumerate()
             .map(|(n, rule)| {
-                let slot = c.stats.slots.get(n);
+                let totals = c.stats.totals(n);
                 let expires = rule.expires().and_then(|(_, at)| at.format(&Rfc3339).ok());
                 json!({
                     "name": &*rule.name,
                     "action": rule.action.as_str(),
                     "audit": rule.audit,
                     "expires": expires,
-                    "hits": slot.map_or(Value::Null, Slot::hits_json),
-                    "last_hit": slot.map_or(Value::Null, Slot::last_hit),
+                    "hits": totals.hits_json(),
+                    "last_hit": totals.last_hit(),
                 })
             })
             .collect();
-        let default = c.stats.slot(None);
+        let default = c.stats.totals(c.stats.len - 1);
         json!({
             "listener": listener,
             "policy_version": c.version,
             "mode": match c.mode { Mode::Enforce => "enforce", Mode::Audit => "audit" },
             "default": {
                 "action": c.default.as_str(),
-                "hits": default.map_or(Value::Null, Slot::hits_json),
-                "last_hit": default.map_or(Value::Null, Slot::last_hit),
+                "hits": default.hits_json(),
+                "last_hit": default.last_hit(),
             },
             "rules": rules,
         })
     }
-}
-
-fn copy(from: &Slot, to: &Slot) {
-    for i in 0..DECISIONS.len() {
-        to.hits[i].fetch_add(from.hits(i), Ordering::Relaxed);
-    }
-    let last = from.last_hit_ms.load(Ordering::Relaxed);
-    to.last_hit_ms.fetch_max(last, Ordering::Relaxed);
 }
 
 /// Every inbound listener's live policy: the source of `idgate_rule_hits_total` and of
@@ -239,9 +273,9 @@ impl Collector for RuleHits {
             let policy = policy.load();
             let c = &policy.compiled;
             let names = c.rules.iter().map(|r| &*r.name).chain([DEFAULT_RULE]);
-            for (name, slot) in names.zip(c.stats.slots.iter()) {
-                for (i, decision) in DECISIONS.iter().enumerate() {
-                    let hits = slot.hits(i);
+            for (n, name) in names.enumerate() {
+                let totals = c.stats.totals(n);
+                for (decision, hits) in DECISIONS.iter().zip(totals.hits) {
                     if hits > 0 {
                         let labels = vec![
                             ("rule", name.to_string()),
@@ -333,11 +367,41 @@ mod tests {
         assert!(!text.contains("rule=\"unused\""), "{text}");
     }
 
+    /// Runs `judge` as worker `index` would.
+    fn on_worker(index: usize, judge: impl FnOnce() + Send) {
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                crate::per_worker::enter(index);
+                judge();
+            });
+        });
+    }
+
+    #[test]
+    fn hits_on_every_worker_add_up() {
+        let p = policy(POLICY);
+        judge(&p, "GET", "/a");
+        on_worker(1, || {
+            judge(&p, "GET", "/a");
+            judge(&p, "GET", "/x");
+        });
+        on_worker(2, || {
+            judge(&p, "POST", "/b");
+        });
+        let l = p.stats_json("api");
+        assert_eq!(l["rules"][0]["hits"]["allow"], 3);
+        assert_eq!(l["rules"][2]["hits"]["dry_run"], 1);
+        assert_eq!(l["default"]["hits"]["audit_deny"], 1);
+        assert!(l["rules"][0]["last_hit"].as_str().unwrap().ends_with('Z'));
+    }
+
     #[test]
     fn reload_inherits_counts_of_unchanged_rules() {
         let old = policy(POLICY);
         judge(&old, "GET", "/a");
-        judge(&old, "POST", "/b");
+        on_worker(1, || {
+            judge(&old, "POST", "/b");
+        });
         // `reads` keeps its action; `no-admin` turns into an allow rule: not carried over.
         let new = policy(
             &POLICY

@@ -23,7 +23,7 @@ use super::pool::{Peer, Pool, PoolError};
 use super::respond::{is_grpc, Body, Refusal};
 use super::serve::{never_revoked, Revoked};
 use super::stream::{ConnectError, Connector};
-use super::workers;
+use crate::per_worker;
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -150,7 +150,7 @@ impl Upstream {
         *request.version_mut() = Version::HTTP_11;
         let upgrade = upgrade_protocol(request.headers());
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        let pools = self.pools[workers::current() % self.pools.len()].load_full();
+        let pools = self.pools[per_worker::current() % self.pools.len()].load_full();
         let pool = match (&upgrade, &pools.upgrade, &pools.grpc) {
             (Some(_), Some(pool), _) => pool,
             (None, _, Some(pool)) if is_grpc(request.headers()) => pool,

@@ -4,12 +4,12 @@
 //! The accept loops run on the main runtime (worker 0), which hands each new connection
 //! to the worker with the fewest open connections (the next in turn among equals). The
 //! connection then lives on that thread for its whole life, and so do the upstream
-//! connections its requests use: every worker has its own pools (picked by [`current`]).
+//! connections its requests use: every worker has its own pools (picked by
+//! [`per_worker::current`]), and its own copy of the request counters.
 //! Nothing on the request path crosses threads, so a request costs what it costs on the
 //! single-threaded default. The price is balance: a busy long-lived connection (an HTTP/2
 //! one from a peer sidecar) stays on the worker that got it.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::num::NonZeroUsize;
@@ -19,14 +19,7 @@ use std::sync::Arc;
 use tokio::runtime::{Builder, Handle};
 use tokio_util::sync::CancellationToken;
 
-thread_local! {
-    static CURRENT: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The worker the calling thread is: 0 on the main runtime (and on any other thread).
-pub fn current() -> usize {
-    CURRENT.get()
-}
+use crate::per_worker;
 
 /// The threads connections are handed to.
 pub struct Workers {
@@ -122,7 +115,7 @@ fn spawn_worker(index: usize, stop: CancellationToken) -> io::Result<Handle> {
     std::thread::Builder::new()
         .name(format!("idgate-worker-{index}"))
         .spawn(move || {
-            CURRENT.set(index);
+            per_worker::enter(index);
             runtime.block_on(stop.cancelled());
         })?;
     Ok(handle)
@@ -151,7 +144,7 @@ mod tests {
             let (tx, rx) = tokio::sync::oneshot::channel();
             workers.spawn(index, async move {
                 let name = std::thread::current().name().map(str::to_owned);
-                let _ = tx.send((current(), name));
+                let _ = tx.send((per_worker::current(), name));
             });
             let (seen, name) = rx.await.unwrap();
             assert_eq!(seen, index);
@@ -160,7 +153,7 @@ mod tests {
                 Some(format!("idgate-worker-{index}").as_str())
             );
         }
-        assert_eq!(current(), 0);
+        assert_eq!(per_worker::current(), 0);
         workers.stop();
     }
 

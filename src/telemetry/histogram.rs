@@ -2,14 +2,16 @@
 //!
 //! prometheus-client's `Histogram` takes a write lock on every observation, which every
 //! request of every worker thread would contend on. This one keeps one atomic counter per
-//! bucket and encodes exactly like prometheus-client's (same buckets, `+Inf` last). It
-//! never allocates after construction.
+//! bucket, per worker ([`PerWorker`]), and encodes exactly like prometheus-client's (same
+//! buckets, `+Inf` last). It allocates only on a worker's first observation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
+
+use crate::per_worker::PerWorker;
 
 /// A histogram of seconds; cheap to clone (clones share the counts).
 #[derive(Clone, Debug)]
@@ -19,7 +21,14 @@ pub struct AtomicHistogram(Arc<Inner>);
 struct Inner {
     /// Upper bounds, ascending, the last one `f64::MAX` (`+Inf`).
     bounds: Box<[f64]>,
-    counts: Box<[AtomicU64]>,
+    counts: PerWorker<Counts>,
+}
+
+/// One worker's observations.
+#[derive(Debug)]
+struct Counts {
+    /// One per bound.
+    buckets: Box<[AtomicU64]>,
     /// Sum of observations in nanoseconds (whole nanoseconds are plenty for latencies).
     sum_nanos: AtomicU64,
 }
@@ -28,42 +37,45 @@ impl AtomicHistogram {
     /// A histogram with these upper bounds (ascending) plus `+Inf`.
     pub fn new(buckets: impl IntoIterator<Item = f64>) -> Self {
         let bounds: Box<[f64]> = buckets.into_iter().chain([f64::MAX]).collect();
-        let counts = bounds.iter().map(|_| AtomicU64::new(0)).collect();
         Self(Arc::new(Inner {
             bounds,
-            counts,
-            sum_nanos: AtomicU64::new(0),
+            counts: PerWorker::default(),
         }))
     }
 
     /// Records one observation, in seconds.
     pub fn observe(&self, seconds: f64) {
         let inner = &*self.0;
-        let last = inner.counts.len() - 1;
+        let last = inner.bounds.len() - 1;
         let i = inner
             .bounds
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(last);
-        inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        let counts = inner.counts.local_or_init(|| Counts {
+            buckets: inner.bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        });
+        counts.buckets[i].fetch_add(1, Ordering::Relaxed);
         // `as` saturates: negative or NaN becomes 0, huge values u64::MAX.
         let nanos = (seconds * 1e9) as u64;
-        inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        counts.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    /// (sum in seconds, count, per-bucket counts); the count is the buckets' total, so a
-    /// scrape always sees `_count` equal to the `+Inf` bucket.
+    /// (sum in seconds, count, per-bucket counts), over every worker; the count is the
+    /// buckets' total, so a scrape always sees `_count` equal to the `+Inf` bucket.
     fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let inner = &*self.0;
-        let buckets: Vec<(f64, u64)> = inner
-            .bounds
-            .iter()
-            .zip(inner.counts.iter())
-            .map(|(bound, count)| (*bound, count.load(Ordering::Relaxed)))
-            .collect();
+        let mut buckets: Vec<(f64, u64)> = inner.bounds.iter().map(|b| (*b, 0)).collect();
+        let mut sum_nanos = 0u64;
+        for counts in inner.counts.iter() {
+            for (total, count) in buckets.iter_mut().zip(counts.buckets.iter()) {
+                total.1 += count.load(Ordering::Relaxed);
+            }
+            sum_nanos = sum_nanos.saturating_add(counts.sum_nanos.load(Ordering::Relaxed));
+        }
         let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        (sum, count, buckets)
+        (sum_nanos as f64 / 1e9, count, buckets)
     }
 }
 
@@ -90,15 +102,25 @@ mod tests {
 
     use super::*;
 
-    /// Encodes exactly as prometheus-client's own histogram does for the same observations.
+    /// Encodes exactly as prometheus-client's own histogram does for the same observations,
+    /// made on three workers.
     #[test]
     fn encodes_like_prometheus_client() {
         let ours = AtomicHistogram::new(exponential_buckets(0.0001, 2.0, 18));
         let theirs = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
-        for v in [0.00005, 0.0001, 0.00015, 0.003, 0.25, 2.0, 100.0] {
-            ours.observe(v);
-            theirs.observe(v);
-        }
+        let values = [0.00005, 0.0001, 0.00015, 0.003, 0.25, 2.0, 100.0];
+        std::thread::scope(|scope| {
+            for (worker, chunk) in values.chunks(3).enumerate() {
+                let (ours, theirs) = (&ours, &theirs);
+                scope.spawn(move || {
+                    crate::per_worker::enter(worker);
+                    for v in chunk {
+                        ours.observe(*v);
+                        theirs.observe(*v);
+                    }
+                });
+            }
+        });
         let text = |metric: Box<dyn Fn(&mut Registry)>| {
             let mut registry = Registry::default();
             metric(&mut registry);

@@ -3,6 +3,7 @@
 //! The proxy records here; the admin endpoint only encodes the registry. This room
 //! never decides anything about a request.
 
+mod counter;
 /// A decision as one JSON line: public for the micro-benchmarks in `benches/`.
 pub mod decision_line;
 pub mod decisions;

@@ -8,6 +8,7 @@ use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
 
+use super::counter::WorkerCounter;
 use super::histogram::AtomicHistogram;
 use crate::policy::Verdict;
 
@@ -34,7 +35,7 @@ pub struct ListenerLabels {
 /// Request counters, latency histogram and open connections.
 #[derive(Clone)]
 pub struct RequestMetrics {
-    requests: Family<RequestLabels, Counter>,
+    requests: Family<RequestLabels, WorkerCounter>,
     duration: AtomicHistogram,
     connections: Family<ListenerLabels, Gauge>,
     refused: Family<ListenerLabels, Counter>,
@@ -43,7 +44,7 @@ pub struct RequestMetrics {
 impl RequestMetrics {
     /// Registers the request metrics.
     pub fn register(registry: &mut Registry) -> Self {
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<RequestLabels, WorkerCounter>::default();
         registry.register("idgate_requests", "Requests by decision", requests.clone());
         let duration = AtomicHistogram::new(exponential_buckets(0.0001, 2.0, 18));
         registry.register(
@@ -106,11 +107,11 @@ impl RequestMetrics {
 
 /// Request counters of one (listener, direction, source), by decision.
 pub struct PeerCounters {
-    family: Family<RequestLabels, Counter>,
+    family: Family<RequestLabels, WorkerCounter>,
     listener: String,
     direction: &'static str,
     source: String,
-    counters: [OnceLock<Counter>; 3],
+    counters: [OnceLock<WorkerCounter>; 3],
     duration: AtomicHistogram,
 }
 
