@@ -101,7 +101,8 @@ struct Open(Arc<Queues>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.closed.store(true, Ordering::Relaxed);
+        // Release: the writer that sees `closed` also sees every line queued before.
+        self.0.closed.store(true, Ordering::Release);
     }
 }
 
@@ -208,7 +209,7 @@ fn write_lines(queues: &Queues, mut sink: Box<dyn Write + Send>) {
     loop {
         std::thread::sleep(POLL);
         // Read before taking: lines queued before the last clone was dropped are taken.
-        let closed = queues.closed.load(Ordering::Relaxed);
+        let closed = queues.closed.load(Ordering::Acquire);
         for worker in queues.workers.iter() {
             {
                 let mut queue = lock(worker);
