@@ -2,6 +2,7 @@
 //!
 //! Pure functions over `HeaderMap`s, shared by inbound and outbound. Never reads bodies.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -78,20 +79,42 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 fn new_request_id() -> HeaderValue {
     static SEED: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         nanos ^ (u64::from(std::process::id()) << 32)
     });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let n = next_request_number();
     // `{seed:016x}-{n:012x}`, written without `format!` (this runs on every request).
     let mut id = [b'-'; 29];
     write_hex(&mut id[..16], seed);
     write_hex(&mut id[17..], n);
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
+
+/// A number no other request of this process got. Each thread takes a block of
+/// [`NUMBER_BLOCK`] numbers at a time from one shared counter and counts through it on
+/// its own, so workers do not share the counter's cache line on every request.
+fn next_request_number() -> u64 {
+    static TAKEN: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        /// The next number of this thread's block, and the end of the block.
+        static BLOCK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    BLOCK.with(|block| {
+        let (mut next, mut end) = block.get();
+        if next == end {
+            next = TAKEN.fetch_add(NUMBER_BLOCK, Ordering::Relaxed);
+            end = next + NUMBER_BLOCK;
+        }
+        block.set((next + 1, end));
+        next
+    })
+}
+
+/// Request numbers a thread takes at a time.
+const NUMBER_BLOCK: u64 = 1 << 16;
 
 /// Writes the low `dst.len()` hex digits of `value` into `dst`, most significant first.
 fn write_hex(dst: &mut [u8], mut value: u64) {
@@ -180,6 +203,28 @@ mod tests {
         assert_eq!(a[..16], b[..16]);
         let counter = |id: &str| u64::from_str_radix(&id[17..], 16).unwrap();
         assert!(counter(b) > counter(a));
+    }
+
+    #[test]
+    fn request_ids_are_unique_across_threads_and_number_blocks() {
+        let per_thread = NUMBER_BLOCK as usize + 10;
+        let ids: Vec<HeaderValue> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..3)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..per_thread)
+                            .map(|_| new_request_id())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect::<Vec<HeaderValue>>()
+        });
+        let unique: std::collections::HashSet<&HeaderValue> = ids.iter().collect();
+        assert_eq!(unique.len(), 3 * per_thread);
     }
 
     #[test]
