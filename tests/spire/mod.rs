@@ -64,8 +64,22 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
+/// A description written when shown, so a timeout message carries a log as it is at the
+/// timeout rather than when the wait began.
+pub struct WhenShown<F>(pub F);
+
+impl<F: Fn() -> String> std::fmt::Display for WhenShown<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&(self.0)())
+    }
+}
+
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(
+    what: impl std::fmt::Display,
+    timeout: Duration,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::{eventually, free_addr, spawn_logged, tail, Spire};
+use super::{eventually, free_addr, spawn_logged, tail, Spire, WhenShown};
 
 /// An `idgate run` process under its own uid, with its admin address.
 pub struct Idgate {
@@ -76,7 +76,7 @@ impl Idgate {
     /// Waits until `/readyz` is 200 (an SVID from SPIRE arrived and every listener is bound).
     pub async fn ready(&self) {
         eventually(
-            &format!("{} ready; log:\n{}", self.name, self.log()),
+            WhenShown(|| format!("{} ready; log:\n{}", self.name, self.log())),
             Duration::from_secs(60),
             || async {
                 match self.admin_get("/readyz").await {
@@ -119,7 +119,7 @@ impl Idgate {
     /// Waits until the log contains `text`.
     pub async fn logged(&self, text: &str, timeout: Duration) {
         eventually(
-            &format!("{:?} in {}'s log:\n{}", text, self.name, self.log()),
+            WhenShown(|| format!("{:?} in {}'s log:\n{}", text, self.name, self.log())),
             timeout,
             || async { self.log().contains(text).then_some(()) },
         )
