@@ -16,7 +16,8 @@
 # Knobs: ROUNDS=3 DURATION=5 (seconds per run) RATE=1000 CONNS=32 HOLD=1000 RULES=1000
 #        CONTENDERS="idgate haproxy nginx ghostunnel" BASE_PORT=20000 KEEP=1 (keep $WORK)
 #        IDGATE_BIN=path (skip the cargo build) IDGATE_WORKERS=$(nproc)
-#        IDGATE_BENCH_CACHE=dir (oha, ghostunnel)
+#        IDGATE_STATIC_BIN=path (also the idle RSS of the static musl binary the container
+#        ships, from docker/build-static.sh) IDGATE_BENCH_CACHE=dir (oha, ghostunnel)
 # Loopback only: every address below is 127.0.0.1. Every process it starts, it stops.
 set -euo pipefail
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -30,6 +31,7 @@ HOLD=${HOLD:-1000}
 RULES=${RULES:-1000}
 BASE_PORT=${BASE_PORT:-20000}
 IDGATE_WORKERS=${IDGATE_WORKERS:-$(nproc)}
+IDGATE_STATIC_BIN=${IDGATE_STATIC_BIN:-}
 CONTENDERS=${CONTENDERS:-"idgate haproxy nginx ghostunnel"}
 CACHE=${IDGATE_BENCH_CACHE:-$HOME/.cache/idgate/bench}
 KEEP=${KEEP:-0}
@@ -505,6 +507,37 @@ measure_hold() {
   log "$name $side: RSS idle $((idle / 1024)) MiB, with ${count:-0} connections $((held / 1024)) MiB"
 }
 
+# The idle RSS of the static musl binary (IDGATE_STATIC_BIN) as a second idgate pair with
+# the same configs on ports of its own, measured like the others (idle, after one request
+# through both sidecars and the resumption probe), then stopped. The glibc build also maps
+# the C library, libm and the loader: about 2 MiB resident.
+measure_static() {
+  local offset p side status subst=()
+  for p in 101 102 103 104; do
+    offset=$((BASE_PORT + p))
+    subst+=(-e "s/:$offset\"/:$((offset + 10))\"/")
+  done
+  subst+=(-e "s/idgate-\(in\|out\)-decisions/idgate-static-\1-decisions/")
+  for side in in out; do
+    sed "${subst[@]}" "$WORK/idgate-$side.toml" >"$WORK/idgate-static-$side.toml"
+    start "idgate-static-$side" "$IDGATE_STATIC_BIN" run --config "$WORK/idgate-static-$side.toml"
+  done
+  OUT[idgate-static]=$((BASE_PORT + 111)) IN[idgate-static]=$((BASE_PORT + 112))
+  wait_port "${OUT[idgate-static]}"
+  wait_port "${IN[idgate-static]}"
+  status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${OUT[idgate-static]}/" || true)
+  [[ $status == 200 ]] || die "static idgate: GET / through both sidecars gave $status (see $WORK/idgate-static-*.log)"
+  check_resumption idgate-static
+  # Idle as the others are when measured (seconds after their probes): jemalloc hands
+  # freed pages back after about a second.
+  sleep 2
+  for side in out in; do
+    record "rss_idle_$side" idgate-static "$(rss_kib "idgate-static-$side")"
+    kill "$(cat "$WORK/idgate-static-$side.pid")"
+  done
+  log "static idgate: RSS idle $(($(m rss_idle_out idgate-static) / 1024)) / $(($(m rss_idle_in idgate-static) / 1024)) MiB"
+}
+
 median() { # median FILE
   [[ -s $1 ]] || { echo "-"; return; }
   sort -g "$1" | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
@@ -532,6 +565,7 @@ for name in "${NAMES[@]}"; do
   measure_hold "$name" out
   measure_hold "$name" in
 done
+[[ -z $IDGATE_STATIC_BIN || " ${NAMES[*]} " != *" idgate "* ]] || measure_static
 
 ALL=(direct "${NAMES[@]}")
 log "warm-up"
@@ -631,6 +665,8 @@ if [[ " ${NAMES[*]} " == *" idgate "* ]]; then
   echo "- handshakes >= 2,000/s per core ($hs/s using $(awk -v c="$hc" 'BEGIN { printf "%.2f", c }') cores of the inbound = $(awk -v h="$hs" -v c="$hc" 'BEGIN { printf "%.0f", h / (c > 0 ? c : 1) }')/s per core busy): $(verdict "$hs / ($hc > 0 ? $hc : 1) >= 2000")"
   io=$(m rss_idle_out idgate) ii=$(m rss_idle_in idgate)
   echo "- RSS <= 10 MiB per sidecar idle (out $(kib_mib "$io"), in $(kib_mib "$ii") MiB): $(verdict "$io <= 10240 && $ii <= 10240") (anonymous memory only: out $(kib_mib "$(m anon_idle_out idgate)"), in $(kib_mib "$(m anon_idle_in idgate)") MiB)"
+  so=$(m rss_idle_out idgate-static) si=$(m rss_idle_in idgate-static)
+  [[ $so == - ]] || echo "- the same for the static musl binary the container ships (out $(kib_mib "$so"), in $(kib_mib "$si") MiB): $(verdict "$so <= 10240 && $si <= 10240")"
   po=$(per_conn "$io" "$(m rss_held_out idgate)") pi=$(per_conn "$ii" "$(m rss_held_in idgate)")
   echo "- <= 32 KiB per idle connection (out $po, in $pi KiB): $(verdict "$po <= 32 && $pi <= 32")"
 fi
