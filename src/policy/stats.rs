@@ -108,7 +108,8 @@ impl Totals {
 }
 
 impl RuleStats {
-    /// One zeroed slot per rule plus the default's.
+    /// Counters for `rules` plus the default; each worker's slots are made (zeroed) on
+    /// its first hit.
     pub(super) fn new(rules: &[Rule]) -> Self {
         let index = rules
             .iter()
