@@ -37,9 +37,13 @@ pub struct App {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     workers: Arc<Workers>,
+    decisions: DecisionLog,
     drain_timeout: Duration,
     admin_stop: CancellationToken,
 }
+
+/// How long a drain waits for the decision log's last lines to be written.
+const DECISION_LOG_FINISH: Duration = Duration::from_secs(5);
 
 /// Starts a sidecar: loads the identity, binds every listener, and serves in the background
 /// (on the calling runtime and `[runtime] workers - 1` threads of its own).
@@ -137,6 +141,7 @@ pub async fn start(config: &Config) -> anyhow::Result<App> {
         shutdown: shared.shutdown,
         tasks: shared.tasks,
         workers,
+        decisions: shared.decisions,
         drain_timeout: config.drain_timeout(),
         admin_stop,
     })
@@ -201,7 +206,8 @@ fn identity_files(config: &IdentityConfig, handle: &IdentityHandle) -> Option<Id
 }
 
 impl App {
-    /// Stops accepting, lets open requests finish within the drain timeout; true when all did.
+    /// Stops accepting, lets open requests finish within the drain timeout, then writes
+    /// out the decision log's last lines; true when all requests finished.
     pub async fn drain(self) -> bool {
         self.shutdown.cancel();
         self.tasks.close();
@@ -212,6 +218,13 @@ impl App {
             tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing remaining connections");
         }
         self.admin_stop.cancel();
+        let decisions = self.decisions.clone();
+        let written = tokio::task::spawn_blocking(move || decisions.finish(DECISION_LOG_FINISH))
+            .await
+            .unwrap_or(false);
+        if !written {
+            tracing::warn!(timeout = ?DECISION_LOG_FINISH, "the decision log's last lines were not written in time");
+        }
         drained
     }
 }

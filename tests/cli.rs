@@ -283,10 +283,25 @@ fn zero_workers_is_refused_with_file_line_and_field() {
 #[test]
 fn run_drains_and_exits_zero_on_sigterm() {
     // One worker serves on the main thread alone, more start worker threads: both must
-    // run and drain.
+    // run and drain, and write the decision log's last line before exiting.
     for workers in [1, 2] {
         run_then_sigterm(workers);
     }
+}
+
+/// One plain HTTP/1.1 request, read to the end of the response.
+#[cfg(unix)]
+fn get(address: std::net::SocketAddr, request_id: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    write!(
+        stream,
+        "GET /last HTTP/1.1\r\nHost: x\r\nx-request-id: {request_id}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
 }
 
 #[cfg(unix)]
@@ -309,8 +324,22 @@ fn run_then_sigterm(workers: usize) {
         "{}",
         idgate.started
     );
+    // Nothing listens on the outbound's target: a 502, and a decision line for it
+    // (`decisions = "stderr"`), still queued when the signal comes.
+    let request_id = format!("last-before-sigterm-{workers}");
+    let response = get(idgate.address("outbound"), &request_id);
+    assert!(response.starts_with("HTTP/1.1 502"), "{response}");
     idgate.signal("TERM");
     assert_eq!(idgate.wait().code(), Some(0));
+    assert!(
+        idgate
+            .wait_for(
+                &format!("\"request_id\":\"{request_id}\""),
+                Duration::from_secs(1)
+            )
+            .is_some(),
+        "the decision line of the last request was lost at exit"
+    );
 }
 
 #[cfg(unix)]

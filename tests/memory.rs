@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::process::RunningIdgate;
@@ -24,17 +23,6 @@ fn rss_kib(idgate: &RunningIdgate) -> u64 {
         .expect("VmRSS in /proc status")
 }
 
-/// The first inbound address in the "idgate running" line.
-fn inbound_address(idgate: &RunningIdgate) -> SocketAddr {
-    idgate
-        .started
-        .split("inbound=[")
-        .nth(1)
-        .and_then(|rest| rest.split(']').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no inbound address in: {}", idgate.started))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_taken_by_a_spike_of_connections_is_given_back() {
     let pki = Pki::new(TD);
@@ -49,7 +37,7 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
     );
     std::fs::write(&config, toml).expect("write config");
     let idgate = RunningIdgate::start(&config);
-    let inbound = inbound_address(&idgate);
+    let inbound = idgate.address("inbound");
     let client = tls_client(
         &pki.ca.root_pem(),
         Some(&pki.svid(FRONTEND_ID)),

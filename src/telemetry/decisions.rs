@@ -2,18 +2,22 @@
 //!
 //! Lines are serialised on the request task into its worker's own queue (a buffer of
 //! lines behind a lock only that worker and the writer take), and a writer thread writes
-//! them out, so a slow disk never stalls a request. The writer wakes every 50 ms, takes
+//! them out, so a slow disk never stalls a request. The writer wakes every 50 ms while
+//! lines come (backing off to 400 ms when none do, so an idle sidecar hardly wakes), takes
 //! every worker's lines and flushes: a line is on disk well within a second, and queuing
 //! a line never wakes a thread (no syscall on the request path), allocates nothing in
-//! the steady state and touches no memory another worker writes. Each worker's queue
-//! holds at most [`QUEUE_LINES`] lines and takes memory only for the lines waiting in it
-//! (a preallocated ring of that size would keep 2 MiB resident in an idle sidecar).
+//! the steady state and touches no memory another worker writes. [`DecisionLog::finish`]
+//! writes out what is queued at once, for a drain. Each worker's queue holds at most
+//! [`QUEUE_LINES`] lines and takes memory only for the lines waiting in it (a
+//! preallocated ring of that size would keep 2 MiB resident in an idle sidecar).
 
 use std::cell::Cell;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::Thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +33,10 @@ use crate::per_worker::PerWorker;
 const QUEUE_LINES: usize = 65_536;
 /// A queue keeps at most this much room once written out (a burst's buffer is freed).
 const KEPT_ROOM: usize = 64 * 1024;
+/// The writer's pause while lines come.
+const BUSY_PAUSE: Duration = Duration::from_millis(50);
+/// The writer's longest pause, reached by doubling while no line comes.
+const IDLE_PAUSE: Duration = Duration::from_millis(400);
 /// The date and time of day of a timestamp, down to the second.
 const SECOND: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
@@ -76,8 +84,7 @@ pub struct DecisionRecord<'a> {
 #[derive(Clone)]
 pub struct DecisionLog {
     queues: Arc<Queues>,
-    /// Tells the writer to finish when the last clone is dropped.
-    _open: Arc<Open>,
+    writer: Arc<Writer>,
     capacity: usize,
     dropped: Counter,
 }
@@ -96,13 +103,26 @@ struct Queue {
     lines: usize,
 }
 
-/// Marks the queues closed when dropped: the writer writes what is left and ends.
-struct Open(Arc<Queues>);
+/// The writer thread, told to write what is left and end by [`DecisionLog::finish`] or
+/// when the last clone of the log is dropped.
+struct Writer {
+    queues: Arc<Queues>,
+    thread: Thread,
+    /// Disconnected when the writer has ended.
+    ended: Mutex<Receiver<()>>,
+}
 
-impl Drop for Open {
-    fn drop(&mut self) {
+impl Writer {
+    fn close(&self) {
         // Release: the writer that sees `closed` also sees every line queued before.
-        self.0.closed.store(true, Ordering::Release);
+        self.queues.closed.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -140,15 +160,38 @@ impl DecisionLog {
     fn to_sink(sink: Box<dyn Write + Send>, capacity: usize) -> io::Result<Self> {
         let queues = Arc::new(Queues::default());
         let writer_queues = queues.clone();
-        std::thread::Builder::new()
+        let (alive, ended) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || write_lines(&writer_queues, sink))?;
+            .spawn(move || {
+                write_lines(&writer_queues, sink);
+                drop(alive);
+            })?
+            .thread()
+            .clone();
         Ok(Self {
-            _open: Arc::new(Open(queues.clone())),
+            writer: Arc::new(Writer {
+                queues: queues.clone(),
+                thread,
+                ended: Mutex::new(ended),
+            }),
             queues,
             capacity,
             dropped: Counter::default(),
         })
+    }
+
+    /// Writes out every line queued so far and ends the writer (lines queued later are
+    /// not written), waiting at most `timeout` for a slow sink; false if it took longer.
+    pub fn finish(&self, timeout: Duration) -> bool {
+        self.writer.close();
+        let ended = self
+            .writer
+            .ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv_timeout(timeout);
+        matches!(ended, Err(RecvTimeoutError::Disconnected))
     }
 
     /// Queues one line; never waits for the writer's I/O (a full queue drops the line and
@@ -203,13 +246,14 @@ fn write_lines(queues: &Queues, mut sink: Box<dyn Write + Send>) {
     // The writer polls instead of being woken: a request then never has to wake it, so
     // queuing a line costs no syscall. Each pass takes every worker's lines (swapping in
     // an empty buffer, so a worker waits for the lock at most that long) and writes them
-    // out, so a line reaches its file within about one POLL.
-    const POLL: Duration = Duration::from_millis(50);
+    // out, so a line reaches its file within about one pause. Closing unparks it.
     let mut taken = Vec::new();
+    let mut pause = BUSY_PAUSE;
     loop {
-        std::thread::sleep(POLL);
-        // Read before taking: lines queued before the last clone was dropped are taken.
+        std::thread::park_timeout(pause);
+        // Read before taking: lines queued before the log was closed are taken.
         let closed = queues.closed.load(Ordering::Acquire);
+        let mut wrote = false;
         for worker in queues.workers.iter() {
             {
                 let mut queue = lock(worker);
@@ -217,15 +261,24 @@ fn write_lines(queues: &Queues, mut sink: Box<dyn Write + Send>) {
                 queue.lines = 0;
             }
             if !taken.is_empty() {
+                wrote = true;
                 let _ = sink.write_all(&taken);
             }
             taken.clear();
             taken.shrink_to(KEPT_ROOM);
         }
-        let _ = sink.flush();
+        if wrote {
+            let _ = sink.flush();
+        }
         if closed {
+            let _ = sink.flush();
             return;
         }
+        pause = if wrote {
+            BUSY_PAUSE
+        } else {
+            (pause * 2).min(IDLE_PAUSE)
+        };
     }
 }
 
@@ -321,6 +374,27 @@ mod tests {
         let text = text.expect("lines lost");
         assert!(text.contains("\"request_id\":\"main\""), "{text}");
         assert!(text.contains("\"request_id\":\"worker\""), "{text}");
+    }
+
+    #[test]
+    fn finish_writes_the_queued_lines_at_once_even_from_an_idle_pause() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let sink = Gated {
+            gate: Arc::default(),
+            writes: Arc::default(),
+            written: written.clone(),
+        };
+        let log = DecisionLog::to_sink(Box::new(sink), 4).unwrap();
+        // Idle long enough for the writer's pause to have grown to IDLE_PAUSE.
+        std::thread::sleep(BUSY_PAUSE * 2 + IDLE_PAUSE * 2);
+        record(&log, "last");
+        assert!(
+            log.finish(IDLE_PAUSE / 2),
+            "the writer waited out its pause"
+        );
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("\"request_id\":\"last\""), "{text}");
+        assert!(log.finish(Duration::ZERO), "finishing twice");
     }
 
     #[test]

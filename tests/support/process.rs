@@ -2,6 +2,7 @@
 //! the allocator, exit codes).
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
@@ -70,6 +71,17 @@ impl RunningIdgate {
     /// Waits for the process to exit.
     pub fn wait(&mut self) -> ExitStatus {
         self.child.wait().expect("wait for idgate")
+    }
+
+    /// The first address of `direction` (`inbound` or `outbound`) in the "idgate
+    /// running" line.
+    pub fn address(&self, direction: &str) -> SocketAddr {
+        self.started
+            .split(&format!("{direction}=["))
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no {direction} address in: {}", self.started))
     }
 
     /// The process ID (for reading /proc).
