@@ -310,6 +310,18 @@ mod tests {
         }
     }
 
+    /// A log (4 lines per queue) on a sink that never holds writes back, and what
+    /// reaches the sink.
+    fn log_on_open_sink() -> (DecisionLog, Arc<Mutex<Vec<u8>>>) {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let sink = Gated {
+            gate: Arc::default(),
+            writes: Arc::default(),
+            written: written.clone(),
+        };
+        (DecisionLog::to_sink(Box::new(sink), 4).unwrap(), written)
+    }
+
     fn record(log: &DecisionLog, request_id: &str) {
         log.record(&DecisionRecord {
             listener: "api",
@@ -350,13 +362,7 @@ mod tests {
 
     #[test]
     fn lines_of_every_worker_are_written_after_the_log_is_dropped() {
-        let written = Arc::new(Mutex::new(Vec::new()));
-        let sink = Gated {
-            gate: Arc::default(),
-            writes: Arc::default(),
-            written: written.clone(),
-        };
-        let log = DecisionLog::to_sink(Box::new(sink), 4).unwrap();
+        let (log, written) = log_on_open_sink();
         record(&log, "main");
         std::thread::scope(|scope| {
             scope.spawn(|| {
@@ -378,13 +384,7 @@ mod tests {
 
     #[test]
     fn finish_writes_the_queued_lines_at_once_even_from_an_idle_pause() {
-        let written = Arc::new(Mutex::new(Vec::new()));
-        let sink = Gated {
-            gate: Arc::default(),
-            writes: Arc::default(),
-            written: written.clone(),
-        };
-        let log = DecisionLog::to_sink(Box::new(sink), 4).unwrap();
+        let (log, written) = log_on_open_sink();
         // Idle long enough for the writer's pause to have grown to IDLE_PAUSE.
         std::thread::sleep(BUSY_PAUSE * 2 + IDLE_PAUSE * 2);
         record(&log, "last");
