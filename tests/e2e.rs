@@ -160,6 +160,35 @@ async fn slow_upstream_gets_504() {
 }
 
 #[tokio::test]
+async fn a_client_that_goes_away_mid_request_is_logged_on_both_sidecars() {
+    let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    // The app answers in 2 s; the client gives up (and closes its connection) at 300 ms.
+    let given_up = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        get(
+            &client.url("/slow?delay_ms=2000"),
+            &[("x-request-id", "gone-1")],
+        ),
+    )
+    .await;
+    assert!(given_up.is_err(), "the slow app answered early");
+    for (sidecar, line) in [
+        ("outbound", client.decision("gone-1").await),
+        ("inbound", mesh.server.decision("gone-1").await),
+    ] {
+        assert_eq!(line["status"], 499, "{sidecar}: {line}");
+        assert_eq!(line["decision"], "allow", "{sidecar}: {line}");
+        assert_eq!(
+            line["reason"], "the client went away before the response",
+            "{sidecar}: {line}"
+        );
+        let waited = line["duration_ms"].as_f64().unwrap();
+        assert!((250.0..2000.0).contains(&waited), "{sidecar}: {line}");
+    }
+}
+
+#[tokio::test]
 async fn unreachable_upstream_gets_502() {
     let mesh = Mesh::start_with(ALLOW_ALL_FRONTEND, "").await;
     let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;

@@ -15,12 +15,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use scopeguard::ScopeGuard;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::forward::{Forwarded, Upstream};
 use super::headers::ensure_request_id;
-use super::respond::{is_grpc, refusal, Body};
+use super::respond::{is_grpc, refusal, Body, CLIENT_GONE, CLIENT_GONE_STATUS};
 use super::serve::{accept_loop, http_builder, never_revoked, serve_http, Lifetime};
 use super::stream::Connector;
 use super::tcp;
@@ -201,40 +202,48 @@ impl Connection {
         let grpc = is_grpc(request.headers());
         let uri = request.uri().clone();
         let method = request.method().clone();
-        let (response, peer, reason) =
-            match self.state.peer.forward(request, uri.path(), None).await {
-                Ok(Forwarded { response, peer }) => (response, peer, None),
-                Err(error) => {
-                    tracing::warn!(reason = %error.reason, "peer sidecar unavailable");
-                    (
-                        refusal(error.refusal, request_id.clone(), grpc),
-                        None,
-                        Some(error.reason),
-                    )
-                }
-            };
-        let destination = peer.as_ref().map(|peer| peer.spiffe_id.as_str());
-        let elapsed = started.elapsed().as_secs_f64();
-        self.counters.record(Verdict::Allow, elapsed);
-        self.state.shared.decisions.record(&DecisionRecord {
-            listener: &self.state.name,
-            direction: "outbound",
-            source: Some(&self.own_id),
-            destination,
-            method: Some(method.as_str()),
-            path: Some(uri.path()),
-            decision: Verdict::Allow.as_str(),
-            rule: None,
-            status: response.status().as_u16(),
-            duration_ms: elapsed * 1000.0,
-            request_id: request_id.to_str().unwrap_or_default(),
-            reason: reason.as_deref(),
-            policy_version: None,
-            audit_rule: None,
-            break_glass: false,
-            bytes_in: None,
-            bytes_out: None,
+        let line = |status: u16, destination: Option<&str>, reason: Option<&str>| {
+            let elapsed = started.elapsed().as_secs_f64();
+            self.counters.record(Verdict::Allow, elapsed);
+            self.state.shared.decisions.record(&DecisionRecord {
+                listener: &self.state.name,
+                direction: "outbound",
+                source: Some(&self.own_id),
+                destination,
+                method: Some(method.as_str()),
+                path: Some(uri.path()),
+                decision: Verdict::Allow.as_str(),
+                rule: None,
+                status,
+                duration_ms: elapsed * 1000.0,
+                request_id: request_id.to_str().unwrap_or_default(),
+                reason,
+                policy_version: None,
+                audit_rule: None,
+                break_glass: false,
+                bytes_in: None,
+                bytes_out: None,
+            });
+        };
+        // A client that goes away mid-forward drops this future: the guard logs it then.
+        let abandoned = scopeguard::guard((), |()| {
+            line(CLIENT_GONE_STATUS, None, Some(CLIENT_GONE));
         });
+        let forwarded = self.state.peer.forward(request, uri.path(), None).await;
+        ScopeGuard::into_inner(abandoned);
+        let (response, peer, reason) = match forwarded {
+            Ok(Forwarded { response, peer }) => (response, peer, None),
+            Err(error) => {
+                tracing::warn!(reason = %error.reason, "peer sidecar unavailable");
+                (
+                    refusal(error.refusal, request_id.clone(), grpc),
+                    None,
+                    Some(error.reason),
+                )
+            }
+        };
+        let destination = peer.as_ref().map(|peer| peer.spiffe_id.as_str());
+        line(response.status().as_u16(), destination, reason.as_deref());
         response
     }
 }

@@ -11,6 +11,12 @@ use http_body_util::{Either, Full};
 use super::headers::REQUEST_ID;
 use super::pool::UpstreamBody;
 
+/// The decision-log status of a request whose client went away before its response
+/// (nginx's 499: nothing was sent).
+pub const CLIENT_GONE_STATUS: u16 = 499;
+/// The decision-log reason of such a request.
+pub const CLIENT_GONE: &str = "the client went away before the response";
+
 /// The body of every proxied response: streamed from upstream or written here.
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
