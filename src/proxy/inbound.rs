@@ -12,7 +12,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use scopeguard::ScopeGuard;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -20,7 +19,7 @@ use tracing::Instrument;
 use super::coalesce::Coalesce;
 use super::forward::{Forwarded, Upstream};
 use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
-use super::respond::{is_grpc, refusal, Body, Refusal, CLIENT_GONE, CLIENT_GONE_STATUS};
+use super::respond::{is_grpc, refusal, unless_abandoned, Body, Refusal};
 use super::serve::{accept_loop, http_builder, serve_http, Lifetime, Revoked};
 use super::stream::{Connector, Endpoint};
 use super::tcp;
@@ -290,14 +289,11 @@ impl Connection {
                 policy.evaluate(&again).verdict.passes()
             })
         });
-        // A client that goes away mid-forward drops this future: the guard logs it then.
-        let abandoned = scopeguard::guard((), |()| {
-            let version = Some(policy.version());
-            log.write(&decision, CLIENT_GONE_STATUS, Some(CLIENT_GONE), version);
-        });
-        let forwarded = self.state.upstream.forward(request, &path, revoked).await;
-        ScopeGuard::into_inner(abandoned);
-        match forwarded {
+        let forwarded = unless_abandoned(
+            self.state.upstream.forward(request, &path, revoked),
+            |status, reason| log.write(&decision, status, Some(reason), Some(policy.version())),
+        );
+        match forwarded.await {
             Ok(Forwarded { response, .. }) => {
                 let status = response.status().as_u16();
                 log.write(&decision, status, denial.as_deref(), Some(policy.version()));

@@ -3,19 +3,34 @@
 //! A denied gRPC call gets `grpc-status: 7` in an HTTP 200 (gRPC clients cannot read a
 //! 403); everything else gets a short text body. Never forwards anything.
 
+use std::future::Future;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
+use scopeguard::ScopeGuard;
 
 use super::headers::REQUEST_ID;
 use super::pool::UpstreamBody;
 
 /// The decision-log status of a request whose client went away before its response
 /// (nginx's 499: nothing was sent).
-pub const CLIENT_GONE_STATUS: u16 = 499;
+const CLIENT_GONE_STATUS: u16 = 499;
 /// The decision-log reason of such a request.
-pub const CLIENT_GONE: &str = "the client went away before the response";
+const CLIENT_GONE: &str = "the client went away before the response";
+
+/// Awaits `forward`; if the request is dropped first (its client went away), calls
+/// `abandoned` instead, so the request still gets its decision line.
+pub async fn unless_abandoned<T>(
+    forward: impl Future<Output = T>,
+    abandoned: impl FnOnce(u16, &'static str),
+) -> T {
+    let guard = scopeguard::guard((), |()| abandoned(CLIENT_GONE_STATUS, CLIENT_GONE));
+    let output = forward.await;
+    ScopeGuard::into_inner(guard);
+    output
+}
 
 /// The body of every proxied response: streamed from upstream or written here.
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
