@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use scopeguard::ScopeGuard;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -19,7 +20,7 @@ use tracing::Instrument;
 use super::coalesce::Coalesce;
 use super::forward::{Forwarded, Upstream};
 use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
-use super::respond::{is_grpc, refusal, unless_abandoned, Body, Refusal};
+use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
 use super::serve::{accept_loop, http_builder, serve_http, Lifetime, Revoked};
 use super::stream::{Connector, Endpoint};
 use super::tcp;
@@ -289,11 +290,12 @@ impl Connection {
                 policy.evaluate(&again).verdict.passes()
             })
         });
-        let forwarded = unless_abandoned(
-            self.state.upstream.forward(request, &path, revoked),
-            |status, reason| log.write(&decision, status, Some(reason), Some(policy.version())),
-        );
-        match forwarded.await {
+        let abandoned = log_if_abandoned(|status, reason| {
+            log.write(&decision, status, Some(reason), Some(policy.version()));
+        });
+        let forwarded = self.state.upstream.forward(request, &path, revoked).await;
+        ScopeGuard::into_inner(abandoned);
+        match forwarded {
             Ok(Forwarded { response, .. }) => {
                 let status = response.status().as_u16();
                 log.write(&decision, status, denial.as_deref(), Some(policy.version()));

@@ -15,12 +15,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use scopeguard::ScopeGuard;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::forward::{Forwarded, Upstream};
 use super::headers::ensure_request_id;
-use super::respond::{is_grpc, refusal, unless_abandoned, Body};
+use super::respond::{is_grpc, log_if_abandoned, refusal, Body};
 use super::serve::{accept_loop, http_builder, never_revoked, serve_http, Lifetime};
 use super::stream::Connector;
 use super::tcp;
@@ -224,11 +225,10 @@ impl Connection {
                 bytes_out: None,
             });
         };
-        let forwarded = unless_abandoned(
-            self.state.peer.forward(request, uri.path(), None),
-            |status, reason| line(status, None, Some(reason)),
-        );
-        let (response, peer, reason) = match forwarded.await {
+        let abandoned = log_if_abandoned(|status, reason| line(status, None, Some(reason)));
+        let forwarded = self.state.peer.forward(request, uri.path(), None).await;
+        ScopeGuard::into_inner(abandoned);
+        let (response, peer, reason) = match forwarded {
             Ok(Forwarded { response, peer }) => (response, peer, None),
             Err(error) => {
                 tracing::warn!(reason = %error.reason, "peer sidecar unavailable");

@@ -3,8 +3,6 @@
 //! A denied gRPC call gets `grpc-status: 7` in an HTTP 200 (gRPC clients cannot read a
 //! 403); everything else gets a short text body. Never forwards anything.
 
-use std::future::Future;
-
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -20,16 +18,15 @@ const CLIENT_GONE_STATUS: u16 = 499;
 /// The decision-log reason of such a request.
 const CLIENT_GONE: &str = "the client went away before the response";
 
-/// Awaits `forward`; if the request is dropped first (its client went away), calls
-/// `abandoned` instead, so the request still gets its decision line.
-pub async fn unless_abandoned<T>(
-    forward: impl Future<Output = T>,
+/// Calls `abandoned` when dropped, unless defused first with [`ScopeGuard::into_inner`]:
+/// held across the forward, it gives a request whose client went away (its future is
+/// dropped) a decision line. A guard, not a wrapping future: hyper keeps a slot the size
+/// of the request handler's future in every HTTP/1.1 connection, and an `async fn`
+/// wrapper stores the forward future twice.
+pub fn log_if_abandoned(
     abandoned: impl FnOnce(u16, &'static str),
-) -> T {
-    let guard = scopeguard::guard((), |()| abandoned(CLIENT_GONE_STATUS, CLIENT_GONE));
-    let output = forward.await;
-    ScopeGuard::into_inner(guard);
-    output
+) -> ScopeGuard<(), impl FnOnce(())> {
+    scopeguard::guard((), move |()| abandoned(CLIENT_GONE_STATUS, CLIENT_GONE))
 }
 
 /// The body of every proxied response: streamed from upstream or written here.
