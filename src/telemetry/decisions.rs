@@ -83,7 +83,6 @@ pub struct DecisionRecord<'a> {
 /// Where decision lines go; cheap to clone.
 #[derive(Clone)]
 pub struct DecisionLog {
-    queues: Arc<Queues>,
     writer: Arc<Writer>,
     capacity: usize,
     dropped: Counter,
@@ -106,6 +105,7 @@ struct Queue {
 /// The writer thread, told to write what is left and end by [`DecisionLog::finish`] or
 /// when the last clone of the log is dropped.
 struct Writer {
+    /// The lines it writes.
     queues: Arc<Queues>,
     thread: Thread,
     /// Disconnected when the writer has ended.
@@ -126,9 +126,10 @@ impl Drop for Writer {
     }
 }
 
-fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    // A panic while holding it cannot leave a queue half-updated in a harmful way.
-    queue.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one cannot leave a queue (or the writer's end signal)
+    // half-updated in a harmful way.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl DecisionLog {
@@ -171,11 +172,10 @@ impl DecisionLog {
             .clone();
         Ok(Self {
             writer: Arc::new(Writer {
-                queues: queues.clone(),
+                queues,
                 thread,
                 ended: Mutex::new(ended),
             }),
-            queues,
             capacity,
             dropped: Counter::default(),
         })
@@ -185,19 +185,14 @@ impl DecisionLog {
     /// not written), waiting at most `timeout` for a slow sink; false if it took longer.
     pub fn finish(&self, timeout: Duration) -> bool {
         self.writer.close();
-        let ended = self
-            .writer
-            .ended
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .recv_timeout(timeout);
+        let ended = lock(&self.writer.ended).recv_timeout(timeout);
         matches!(ended, Err(RecvTimeoutError::Disconnected))
     }
 
     /// Queues one line; never waits for the writer's I/O (a full queue drops the line and
     /// counts it).
     pub fn record(&self, record: &DecisionRecord<'_>) {
-        let mut queue = lock(self.queues.workers.local());
+        let mut queue = lock(self.writer.queues.workers.local());
         if queue.lines >= self.capacity {
             drop(queue);
             self.dropped.inc();
