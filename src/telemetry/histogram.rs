@@ -109,16 +109,21 @@ mod tests {
         let ours = AtomicHistogram::new(exponential_buckets(0.0001, 2.0, 18));
         let theirs = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let values = [0.00005, 0.0001, 0.00015, 0.003, 0.25, 2.0, 100.0];
+        // One worker after the other: prometheus-client sums floats in observation order,
+        // so the reference's `_sum` must see one order (ours adds whole nanoseconds).
         std::thread::scope(|scope| {
             for (worker, chunk) in values.chunks(3).enumerate() {
                 let (ours, theirs) = (&ours, &theirs);
-                scope.spawn(move || {
-                    crate::per_worker::enter(worker);
-                    for v in chunk {
-                        ours.observe(*v);
-                        theirs.observe(*v);
-                    }
-                });
+                scope
+                    .spawn(move || {
+                        crate::per_worker::enter(worker);
+                        for v in chunk {
+                            ours.observe(*v);
+                            theirs.observe(*v);
+                        }
+                    })
+                    .join()
+                    .unwrap();
             }
         });
         let text = |metric: Box<dyn Fn(&mut Registry)>| {
