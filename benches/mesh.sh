@@ -3,11 +3,12 @@
 #
 #   load -> outbound proxy -> mTLS -> inbound proxy -> backend (nginx `return 200`, 1 KiB)
 #
-# for idgate (release build), HAProxy and nginx (Debian packages) and ghostunnel (go
-# install, when Go is present), plus the direct `load -> backend` floor. Every contender
-# runs as two processes (outbound sidecar, inbound sidecar) with the same dev certificates
-# from `idgate certs dev`. HAProxy and nginx check the chain but cannot check a SPIFFE ID;
-# ghostunnel checks the peer's URI SAN but is L4 only (no HTTP, no per-request policy).
+# for idgate (release build with PGO, docker/build-pgo.sh), HAProxy and nginx (Debian
+# packages) and ghostunnel (go install, when Go is present), plus the direct
+# `load -> backend` floor. Every contender runs as two processes (outbound sidecar, inbound
+# sidecar) with the same dev certificates from `idgate certs dev`. HAProxy and nginx check
+# the chain but cannot check a SPIFFE ID; ghostunnel checks the peer's URI SAN but is L4
+# only (no HTTP, no per-request policy).
 # idgate's inbound has a 1,000-rule policy loaded and writes its decision log to a file.
 # Every contender gets one thread per core: HAProxy nbthread, nginx worker_processes,
 # ghostunnel GOMAXPROCS, idgate `[runtime] workers` (IDGATE_WORKERS).
@@ -15,7 +16,8 @@
 # Usage: benches/mesh.sh            (about 10-15 minutes on 2 cores; env knobs below)
 # Knobs: ROUNDS=3 DURATION=5 (seconds per run) RATE=1000 CONNS=32 HOLD=1000 RULES=1000
 #        CONTENDERS="idgate haproxy nginx ghostunnel" BASE_PORT=20000 KEEP=1 (keep $WORK)
-#        IDGATE_BIN=path (skip the cargo build) IDGATE_WORKERS=$(nproc)
+#        IDGATE_BIN=path (skip the build) PGO=0 (plain `cargo build --release` instead of
+#        docker/build-pgo.sh) IDGATE_WORKERS=$(nproc)
 #        IDGATE_STATIC_BIN=path (also the idle RSS of the static musl binary the container
 #        ships, from docker/build-static.sh) IDGATE_BENCH_CACHE=dir (oha, ghostunnel)
 # Loopback only: every address below is 127.0.0.1. Every process it starts, it stops.
@@ -32,6 +34,7 @@ RULES=${RULES:-1000}
 BASE_PORT=${BASE_PORT:-20000}
 IDGATE_WORKERS=${IDGATE_WORKERS:-$(nproc)}
 IDGATE_STATIC_BIN=${IDGATE_STATIC_BIN:-}
+PGO=${PGO:-1}
 CONTENDERS=${CONTENDERS:-"idgate haproxy nginx ghostunnel"}
 CACHE=${IDGATE_BENCH_CACHE:-$HOME/.cache/idgate/bench}
 KEEP=${KEEP:-0}
@@ -47,10 +50,16 @@ die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- processes we start
 STARTED=()
-cleanup() {
+any_alive() {
   local pid
+  for pid in "${STARTED[@]}"; do kill -0 "$pid" 2>/dev/null && return 0; done
+  return 1
+}
+cleanup() {
+  local pid i
   for pid in "${STARTED[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep 0.3
+  # Up to 5 s to drain and exit (an instrumented build writes its profile at exit).
+  for ((i = 0; i < 50; i++)); do any_alive || break; sleep 0.1; done
   for pid in "${STARTED[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   if [[ $KEEP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
@@ -107,7 +116,7 @@ rss_kib() {
 install_tools() {
   local need=()
   command -v nginx >/dev/null || need+=(nginx)
-  command -v haproxy >/dev/null || need+=(haproxy)
+  [[ " $CONTENDERS " != *" haproxy "* ]] || command -v haproxy >/dev/null || need+=(haproxy)
   command -v wrk >/dev/null || need+=(wrk)
   command -v python3 >/dev/null || need+=(python3)
   command -v curl >/dev/null || need+=(curl)
@@ -138,7 +147,10 @@ install_tools() {
     fi
     command -v ghostunnel >/dev/null || CONTENDERS=${CONTENDERS//ghostunnel/}
   fi
-  if [[ -z ${IDGATE_BIN:-} ]]; then
+  if [[ -z ${IDGATE_BIN:-} && $PGO == 1 ]]; then
+    log "docker/build-pgo.sh (instrumented build, training run, optimised build)"
+    IDGATE_BIN=$(docker/build-pgo.sh)
+  elif [[ -z ${IDGATE_BIN:-} ]]; then
     log "cargo build --release"
     cargo build --release --locked --quiet
     IDGATE_BIN=${CARGO_TARGET_DIR:-target}/release/idgate

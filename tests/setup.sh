@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite uses beyond Rust: Debian packages (PostgreSQL for the TCP
-# tests, docker-compose for the static deployment checks, python3-venv, musl-tools for the
-# static build),
+# tests, docker-compose for the static deployment checks, python3-venv, musl-tools, nginx,
+# wrk and openssl for the static PGO build),
 # SPIRE v1.13.3 built with `go install` (cached in ~/.cache/idgate), and the
 # kubernetes-validate venv. Idempotent: a second run installs nothing.
 # Usage: tests/setup.sh && cargo test
@@ -9,11 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in curl:curl kill:procps docker-compose:docker-compose python3:python3-venv; do
+# musl-gcc: .ci/run's static build (docker/build-static.sh) compiles jemalloc with it;
+# nginx, wrk, openssl: that build's PGO training run (docker/build-pgo.sh, benches/mesh.sh).
+for tool in curl:curl kill:procps docker-compose:docker-compose python3:python3-venv \
+  musl-gcc:musl-tools nginx:nginx wrk:wrk openssl:openssl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
-# .ci/run's static build (docker/build-static.sh) compiles jemalloc with musl-gcc.
-command -v musl-gcc >/dev/null 2>&1 || need+=(musl-tools)
 # tests/postgres.rs runs a real server (initdb, postgres) and psql.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
