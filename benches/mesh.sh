@@ -8,14 +8,17 @@
 # `load -> backend` floor. Every contender runs as two processes (outbound sidecar, inbound
 # sidecar) with the same dev certificates from `idgate certs dev`. HAProxy and nginx check
 # the chain but cannot check a SPIFFE ID; ghostunnel checks the peer's URI SAN but is L4
-# only (no HTTP, no per-request policy).
-# idgate's inbound has a 1,000-rule policy loaded and writes its decision log to a file.
+# only (no HTTP, no per-request policy), so idgate-tcp, idgate's L4 mode (`protocol =
+# "tcp"` on both sidecars), runs beside it for a like-for-like comparison.
+# idgate's inbound has a 1,000-rule policy loaded (idgate-tcp: the same rules' `from`)
+# and writes its decision log to a file.
 # Every contender gets one thread per core: HAProxy nbthread, nginx worker_processes,
 # ghostunnel GOMAXPROCS, idgate `[runtime] workers` (IDGATE_WORKERS).
 #
 # Usage: benches/mesh.sh            (about 10-15 minutes on 2 cores; env knobs below)
 # Knobs: ROUNDS=3 DURATION=5 (seconds per run) RATE=1000 CONNS=32 HOLD=1000 RULES=1000
-#        CONTENDERS="idgate haproxy nginx ghostunnel" BASE_PORT=20000 KEEP=1 (keep $WORK)
+#        CONTENDERS="idgate idgate-tcp haproxy nginx ghostunnel" BASE_PORT=20000
+#        KEEP=1 (keep $WORK)
 #        IDGATE_BIN=path (skip the build) PGO=0 (plain `cargo build --release` instead of
 #        docker/build-pgo.sh) IDGATE_WORKERS=$(nproc)
 #        IDGATE_STATIC_BIN=path (also the idle RSS of the static musl binary the container
@@ -35,7 +38,7 @@ BASE_PORT=${BASE_PORT:-20000}
 IDGATE_WORKERS=${IDGATE_WORKERS:-$(nproc)}
 IDGATE_STATIC_BIN=${IDGATE_STATIC_BIN:-}
 PGO=${PGO:-1}
-CONTENDERS=${CONTENDERS:-"idgate haproxy nginx ghostunnel"}
+CONTENDERS=${CONTENDERS:-"idgate idgate-tcp haproxy nginx ghostunnel"}
 CACHE=${IDGATE_BENCH_CACHE:-$HOME/.cache/idgate/bench}
 KEEP=${KEEP:-0}
 WORK=$(mktemp -d /tmp/idgate-mesh.XXXXXX)
@@ -180,10 +183,17 @@ make_certs() {
 
 # A RULES-rule policy in the shape of benches/micro.rs: exact IDs, ID patterns, exact,
 # prefix and suffix paths, methods, headers, some deny rules; one rule admits the client.
+# policy-tcp.toml has the same rules without what a TCP listener cannot judge (methods,
+# paths, headers).
 make_policy() {
-  python3 - "$RULES" "$CLIENT_ID" >"$WORK/policy.toml" <<'EOF'
+  policy_rules http >"$WORK/policy.toml"
+  policy_rules tcp >"$WORK/policy-tcp.toml"
+}
+policy_rules() {
+  python3 - "$RULES" "$CLIENT_ID" "$1" <<'EOF'
 import sys
-n, client = int(sys.argv[1]), sys.argv[2]
+n, client, kind_of_listener = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+tcp = kind_of_listener == "tcp"
 td = "spiffe://bench.local"
 print('mode = "enforce"\ndefault = "deny"')
 for i in range(n - 1):
@@ -202,13 +212,17 @@ for i in range(n - 1):
     else:
         frm, paths = f"{td}/ns/ns{ns}/sa/svc{i}", '"/*"'
     action = "deny" if i % 25 == 24 else "allow"
-    print(f'\n[[rule]]\nname = "r{i}"\naction = "{action}"\nfrom = ["{frm}"]\npaths = [{paths}]')
-    if i % 3 == 0:
-        print('methods = ["GET", "POST"]')
-    if i % 10 == 9:
-        print('headers = { "x-scan-status" = "passed" }')
+    print(f'\n[[rule]]\nname = "r{i}"\naction = "{action}"\nfrom = ["{frm}"]')
+    if not tcp:
+        print(f'paths = [{paths}]')
+        if i % 3 == 0:
+            print('methods = ["GET", "POST"]')
+        if i % 10 == 9:
+            print('headers = { "x-scan-status" = "passed" }')
     if i == n // 2:
-        print(f'\n[[rule]]\nname = "bench-client"\naction = "allow"\nfrom = ["{client}"]\nmethods = ["GET"]\npaths = ["/", "/api/*"]')
+        print(f'\n[[rule]]\nname = "bench-client"\naction = "allow"\nfrom = ["{client}"]')
+        if not tcp:
+            print('methods = ["GET"]\npaths = ["/", "/api/*"]')
 EOF
 }
 
@@ -240,12 +254,15 @@ EOF
   wait_port "$BACKEND_PORT"
 }
 
-start_idgate() {
-  local out=$((BASE_PORT + 101)) in=$((BASE_PORT + 102)) c=$WORK/certs
+# start_idgate_pair NAME PORT PROTOCOL POLICY: an idgate outbound on PORT+1 and inbound
+# on PORT+2 (admin PORT+3, PORT+4), HTTP or TCP on both sides.
+start_idgate_pair() {
+  local name=$1 port=$2 protocol=$3 policy=$4
+  local out=$((port + 1)) in=$((port + 2)) c=$WORK/certs
   # Decision logs go to a directory of their own: idgate watches the policy's directory
   # and any write there triggers a reload check.
   mkdir -p "$WORK/logs"
-  cat >"$WORK/idgate-out.toml" <<EOF
+  cat >"$WORK/$name-out.toml" <<EOF
 [identity]
 source = "files"
 cert = "$c/client.pem"
@@ -256,14 +273,15 @@ name = "bench-out"
 listen = "127.0.0.1:$out"
 target = "127.0.0.1:$in"
 server_ids = ["$SERVER_ID"]
+protocol = "$protocol"
 [admin]
-listen = "127.0.0.1:$((BASE_PORT + 103))"
+listen = "127.0.0.1:$((port + 3))"
 [log]
-decisions = "$WORK/logs/idgate-out-decisions.log"
+decisions = "$WORK/logs/$name-out-decisions.log"
 [runtime]
 workers = $IDGATE_WORKERS
 EOF
-  cat >"$WORK/idgate-in.toml" <<EOF
+  cat >"$WORK/$name-in.toml" <<EOF
 [identity]
 source = "files"
 cert = "$c/server.pem"
@@ -272,19 +290,26 @@ bundle = "$c/bundle.pem"
 [[inbound]]
 name = "bench-in"
 listen = "127.0.0.1:$in"
-upstream = "http://127.0.0.1:$BACKEND_PORT"
-policy = "$WORK/policy.toml"
+upstream = "$protocol://127.0.0.1:$BACKEND_PORT"
+protocol = "$protocol"
+policy = "$policy"
 [admin]
-listen = "127.0.0.1:$((BASE_PORT + 104))"
+listen = "127.0.0.1:$((port + 4))"
 [log]
-decisions = "$WORK/logs/idgate-in-decisions.log"
+decisions = "$WORK/logs/$name-in-decisions.log"
 [runtime]
 workers = $IDGATE_WORKERS
 EOF
-  start idgate-in "$IDGATE_BIN" run --config "$WORK/idgate-in.toml"
-  start idgate-out "$IDGATE_BIN" run --config "$WORK/idgate-out.toml"
-  OUT[idgate]=$out IN[idgate]=$in
+  start "$name-in" "$IDGATE_BIN" run --config "$WORK/$name-in.toml"
+  start "$name-out" "$IDGATE_BIN" run --config "$WORK/$name-out.toml"
+  OUT[$name]=$out IN[$name]=$in
 }
+
+start_idgate() { start_idgate_pair idgate $((BASE_PORT + 100)) http "$WORK/policy.toml"; }
+
+# idgate's L4 mode (`protocol = "tcp"` on both sides, the rules' `from` only): the
+# like-for-like comparison with ghostunnel.
+start_idgate-tcp() { start_idgate_pair idgate-tcp $((BASE_PORT + 120)) tcp "$WORK/policy-tcp.toml"; }
 
 start_haproxy() {
   local out=$((BASE_PORT + 201)) in=$((BASE_PORT + 202)) c=$WORK/certs
@@ -498,14 +523,20 @@ check_resumption() {
 }
 
 # hold NAME SIDE: memory with HOLD idle keep-alive connections on one listener.
+# measure_idle NAME SIDE: RSS and anonymous memory of an idle sidecar.
+measure_idle() {
+  record "rss_idle_$2" "$1" "$(rss_kib "$1-$2")"
+  record "anon_idle_$2" "$1" "$(rss_kib "$1-$2" RssAnon)"
+}
+
+# measure_hold NAME SIDE: RSS before and while HOLD idle keep-alive connections are open.
 measure_hold() {
-  local name=$1 side=$2 port args=() idle held
+  local name=$1 side=$2 port args=() base held
   if [[ $side == out ]]; then port=${OUT[$name]}; else
     port=${IN[$name]}
     args=("$WORK/certs/client.pem" "$WORK/certs/client-key.pem")
   fi
-  idle=$(rss_kib "$name-$side")
-  record "anon_idle_$side" "$name" "$(rss_kib "$name-$side" RssAnon)"
+  base=$(rss_kib "$name-$side")
   coproc HOLDER { python3 benches/hold.py 127.0.0.1 "$port" "$HOLD" "${args[@]}" 2>"$WORK/hold.log"; }
   local ready count
   read -r ready count <&"${HOLDER[0]}" || true
@@ -514,9 +545,9 @@ measure_hold() {
   echo done >&"${HOLDER[1]}"
   wait "$HOLDER_PID" 2>/dev/null || true
   [[ ${count:-0} == "$HOLD" ]] || log "WARNING: $name $side held only ${count:-0} of $HOLD connections ($(head -1 "$WORK/hold.log"))"
-  record "rss_idle_$side" "$name" "$idle"
+  record "rss_base_$side" "$name" "$base"
   record "rss_held_$side" "$name" "$held"
-  log "$name $side: RSS idle $((idle / 1024)) MiB, with ${count:-0} connections $((held / 1024)) MiB"
+  log "$name $side: RSS $((base / 1024)) MiB, with ${count:-0} connections $((held / 1024)) MiB"
 }
 
 # The idle RSS of the static musl binary (IDGATE_STATIC_BIN) as a second idgate pair with
@@ -573,9 +604,16 @@ done
 log "all contenders answer 200 through both sidecars; work dir $WORK"
 
 log "memory: idle, then $HOLD idle keep-alive connections per listener"
+# Idle: settled (jemalloc hands freed pages back after about a second), and before any
+# hold. The inbound holds first: an L4 outbound relays its held connections to its inbound.
+sleep 2
 for name in "${NAMES[@]}"; do
-  measure_hold "$name" out
+  measure_idle "$name" out
+  measure_idle "$name" in
+done
+for name in "${NAMES[@]}"; do
   measure_hold "$name" in
+  measure_hold "$name" out
 done
 [[ -z $IDGATE_STATIC_BIN || " ${NAMES[*]} " != *" idgate "* ]] || measure_static
 
@@ -631,7 +669,7 @@ for name in "${NAMES[@]}"; do
     "$(kib_mib "$(m rss_idle_out "$name")") / $(kib_mib "$(m rss_idle_in "$name")")" \
     "$(kib_mib "$(m anon_idle_out "$name")") / $(kib_mib "$(m anon_idle_in "$name")")" \
     "$(kib_mib "$(m rss_held_out "$name")") / $(kib_mib "$(m rss_held_in "$name")")" \
-    "$(per_conn "$(m rss_idle_out "$name")" "$(m rss_held_out "$name")") / $(per_conn "$(m rss_idle_in "$name")" "$(m rss_held_in "$name")")"
+    "$(per_conn "$(m rss_base_out "$name")" "$(m rss_held_out "$name")") / $(per_conn "$(m rss_base_in "$name")" "$(m rss_held_in "$name")")"
 done
 echo
 echo "Peak RSS over the whole run (VmHWM, MiB, out / in): $(for n in "${NAMES[@]}"; do printf '%s %s / %s; ' "$n" "$(kib_mib "$(m peak_out "$n")")" "$(kib_mib "$(m peak_in "$n")")"; done)"
@@ -647,16 +685,24 @@ if [[ " ${NAMES[*]} " == *" idgate "* ]]; then
   printf '|%s|\n' "------------|------------|----------|----------|------------|--------------|------------"
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "-" || b == "-") print "-"; else printf "%.2fx", a / b }'; }
   sum2() { awk -v a="$1" -v b="$2" 'BEGIN { print a + b }'; }
+  ratio_row() { # ratio_row OURS PEER
+    printf '| %-10s | %10s | %8s | %8s | %10s | %12s | %10s |\n' "$2" \
+      "$(ratio "$(m wrk_rps "$1")" "$(m wrk_rps "$2")")" \
+      "$(ratio "$(m wrk_p99 "$1")" "$(m wrk_p99 "$2")")" \
+      "$(ratio "$(m fixed_p99 "$1")" "$(m fixed_p99 "$2")")" \
+      "$(ratio "$(m hs_rps "$1")" "$(m hs_rps "$2")")" \
+      "$(ratio "$(sum2 "$(m cpu_out "$1")" "$(m cpu_in "$1")")" "$(sum2 "$(m cpu_out "$2")" "$(m cpu_in "$2")")")" \
+      "$(ratio "$(sum2 "$(m rss_idle_out "$1")" "$(m rss_idle_in "$1")")" "$(sum2 "$(m rss_idle_out "$2")" "$(m rss_idle_in "$2")")")"
+  }
   for peer in "${NAMES[@]}"; do
-    [[ $peer == idgate ]] && continue
-    printf '| %-10s | %10s | %8s | %8s | %10s | %12s | %10s |\n' "$peer" \
-      "$(ratio "$(m wrk_rps idgate)" "$(m wrk_rps "$peer")")" \
-      "$(ratio "$(m wrk_p99 idgate)" "$(m wrk_p99 "$peer")")" \
-      "$(ratio "$(m fixed_p99 idgate)" "$(m fixed_p99 "$peer")")" \
-      "$(ratio "$(m hs_rps idgate)" "$(m hs_rps "$peer")")" \
-      "$(ratio "$(sum2 "$(m cpu_out idgate)" "$(m cpu_in idgate)")" "$(sum2 "$(m cpu_out "$peer")" "$(m cpu_in "$peer")")")" \
-      "$(ratio "$(sum2 "$(m rss_idle_out idgate)" "$(m rss_idle_in idgate)")" "$(sum2 "$(m rss_idle_out "$peer")" "$(m rss_idle_in "$peer")")")"
+    [[ $peer == idgate || $peer == idgate-tcp ]] || ratio_row idgate "$peer"
   done
+  if [[ " ${NAMES[*]} " == *" idgate-tcp "* && " ${NAMES[*]} " == *" ghostunnel "* ]]; then
+    echo
+    echo "L4 against L4 (ratio idgate-tcp / ghostunnel: both relay bytes after the mTLS handshake):"
+    echo
+    ratio_row idgate-tcp ghostunnel
+  fi
   echo
   echo "### idgate against the issue's targets"
   echo
@@ -679,6 +725,6 @@ if [[ " ${NAMES[*]} " == *" idgate "* ]]; then
   echo "- RSS <= 10 MiB per sidecar idle (out $(kib_mib "$io"), in $(kib_mib "$ii") MiB): $(verdict "$io <= 10240 && $ii <= 10240") (anonymous memory only: out $(kib_mib "$(m anon_idle_out idgate)"), in $(kib_mib "$(m anon_idle_in idgate)") MiB)"
   so=$(m rss_idle_out idgate-static) si=$(m rss_idle_in idgate-static)
   [[ $so == - ]] || echo "- the same for the static musl binary the container ships (out $(kib_mib "$so"), in $(kib_mib "$si") MiB): $(verdict "$so <= 10240 && $si <= 10240")"
-  po=$(per_conn "$io" "$(m rss_held_out idgate)") pi=$(per_conn "$ii" "$(m rss_held_in idgate)")
+  po=$(per_conn "$(m rss_base_out idgate)" "$(m rss_held_out idgate)") pi=$(per_conn "$(m rss_base_in idgate)" "$(m rss_held_in idgate)")
   echo "- <= 32 KiB per idle connection (out $po, in $pi KiB): $(verdict "$po <= 32 && $pi <= 32")"
 fi
