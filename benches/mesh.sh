@@ -522,7 +522,6 @@ check_resumption() {
   fi
 }
 
-# hold NAME SIDE: memory with HOLD idle keep-alive connections on one listener.
 # measure_idle NAME SIDE: RSS and anonymous memory of an idle sidecar.
 measure_idle() {
   record "rss_idle_$2" "$1" "$(rss_kib "$1-$2")"
