@@ -254,10 +254,11 @@ EOF
   wait_port "$BACKEND_PORT"
 }
 
-# start_idgate_pair NAME PORT PROTOCOL POLICY: an idgate outbound on PORT+1 and inbound
-# on PORT+2 (admin PORT+3, PORT+4), HTTP or TCP on both sides.
+# start_idgate_pair NAME PORT PROTOCOL POLICY [BIN]: an idgate outbound on PORT+1 and
+# inbound on PORT+2 (admin PORT+3, PORT+4), HTTP or TCP on both sides; BIN defaults to
+# IDGATE_BIN.
 start_idgate_pair() {
-  local name=$1 port=$2 protocol=$3 policy=$4
+  local name=$1 port=$2 protocol=$3 policy=$4 bin=${5:-$IDGATE_BIN}
   local out=$((port + 1)) in=$((port + 2)) c=$WORK/certs
   # Decision logs go to a directory of their own: idgate watches the policy's directory
   # and any write there triggers a reload check.
@@ -300,8 +301,8 @@ decisions = "$WORK/logs/$name-in-decisions.log"
 [runtime]
 workers = $IDGATE_WORKERS
 EOF
-  start "$name-in" "$IDGATE_BIN" run --config "$WORK/$name-in.toml"
-  start "$name-out" "$IDGATE_BIN" run --config "$WORK/$name-out.toml"
+  start "$name-in" "$bin" run --config "$WORK/$name-in.toml"
+  start "$name-out" "$bin" run --config "$WORK/$name-out.toml"
   OUT[$name]=$out IN[$name]=$in
 }
 
@@ -505,6 +506,14 @@ run_handshakes() {
   log "$name new mTLS connections through inbound: $rps/s (success $ok)"
 }
 
+# check_pair NAME: GET / through both sidecars answers 200, and the resumption check.
+check_pair() {
+  local status
+  status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${OUT[$1]}/" || true)
+  [[ $status == 200 ]] || die "$1: GET / through both sidecars gave $status (see $WORK/$1-*.log)"
+  check_resumption "$1"
+}
+
 # Resumption check: a second connection offering the first one's session must not resume.
 check_resumption() {
   local name=$1 port=${IN[$1]} c=$WORK/certs sess=$WORK/sess.$1 out
@@ -554,27 +563,16 @@ measure_hold() {
 # through both sidecars and the resumption probe), then stopped. The glibc build also maps
 # the C library, libm and the loader: about 2 MiB resident.
 measure_static() {
-  local offset p side status subst=()
-  for p in 101 102 103 104; do
-    offset=$((BASE_PORT + p))
-    subst+=(-e "s/:$offset\"/:$((offset + 10))\"/")
-  done
-  subst+=(-e "s/idgate-\(in\|out\)-decisions/idgate-static-\1-decisions/")
-  for side in in out; do
-    sed "${subst[@]}" "$WORK/idgate-$side.toml" >"$WORK/idgate-static-$side.toml"
-    start "idgate-static-$side" "$IDGATE_STATIC_BIN" run --config "$WORK/idgate-static-$side.toml"
-  done
-  OUT[idgate-static]=$((BASE_PORT + 111)) IN[idgate-static]=$((BASE_PORT + 112))
+  local side
+  start_idgate_pair idgate-static $((BASE_PORT + 110)) http "$WORK/policy.toml" "$IDGATE_STATIC_BIN"
   wait_port "${OUT[idgate-static]}"
   wait_port "${IN[idgate-static]}"
-  status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${OUT[idgate-static]}/" || true)
-  [[ $status == 200 ]] || die "static idgate: GET / through both sidecars gave $status (see $WORK/idgate-static-*.log)"
-  check_resumption idgate-static
+  check_pair idgate-static
   # Idle as the others are when measured (seconds after their probes): jemalloc hands
   # freed pages back after about a second.
   sleep 2
   for side in out in; do
-    record "rss_idle_$side" idgate-static "$(rss_kib "idgate-static-$side")"
+    measure_idle idgate-static "$side"
     kill "$(cat "$WORK/idgate-static-$side.pid")"
   done
   log "static idgate: RSS idle $(($(m rss_idle_out idgate-static) / 1024)) / $(($(m rss_idle_in idgate-static) / 1024)) MiB"
@@ -595,11 +593,7 @@ read -ra NAMES <<<"$CONTENDERS"
 for name in "${NAMES[@]}"; do "start_$name"; done
 for name in "${NAMES[@]}"; do wait_port "${OUT[$name]}"; wait_port "${IN[$name]}"; done
 declare -A RESUMES
-for name in "${NAMES[@]}"; do
-  status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${OUT[$name]}/" || true)
-  [[ $status == 200 ]] || die "$name: GET / through both sidecars gave $status (see $WORK/$name-*.log)"
-  check_resumption "$name"
-done
+for name in "${NAMES[@]}"; do check_pair "$name"; done
 log "all contenders answer 200 through both sidecars; work dir $WORK"
 
 log "memory: idle, then $HOLD idle keep-alive connections per listener"
