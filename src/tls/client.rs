@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, Resumption};
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -23,8 +23,8 @@ pub(super) fn build(
     server_ids: Vec<SpiffeId>,
     alpn: &[&[u8]],
     versions: &[&'static SupportedProtocolVersion],
+    provider: Arc<CryptoProvider>,
 ) -> Arc<ClientConfig> {
-    let provider = super::provider();
     let verifier = Arc::new(SpiffeServerVerifier {
         identity: identity.clone(),
         server_ids,

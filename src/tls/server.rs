@@ -31,6 +31,7 @@ pub(super) fn build(identity: IdentityHandle, alpn: &[&[u8]]) -> Arc<ServerConfi
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(CurrentSvid(identity)));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.ignore_client_order = true;
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Arc::new(config)

@@ -9,9 +9,13 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use rcgen::KeyUsagePurpose;
 use rustls::client::ResolvesClientCert;
+use rustls::crypto::ring::cipher_suite::{
+    TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+};
+use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
-use rustls::version::TLS12;
-use rustls::{ClientConfig, SignatureScheme};
+use rustls::version::{TLS12, TLS13};
+use rustls::{ClientConfig, SignatureScheme, SupportedCipherSuite};
 use rustls_pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -214,6 +218,7 @@ async fn tls12_and_intermediate_chains_work() {
         vec![id(API)],
         ALPN,
         &[&TLS12],
+        provider(),
     );
     let (seen, tls) = connect(server.addr, config).await.expect("handshake");
     assert_eq!(seen.spiffe_id.as_str(), API);
@@ -225,6 +230,45 @@ async fn tls12_and_intermediate_chains_work() {
         server.outcome().await.expect("accepted").spiffe_id.as_str(),
         WEB
     );
+}
+
+/// The inbound picks the suite by idgate's order (AES-128-GCM first), not by the client's,
+/// and still serves a client that offers a single other suite.
+#[tokio::test]
+async fn inbound_chooses_the_cipher_suite_by_its_own_order() {
+    let (ca, mut server) = api_server().await;
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    let cases: [(&[SupportedCipherSuite], SupportedCipherSuite); 3] = [
+        (CIPHER_SUITES, TLS13_AES_128_GCM_SHA256),
+        (
+            &[TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256],
+            TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &[TLS13_CHACHA20_POLY1305_SHA256],
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+    ];
+    for (offered, chosen) in cases {
+        let provider = CryptoProvider {
+            cipher_suites: offered.to_vec(),
+            ..(*provider()).clone()
+        };
+        let config = client::build(
+            handle(web.svid().expect("svid"), bundles(&[(TD, &ca)])),
+            vec![id(API)],
+            ALPN,
+            &[&TLS13],
+            Arc::new(provider),
+        );
+        let (_, tls) = connect(server.addr, config).await.expect("handshake");
+        assert_eq!(
+            tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(chosen.suite()),
+            "client offering {offered:?}"
+        );
+        server.outcome().await.expect("accepted");
+    }
 }
 
 #[derive(Debug)]
