@@ -86,6 +86,7 @@ pub struct DecisionLog {
     writer: Arc<Writer>,
     capacity: usize,
     dropped: Counter,
+    write_errors: Counter,
 }
 
 /// Every worker's lines waiting for the writer.
@@ -154,6 +155,11 @@ impl DecisionLog {
             "Decision lines dropped because the writer fell behind",
             log.dropped.clone(),
         );
+        registry.register(
+            "idgate_decision_log_write_errors",
+            "Writes of decision lines that failed (their lines are lost), e.g. on a full disk",
+            log.write_errors.clone(),
+        );
         Ok(log)
     }
 
@@ -161,11 +167,13 @@ impl DecisionLog {
     fn to_sink(sink: Box<dyn Write + Send>, capacity: usize) -> io::Result<Self> {
         let queues = Arc::new(Queues::default());
         let writer_queues = queues.clone();
+        let write_errors = Counter::default();
+        let writer_errors = write_errors.clone();
         let (alive, ended) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("decision-log".into())
             .spawn(move || {
-                write_lines(&writer_queues, sink);
+                write_lines(&writer_queues, sink, &writer_errors);
                 drop(alive);
             })?
             .thread()
@@ -178,6 +186,7 @@ impl DecisionLog {
             }),
             capacity,
             dropped: Counter::default(),
+            write_errors,
         })
     }
 
@@ -237,18 +246,20 @@ fn timestamp(now: SystemTime, out: &mut [u8; 24]) -> &str {
     std::str::from_utf8(out).unwrap_or_default()
 }
 
-fn write_lines(queues: &Queues, mut sink: Box<dyn Write + Send>) {
+fn write_lines(queues: &Queues, mut sink: Box<dyn Write + Send>, errors: &Counter) {
     // The writer polls instead of being woken: a request then never has to wake it, so
     // queuing a line costs no syscall. Each pass takes every worker's lines (swapping in
     // an empty buffer, so a worker waits for the lock at most that long) and writes them
     // out, so a line reaches its file within about one pause. Closing unparks it.
     let mut taken = Vec::new();
     let mut pause = BUSY_PAUSE;
+    let mut failing = false;
     loop {
         std::thread::park_timeout(pause);
         // Read before taking: lines queued before the log was closed are taken.
         let closed = queues.closed.load(Ordering::Acquire);
         let mut wrote = false;
+        let mut outcome = Ok(());
         for worker in queues.workers.iter() {
             {
                 let mut queue = lock(worker);
@@ -257,16 +268,16 @@ fn write_lines(queues: &Queues, mut sink: Box<dyn Write + Send>) {
             }
             if !taken.is_empty() {
                 wrote = true;
-                let _ = sink.write_all(&taken);
+                count_failure(sink.write_all(&taken), &mut outcome, errors);
             }
             taken.clear();
             taken.shrink_to(KEPT_ROOM);
         }
-        if wrote {
-            let _ = sink.flush();
+        if wrote || closed {
+            count_failure(sink.flush(), &mut outcome, errors);
+            failing = report_change(outcome, failing);
         }
         if closed {
-            let _ = sink.flush();
             return;
         }
         pause = if wrote {
@@ -274,6 +285,33 @@ fn write_lines(queues: &Queues, mut sink: Box<dyn Write + Send>) {
         } else {
             (pause * 2).min(IDLE_PAUSE)
         };
+    }
+}
+
+/// Counts a failed write (or flush) of the decision log and keeps its error as the pass's
+/// outcome.
+fn count_failure(result: io::Result<()>, outcome: &mut io::Result<()>, errors: &Counter) {
+    if let Err(error) = result {
+        errors.inc();
+        *outcome = Err(error);
+    }
+}
+
+/// Logs the first failed pass of a run and the first good one after it, so a full disk is
+/// seen without an error per pass. Returns whether the log is failing now.
+fn report_change(outcome: io::Result<()>, failing: bool) -> bool {
+    match outcome {
+        Ok(()) if failing => {
+            tracing::info!("the decision log is written again");
+            false
+        }
+        Ok(()) => false,
+        Err(error) => {
+            if !failing {
+                tracing::error!(%error, "cannot write the decision log; its lines are lost until writes succeed again (idgate_decision_log_write_errors_total)");
+            }
+            true
+        }
     }
 }
 
@@ -390,6 +428,50 @@ mod tests {
         let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
         assert!(text.contains("\"request_id\":\"last\""), "{text}");
         assert!(log.finish(Duration::ZERO), "finishing twice");
+    }
+
+    /// A sink whose writes fail until `healthy` is set, then keeps what it gets.
+    struct Flaky {
+        healthy: Arc<AtomicBool>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if !self.healthy.load(Ordering::SeqCst) {
+                return Err(io::Error::other("no space left on device"));
+            }
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn failed_writes_are_counted_and_later_lines_still_reach_a_recovered_sink() {
+        let healthy = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let sink = Flaky {
+            healthy: healthy.clone(),
+            written: written.clone(),
+        };
+        let log = DecisionLog::to_sink(Box::new(sink), 4).unwrap();
+        record(&log, "lost");
+        let counted = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            log.write_errors.get() > 0
+        });
+        assert!(counted, "a failed write was not counted");
+        healthy.store(true, Ordering::SeqCst);
+        record(&log, "kept");
+        assert!(log.finish(Duration::from_secs(5)));
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("\"request_id\":\"kept\""), "{text}");
+        assert!(!text.contains("\"request_id\":\"lost\""), "{text}");
+        assert_eq!(log.write_errors.get(), 1, "one failed write");
     }
 
     #[test]
