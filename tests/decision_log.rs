@@ -12,17 +12,8 @@ use support::*;
 #[tokio::test]
 async fn a_full_disk_under_the_decision_log_is_logged_and_counted_and_requests_still_pass() {
     let pki = Pki::new(TD);
-    let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
-        .await
-        .expect("echo");
-    std::fs::write(pki.path("policy.toml"), ALLOW_ALL_FRONTEND).expect("write policy");
-    let config = pki.path("idgate.toml");
-    let toml = format!(
-        "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{echo}\"\npolicy = \"policy.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\ndecisions = \"/dev/full\"\n",
-        pki.identity_toml("server", SERVER_ID),
-    );
-    std::fs::write(&config, toml).expect("write config");
-    let idgate = RunningIdgate::start(&config);
+    let idgate =
+        RunningIdgate::start_inbound_to_echo(&pki, "[log]\ndecisions = \"/dev/full\"").await;
     let client = tls_client(
         &pki.ca.root_pem(),
         Some(&pki.svid(FRONTEND_ID)),
@@ -43,13 +34,7 @@ async fn a_full_disk_under_the_decision_log_is_logged_and_counted_and_requests_s
         let response = sender.send_request(empty_get("/")).await.expect("request");
         assert_eq!(response.status(), 200);
     }
-    let admin = idgate
-        .started
-        .split("admin=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no admin address in: {}", idgate.started))
-        .to_string();
+    let admin = idgate.admin();
     let mut failed = 0.0;
     for _ in 0..50 {
         let metrics = get(&format!("http://{admin}/metrics"), &[]).await.text();

@@ -26,17 +26,7 @@ fn rss_kib(idgate: &RunningIdgate) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_taken_by_a_spike_of_connections_is_given_back() {
     let pki = Pki::new(TD);
-    let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
-        .await
-        .expect("echo");
-    std::fs::write(pki.path("policy.toml"), ALLOW_ALL_FRONTEND).expect("write policy");
-    let config = pki.path("idgate.toml");
-    let toml = format!(
-        "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{echo}\"\npolicy = \"policy.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        pki.identity_toml("server", SERVER_ID),
-    );
-    std::fs::write(&config, toml).expect("write config");
-    let idgate = RunningIdgate::start(&config);
+    let idgate = RunningIdgate::start_inbound_to_echo(&pki, "").await;
     let inbound = idgate.address("inbound");
     let client = tls_client(
         &pki.ca.root_pem(),

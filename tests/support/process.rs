@@ -18,6 +18,22 @@ pub struct RunningIdgate {
 }
 
 impl RunningIdgate {
+    /// `idgate run` with one inbound listener, `api`, in front of an echo server (policy:
+    /// [`super::ALLOW_ALL_FRONTEND`]), an admin listener, and `extra` TOML after them.
+    pub async fn start_inbound_to_echo(pki: &super::Pki, extra: &str) -> Self {
+        let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("echo");
+        std::fs::write(pki.path("policy.toml"), super::ALLOW_ALL_FRONTEND).expect("write policy");
+        let config = pki.path("idgate.toml");
+        let toml = format!(
+            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{echo}\"\npolicy = \"policy.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
+            pki.identity_toml("server", super::SERVER_ID),
+        );
+        std::fs::write(&config, toml).expect("write config");
+        Self::start(&config)
+    }
+
     /// Starts `idgate run --config CONFIG` with `RUST_LOG=info` and waits (up to 30 s) for
     /// its "idgate running" line.
     pub fn start(config: &Path) -> Self {
@@ -82,6 +98,16 @@ impl RunningIdgate {
             .and_then(|rest| rest.split(']').next())
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("no {direction} address in: {}", self.started))
+    }
+
+    /// The admin listener's address in the "idgate running" line.
+    pub fn admin(&self) -> SocketAddr {
+        self.started
+            .split("admin=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no admin address in: {}", self.started))
     }
 
     /// The process ID (for reading /proc).
