@@ -14,11 +14,14 @@
 # and writes its decision log to a file.
 # Every contender gets one thread per core: HAProxy nbthread, nginx worker_processes,
 # ghostunnel GOMAXPROCS, idgate `[runtime] workers` (IDGATE_WORKERS).
+# Two reference paths run beside them: `direct` (load -> backend) and `relay`, two plain
+# TCP relays (HAProxy `mode tcp`, no TLS, no HTTP): what any two hops cost on this
+# machine, the floor under every sidecar pair's added latency and CPU per request.
 #
 # Usage: benches/mesh.sh            (about 10-15 minutes on 2 cores; env knobs below)
 # Knobs: ROUNDS=3 DURATION=5 (seconds per run) RATE=1000 CONNS=32 HOLD=1000 RULES=1000
 #        CONTENDERS="idgate idgate-tcp haproxy nginx ghostunnel" BASE_PORT=20000
-#        KEEP=1 (keep $WORK)
+#        KEEP=1 (keep $WORK) FLOOR=0 (skip the `relay` reference path)
 #        IDGATE_BIN=path (skip the build) PGO=0 (plain `cargo build --release` instead of
 #        docker/build-pgo.sh) IDGATE_WORKERS=$(nproc)
 #        IDGATE_STATIC_BIN=path (also the idle RSS of the static musl binary the container
@@ -41,6 +44,7 @@ PGO=${PGO:-1}
 CONTENDERS=${CONTENDERS:-"idgate idgate-tcp haproxy nginx ghostunnel"}
 CACHE=${IDGATE_BENCH_CACHE:-$HOME/.cache/idgate/bench}
 KEEP=${KEEP:-0}
+FLOOR=${FLOOR:-1}
 WORK=$(mktemp -d /tmp/idgate-mesh.XXXXXX)
 TD=bench.local
 CLIENT_ID=spiffe://$TD/ns/bench/sa/client
@@ -119,7 +123,9 @@ rss_kib() {
 install_tools() {
   local need=()
   command -v nginx >/dev/null || need+=(nginx)
-  [[ " $CONTENDERS " != *" haproxy "* ]] || command -v haproxy >/dev/null || need+=(haproxy)
+  if [[ " $CONTENDERS " == *" haproxy "* || $FLOOR == 1 ]]; then
+    command -v haproxy >/dev/null || need+=(haproxy)
+  fi
   command -v wrk >/dev/null || need+=(wrk)
   command -v python3 >/dev/null || need+=(python3)
   command -v curl >/dev/null || need+=(curl)
@@ -415,6 +421,30 @@ EOF
   OUT[nginx]=$out IN[nginx]=$in
 }
 
+# The `relay` reference path: two plain TCP relays, no TLS and no HTTP (HAProxy `mode
+# tcp`, one thread per core), between the load and the backend.
+start_relay() {
+  local out=$((BASE_PORT + 501)) in=$((BASE_PORT + 502)) side listen target
+  for side in out in; do
+    if [[ $side == out ]]; then listen=$out target=$in; else listen=$in target=$BACKEND_PORT; fi
+    cat >"$WORK/relay-$side.cfg" <<EOF
+global
+  nbthread $(nproc)
+  maxconn 8000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 90s
+  timeout server 90s
+listen relay
+  bind 127.0.0.1:$listen
+  server next 127.0.0.1:$target
+EOF
+    start "relay-$side" haproxy -db -f "$WORK/relay-$side.cfg"
+  done
+  OUT[relay]=$out IN[relay]=$in
+}
+
 start_ghostunnel() {
   local out=$((BASE_PORT + 401)) in=$((BASE_PORT + 402)) c=$WORK/certs
   start ghostunnel-in ghostunnel server --listen "127.0.0.1:$in" --target "127.0.0.1:$BACKEND_PORT" \
@@ -594,6 +624,14 @@ for name in "${NAMES[@]}"; do "start_$name"; done
 for name in "${NAMES[@]}"; do wait_port "${OUT[$name]}"; wait_port "${IN[$name]}"; done
 declare -A RESUMES
 for name in "${NAMES[@]}"; do check_pair "$name"; done
+REFS=(direct)
+if [[ $FLOOR == 1 ]]; then
+  start_relay
+  wait_port "${OUT[relay]}"
+  [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${OUT[relay]}/" || true) == 200 ]] ||
+    die "relay: GET / through both relays failed (see $WORK/relay-*.log)"
+  REFS+=(relay)
+fi
 log "all contenders answer 200 through both sidecars; work dir $WORK"
 
 log "memory: idle, then $HOLD idle keep-alive connections per listener"
@@ -610,7 +648,7 @@ for name in "${NAMES[@]}"; do
 done
 [[ -z $IDGATE_STATIC_BIN || " ${NAMES[*]} " != *" idgate "* ]] || measure_static
 
-ALL=(direct "${NAMES[@]}")
+ALL=("${REFS[@]}" "${NAMES[@]}")
 log "warm-up"
 for name in "${ALL[@]}"; do
   wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:${OUT[$name]}/" >/dev/null
@@ -621,7 +659,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
   order=("${ALL[@]:round % ${#ALL[@]}}" "${ALL[@]:0:round % ${#ALL[@]}}")
   for name in "${order[@]}"; do run_wrk "$name"; done
   for name in "${order[@]}"; do run_fixed "$name"; done
-  for name in "${order[@]}"; do [[ $name == direct ]] || run_handshakes "$name"; done
+  for name in "${order[@]}"; do [[ " ${REFS[*]} " == *" $name "* ]] || run_handshakes "$name"; done
 done
 
 # ---------------------------------------------------------------- report
@@ -649,6 +687,11 @@ for name in "${ALL[@]}"; do
   printf '| %-10s | %9.0f | %7s | %7s | %8s | %8s | %8s | %10s | %10s |\n' "$name" "$(m wrk_rps "$name")" \
     "$(m wrk_p50 "$name")" "$(m wrk_p99 "$name")" "$f50" "$f99" "$(m fixed_p999 "$name")" "$add50" "$add99"
 done
+if [[ " ${REFS[*]} " == *" relay "* ]]; then
+  echo
+  echo "relay: two plain TCP relays (HAProxy mode tcp, no TLS, no HTTP), the floor of any two hops here;"
+  echo "CPU per request, out / in: $(m cpu_out relay) / $(m cpu_in relay) s per 10k requests saturated, $(m fixcpu_out relay) / $(m fixcpu_in relay) us at $RATE req/s."
+fi
 echo
 echo "### Handshakes, CPU and memory (per sidecar: outbound / inbound)"
 echo
@@ -708,8 +751,10 @@ if [[ " ${NAMES[*]} " == *" idgate "* ]]; then
     echo "- handshakes >= HAProxy's ($(m hs_rps idgate) vs $(m hs_rps haproxy)/s): $(verdict "$(m hs_rps idgate) >= $(m hs_rps haproxy)")"
   fi
   f50=$(m fixed_p50 idgate) f99=$(m fixed_p99 idgate)
-  echo "- added p50 at $RATE req/s <= 0.10 ms ($(awk -v a="$f50" -v b="$d50" 'BEGIN { printf "%.3f", a - b }') ms): $(verdict "$f50 - $d50 <= 0.10")"
-  echo "- added p99 at $RATE req/s <= 0.20 ms ($(awk -v a="$f99" -v b="$d99" 'BEGIN { printf "%.3f", a - b }') ms): $(verdict "$f99 - $d99 <= 0.20")"
+  added() { awk -v a="$(m "fixed_$1" "$2")" -v b="$(m "fixed_$1" direct)" 'BEGIN { printf "%.3f", a - b }'; }
+  floor() { [[ " ${REFS[*]} " != *" relay "* ]] || echo "; two plain TCP relays add $(added "$1" relay) ms"; }
+  echo "- added p50 at $RATE req/s <= 0.10 ms ($(added p50 idgate) ms$(floor p50)): $(verdict "$f50 - $d50 <= 0.10")"
+  echo "- added p99 at $RATE req/s <= 0.20 ms ($(added p99 idgate) ms$(floor p99)): $(verdict "$f99 - $d99 <= 0.20")"
   co=$(m cpu_out idgate) ci=$(m cpu_in idgate)
   echo "- CPU <= 50 us per request per proxy (saturated: out $(awk -v c="$co" 'BEGIN { printf "%.0f", c * 100 }') us, in $(awk -v c="$ci" 'BEGIN { printf "%.0f", c * 100 }') us; at $RATE req/s: out $(m fixcpu_out idgate) us, in $(m fixcpu_in idgate) us): $(verdict "$co <= 0.5 && $ci <= 0.5 && $(m fixcpu_out idgate) <= 50 && $(m fixcpu_in idgate) <= 50")"
   hs=$(m hs_rps idgate) hc=$(m hs_cpu idgate)

@@ -36,7 +36,7 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$pgo/raw" CARGO_TARGET_DIR=$out/pgo
 log "training run (benches/mesh.sh, idgate only; report in $pgo/training.txt)"
 LLVM_PROFILE_FILE="$pgo/raw/idgate-%p-%m.profraw" \
   IDGATE_BIN=$out/pgo-instrumented/$target/release/idgate \
-  CONTENDERS=idgate ROUNDS=1 DURATION=3 HOLD=200 \
+  CONTENDERS=idgate FLOOR=0 ROUNDS=1 DURATION=3 HOLD=200 \
   benches/mesh.sh >"$pgo/training.txt" 2>&1 ||
   { tail -20 "$pgo/training.txt" >&2; log "error: the training run failed"; exit 1; }
 shopt -s nullglob
