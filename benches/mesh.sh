@@ -679,10 +679,11 @@ echo
 printf '| %-10s | %9s | %7s | %7s | %8s | %8s | %8s | %10s | %10s |\n' path "req/s" "p50 ms" "p99 ms" "p50 ms" "p99 ms" "p99.9 ms" "+p50 ms" "+p99 ms"
 printf '|%s|\n' "------------|-----------|---------|---------|----------|----------|----------|------------|------------"
 d50=$(m fixed_p50 direct) d99=$(m fixed_p99 direct)
+# added PERCENTILE NAME: NAME's fixed-rate latency minus the direct path's, in ms.
+added() { awk -v a="$(m "fixed_$1" "$2")" -v b="$(m "fixed_$1" direct)" 'BEGIN { printf "%.3f", a - b }'; }
 for name in "${ALL[@]}"; do
   f50=$(m fixed_p50 "$name") f99=$(m fixed_p99 "$name")
-  add50=$(awk -v a="$f50" -v b="$d50" 'BEGIN { printf "%.3f", a - b }')
-  add99=$(awk -v a="$f99" -v b="$d99" 'BEGIN { printf "%.3f", a - b }')
+  add50=$(added p50 "$name") add99=$(added p99 "$name")
   [[ $name == direct ]] && add50=- add99=-
   printf '| %-10s | %9.0f | %7s | %7s | %8s | %8s | %8s | %10s | %10s |\n' "$name" "$(m wrk_rps "$name")" \
     "$(m wrk_p50 "$name")" "$(m wrk_p99 "$name")" "$f50" "$f99" "$(m fixed_p999 "$name")" "$add50" "$add99"
@@ -751,7 +752,6 @@ if [[ " ${NAMES[*]} " == *" idgate "* ]]; then
     echo "- handshakes >= HAProxy's ($(m hs_rps idgate) vs $(m hs_rps haproxy)/s): $(verdict "$(m hs_rps idgate) >= $(m hs_rps haproxy)")"
   fi
   f50=$(m fixed_p50 idgate) f99=$(m fixed_p99 idgate)
-  added() { awk -v a="$(m "fixed_$1" "$2")" -v b="$(m "fixed_$1" direct)" 'BEGIN { printf "%.3f", a - b }'; }
   floor() { [[ " ${REFS[*]} " != *" relay "* ]] || echo "; two plain TCP relays add $(added "$1" relay) ms"; }
   echo "- added p50 at $RATE req/s <= 0.10 ms ($(added p50 idgate) ms$(floor p50)): $(verdict "$f50 - $d50 <= 0.10")"
   echo "- added p99 at $RATE req/s <= 0.20 ms ($(added p99 idgate) ms$(floor p99)): $(verdict "$f99 - $d99 <= 0.20")"
