@@ -688,7 +688,7 @@ for name in "${ALL[@]}"; do
   printf '| %-10s | %9.0f | %7s | %7s | %8s | %8s | %8s | %10s | %10s |\n' "$name" "$(m wrk_rps "$name")" \
     "$(m wrk_p50 "$name")" "$(m wrk_p99 "$name")" "$f50" "$f99" "$(m fixed_p999 "$name")" "$add50" "$add99"
 done
-if [[ " ${REFS[*]} " == *" relay "* ]]; then
+if [[ $FLOOR == 1 ]]; then
   echo
   echo "relay: two plain TCP relays (HAProxy mode tcp, no TLS, no HTTP), the floor of any two hops here;"
   echo "CPU per request, out / in: $(m cpu_out relay) / $(m cpu_in relay) s per 10k requests saturated, $(m fixcpu_out relay) / $(m fixcpu_in relay) us at $RATE req/s."
@@ -752,7 +752,7 @@ if [[ " ${NAMES[*]} " == *" idgate "* ]]; then
     echo "- handshakes >= HAProxy's ($(m hs_rps idgate) vs $(m hs_rps haproxy)/s): $(verdict "$(m hs_rps idgate) >= $(m hs_rps haproxy)")"
   fi
   f50=$(m fixed_p50 idgate) f99=$(m fixed_p99 idgate)
-  floor() { [[ " ${REFS[*]} " != *" relay "* ]] || echo "; two plain TCP relays add $(added "$1" relay) ms"; }
+  floor() { [[ $FLOOR != 1 ]] || echo "; two plain TCP relays add $(added "$1" relay) ms"; }
   echo "- added p50 at $RATE req/s <= 0.10 ms ($(added p50 idgate) ms$(floor p50)): $(verdict "$f50 - $d50 <= 0.10")"
   echo "- added p99 at $RATE req/s <= 0.20 ms ($(added p99 idgate) ms$(floor p99)): $(verdict "$f99 - $d99 <= 0.20")"
   co=$(m cpu_out idgate) ci=$(m cpu_in idgate)
