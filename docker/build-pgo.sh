@@ -27,11 +27,17 @@ if [[ ! -x $profdata ]]; then
   log "rustup component add llvm-tools (for llvm-profdata)"
   rustup component add llvm-tools >&2
 fi
+if [[ -n ${RUSTFLAGS:-}${CARGO_ENCODED_RUSTFLAGS:-} ]]; then
+  log "error: unset RUSTFLAGS: it would replace the target's rustflags in .cargo/config.toml, which this script extends with the PGO flags"
+  exit 1
+fi
 rm -rf "$pgo" && mkdir -p "$pgo/raw"
+# The PGO flag, merged with the target's rustflags from .cargo/config.toml.
+rustflags() { printf 'target.%s.rustflags=["%s"]' "$target" "$1"; }
 
 log "instrumented build for $target"
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$pgo/raw" CARGO_TARGET_DIR=$out/pgo-instrumented \
-  cargo build --release --locked --quiet --target "$target" --bin idgate >&2
+CARGO_TARGET_DIR=$out/pgo-instrumented cargo build --release --locked --quiet --target "$target" \
+  --bin idgate --config "$(rustflags "-Cprofile-generate=$pgo/raw")" >&2
 
 log "training run (benches/mesh.sh, idgate only; report in $pgo/training.txt)"
 LLVM_PROFILE_FILE="$pgo/raw/idgate-%p-%m.profraw" \
@@ -47,6 +53,6 @@ profile=$pgo/idgate-$(sha256sum "$pgo/merged.profdata" | cut -c1-16).profdata
 mv "$pgo/merged.profdata" "$profile"
 
 log "optimised build for $target"
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$profile" \
-  cargo build --release --locked --quiet --target "$target" --bin idgate >&2
+cargo build --release --locked --quiet --target "$target" --bin idgate \
+  --config "$(rustflags "-Cprofile-use=$profile")" >&2
 echo "$out/$target/release/idgate"
