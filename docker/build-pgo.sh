@@ -27,8 +27,8 @@ if [[ ! -x $profdata ]]; then
   log "rustup component add llvm-tools (for llvm-profdata)"
   rustup component add llvm-tools >&2
 fi
-if [[ -n ${RUSTFLAGS:-}${CARGO_ENCODED_RUSTFLAGS:-} ]]; then
-  log "error: unset RUSTFLAGS: it would replace the target's rustflags in .cargo/config.toml, which this script extends with the PGO flags"
+if [[ -v RUSTFLAGS || -v CARGO_ENCODED_RUSTFLAGS ]]; then
+  log "error: unset RUSTFLAGS: set, even empty, it replaces the target's rustflags (.cargo/config.toml), which this script extends with the PGO flags"
   exit 1
 fi
 rm -rf "$pgo" && mkdir -p "$pgo/raw"
