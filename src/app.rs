@@ -46,8 +46,10 @@ pub struct App {
 const DECISION_LOG_FINISH: Duration = Duration::from_secs(5);
 
 /// Starts a sidecar: loads the identity, binds every listener, and serves in the background
-/// (on the calling runtime and `[runtime] workers - 1` threads of its own).
-pub async fn start(config: &Config) -> anyhow::Result<App> {
+/// (on the calling runtime and `[runtime] workers - 1` threads of its own). It takes the
+/// config, so nothing of it outlives the start: the listeners hold the compiled policies,
+/// and the first reload frees the one loaded with the config.
+pub async fn start(config: Config) -> anyhow::Result<App> {
     let mut registry = Registry::default();
     let workers = Arc::new(
         Workers::start(config.runtime.workers).context("cannot start the worker threads")?,

@@ -97,7 +97,7 @@ fn run(args: &ConfigArgs) -> u8 {
         }
     };
     init_tracing(config.log.format, &config.log.level);
-    cli::block_on_current_thread(async {
+    cli::block_on_current_thread(async move {
         let mut signals = match idgate::app::ShutdownSignals::install() {
             Ok(signals) => signals,
             Err(error) => {
@@ -105,7 +105,7 @@ fn run(args: &ConfigArgs) -> u8 {
                 return 1;
             }
         };
-        let app = match idgate::app::start(&config).await {
+        let app = match idgate::app::start(config).await {
             Ok(app) => app,
             Err(error) => {
                 eprintln!("error: {error:#}");

@@ -1,6 +1,7 @@
 //! The `idgate` binary gives back the memory a spike of connections took: its allocator
 //! (jemalloc, README: Memory) purges freed pages, so RSS falls back near the idle level
-//! instead of staying at the peak, as it does with glibc's allocator.
+//! instead of staying at the peak, as it does with glibc's allocator. A reloaded policy
+//! frees the one it replaced, the one loaded at start included.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -12,15 +13,51 @@ use support::*;
 
 const CONNECTIONS: usize = 1000;
 
-/// Resident set size of `idgate` in KiB, from `/proc/PID/status`.
-fn rss_kib(idgate: &RunningIdgate) -> u64 {
+/// Rules in the big policy of the reload test: enough that a kept copy shows in RSS.
+const RULES: usize = 10_000;
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `RssAnon`, ...).
+fn status_kib(idgate: &RunningIdgate, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", idgate.id()))
         .expect("read /proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc status")
+        .unwrap_or_else(|| panic!("{field} in /proc status"))
+}
+
+/// Resident set size of `idgate` in KiB.
+fn rss_kib(idgate: &RunningIdgate) -> u64 {
+    status_kib(idgate, "VmRSS")
+}
+
+/// Resident anonymous memory (the heap, not the mapped binary) in KiB, once it has
+/// settled: unchanged (within 64 KiB) for 2 s, since jemalloc purges freed pages about a
+/// second after the free. At most 15 s.
+fn settled_anon_kib(idgate: &RunningIdgate) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut since = (Instant::now(), status_kib(idgate, "RssAnon"));
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = status_kib(idgate, "RssAnon");
+        if now.abs_diff(since.1) > 64 {
+            since = (Instant::now(), now);
+        } else if since.0.elapsed() >= Duration::from_secs(2) || Instant::now() > deadline {
+            return now;
+        }
+    }
+}
+
+/// A policy of [`RULES`] rules, each for a source and a path of its own.
+fn big_policy() -> String {
+    let mut policy = String::from("default = \"deny\"\n");
+    for i in 0..RULES {
+        policy.push_str(&format!(
+            "\n[[rule]]\nname = \"rule-{i}\"\naction = \"allow\"\nfrom = [\"spiffe://{TD}/ns/team{i}/sa/app{i}\"]\npaths = [\"/api/v1/items{i}/*\"]\n"
+        ));
+    }
+    policy
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,5 +106,44 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
     assert!(
         now <= bound,
         "RSS stayed at {now} KiB after the connections closed (idle {idle}, peak {peak}, bound {bound})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_policy_frees_the_one_loaded_at_start() {
+    let pki = Pki::new(TD);
+    // What the big policy costs: the same sidecar with the small policy beside it.
+    let small = RunningIdgate::start_inbound_to_echo(&pki, "").await;
+    let small_anon = settled_anon_kib(&small);
+    drop(small);
+    let big = big_policy();
+    let idgate = RunningIdgate::start_inbound_with_policy(&pki, &big, "").await;
+    let big_anon = settled_anon_kib(&idgate);
+    let cost = big_anon.saturating_sub(small_anon);
+    assert!(
+        cost > 2 * 1024,
+        "{RULES} rules cost only {cost} KiB (small policy {small_anon}, big {big_anon}): too little to show anything"
+    );
+
+    // Back to the small policy: the big one, loaded with the config, must be freed.
+    std::fs::write(pki.path("policy.toml"), ALLOW_ALL_FRONTEND).expect("write policy");
+    idgate.signal("HUP");
+    assert!(
+        idgate
+            .wait_for("policy reloaded", Duration::from_secs(10))
+            .is_some(),
+        "SIGHUP should reload the policy"
+    );
+    // Given back: within 10 s, at most half of what the big policy cost stays.
+    let bound = small_anon + cost / 2;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = status_kib(&idgate, "RssAnon");
+    while after > bound && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = status_kib(&idgate, "RssAnon");
+    }
+    assert!(
+        after <= bound,
+        "after the reload the sidecar kept {after} KiB of anonymous memory (small policy {small_anon}, with {RULES} rules {big_anon}, bound {bound}): the replaced policy is still held"
     );
 }

@@ -192,7 +192,7 @@ async fn start_app(dir: &Path, name: &str, toml: &str) -> anyhow::Result<App> {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml)?;
     let config = Config::load(&path)?;
-    app::start(&config)
+    app::start(config)
         .await
         .with_context(|| format!("starting {name}"))
 }

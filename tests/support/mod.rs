@@ -105,7 +105,7 @@ impl Sidecar {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write config");
         let config = Config::load(&path).unwrap_or_else(|e| panic!("config {name}: {e}"));
-        let app = app::start(&config)
+        let app = app::start(config)
             .await
             .unwrap_or_else(|e| panic!("start {name}: {e:#}"));
         Self { app, decisions }

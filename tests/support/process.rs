@@ -21,10 +21,16 @@ impl RunningIdgate {
     /// `idgate run` with one inbound listener, `api`, in front of an echo server (policy:
     /// [`super::ALLOW_ALL_FRONTEND`]), an admin listener, and `extra` TOML after them.
     pub async fn start_inbound_to_echo(pki: &super::Pki, extra: &str) -> Self {
+        Self::start_inbound_with_policy(pki, super::ALLOW_ALL_FRONTEND, extra).await
+    }
+
+    /// [`RunningIdgate::start_inbound_to_echo`] with `policy` (written to the PKI
+    /// directory's `policy.toml`) instead.
+    pub async fn start_inbound_with_policy(pki: &super::Pki, policy: &str, extra: &str) -> Self {
         let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
             .await
             .expect("echo");
-        std::fs::write(pki.path("policy.toml"), super::ALLOW_ALL_FRONTEND).expect("write policy");
+        std::fs::write(pki.path("policy.toml"), policy).expect("write policy");
         let config = pki.path("idgate.toml");
         let toml = format!(
             "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{echo}\"\npolicy = \"policy.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
