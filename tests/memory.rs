@@ -27,19 +27,14 @@ fn status_kib(idgate: &RunningIdgate, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in /proc status"))
 }
 
-/// Resident set size of `idgate` in KiB.
-fn rss_kib(idgate: &RunningIdgate) -> u64 {
-    status_kib(idgate, "VmRSS")
-}
-
 /// Resident anonymous memory (the heap, not the mapped binary) in KiB, once it has
 /// settled: unchanged (within 64 KiB) for 2 s, since jemalloc purges freed pages about a
 /// second after the free. At most 15 s.
-fn settled_anon_kib(idgate: &RunningIdgate) -> u64 {
+async fn settled_anon_kib(idgate: &RunningIdgate) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut since = (Instant::now(), status_kib(idgate, "RssAnon"));
     loop {
-        std::thread::sleep(Duration::from_millis(250));
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let now = status_kib(idgate, "RssAnon");
         if now.abs_diff(since.1) > 64 {
             since = (Instant::now(), now);
@@ -47,6 +42,18 @@ fn settled_anon_kib(idgate: &RunningIdgate) -> u64 {
             return now;
         }
     }
+}
+
+/// `field` of `/proc/PID/status` once it is at most `bound` KiB, or its last reading after
+/// 10 s: the allocator gives freed pages back about a second after the free.
+async fn given_back_to(idgate: &RunningIdgate, field: &str, bound: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut now = status_kib(idgate, field);
+    while now > bound && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        now = status_kib(idgate, field);
+    }
+    now
 }
 
 /// A policy of [`RULES`] rules, each for a source and a path of its own.
@@ -77,7 +84,7 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
     assert_eq!(warm.status(), 200);
     drop((sender, warm));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = rss_kib(&idgate);
+    let idle = status_kib(&idgate, "VmRSS");
 
     // A spike: many connections, each with one request served, held open together.
     let mut held = Vec::with_capacity(CONNECTIONS);
@@ -87,7 +94,7 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
         assert_eq!(response.status(), 200);
         held.push((sender, task));
     }
-    let peak = rss_kib(&idgate);
+    let peak = status_kib(&idgate, "VmRSS");
     let grown = peak.saturating_sub(idle);
     assert!(
         grown > 8 * 1024,
@@ -97,12 +104,7 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
 
     // Given back: within 10 s, at most a quarter of the growth stays resident.
     let bound = idle + grown / 4;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut now = rss_kib(&idgate);
-    while now > bound && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        now = rss_kib(&idgate);
-    }
+    let now = given_back_to(&idgate, "VmRSS", bound).await;
     assert!(
         now <= bound,
         "RSS stayed at {now} KiB after the connections closed (idle {idle}, peak {peak}, bound {bound})"
@@ -114,11 +116,11 @@ async fn a_reloaded_policy_frees_the_one_loaded_at_start() {
     let pki = Pki::new(TD);
     // What the big policy costs: the same sidecar with the small policy beside it.
     let small = RunningIdgate::start_inbound_to_echo(&pki, "").await;
-    let small_anon = settled_anon_kib(&small);
+    let small_anon = settled_anon_kib(&small).await;
     drop(small);
     let big = big_policy();
     let idgate = RunningIdgate::start_inbound_with_policy(&pki, &big, "").await;
-    let big_anon = settled_anon_kib(&idgate);
+    let big_anon = settled_anon_kib(&idgate).await;
     let cost = big_anon.saturating_sub(small_anon);
     assert!(
         cost > 2 * 1024,
@@ -136,12 +138,7 @@ async fn a_reloaded_policy_frees_the_one_loaded_at_start() {
     );
     // Given back: within 10 s, at most half of what the big policy cost stays.
     let bound = small_anon + cost / 2;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut after = status_kib(&idgate, "RssAnon");
-    while after > bound && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        after = status_kib(&idgate, "RssAnon");
-    }
+    let after = given_back_to(&idgate, "RssAnon", bound).await;
     assert!(
         after <= bound,
         "after the reload the sidecar kept {after} KiB of anonymous memory (small policy {small_anon}, with {RULES} rules {big_anon}, bound {bound}): the replaced policy is still held"
