@@ -157,7 +157,18 @@ impl Reloader {
                     tracing::info!("SIGHUP: reloading policy and identity files");
                 }
             }
-            self.reload();
+            // Off the runtime: its thread also serves requests, and parsing and compiling
+            // a big policy takes a while (about 75 ms for 10,000 rules).
+            self = match tokio::task::spawn_blocking(move || {
+                self.reload();
+                self
+            })
+            .await
+            {
+                Ok(reloader) => reloader,
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => return,
+            };
         }
     }
 
