@@ -152,6 +152,7 @@ impl Reloader {
                 Some(()) = self.changes.recv() => {
                     tokio::time::sleep(SETTLE).await;
                     while self.changes.try_recv().is_ok() {}
+                    tracing::info!("files changed: reloading policy and identity files");
                 }
                 Some(()) = async { hangup.as_mut()?.recv().await } => {
                     tracing::info!("SIGHUP: reloading policy and identity files");

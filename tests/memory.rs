@@ -56,17 +56,6 @@ async fn given_back_to(idgate: &RunningIdgate, field: &str, bound: u64) -> u64 {
     now
 }
 
-/// A policy of [`RULES`] rules, each for a source and a path of its own.
-fn big_policy() -> String {
-    let mut policy = String::from("default = \"deny\"\n");
-    for i in 0..RULES {
-        policy.push_str(&format!(
-            "\n[[rule]]\nname = \"rule-{i}\"\naction = \"allow\"\nfrom = [\"spiffe://{TD}/ns/team{i}/sa/app{i}\"]\npaths = [\"/api/v1/items{i}/*\"]\n"
-        ));
-    }
-    policy
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_taken_by_a_spike_of_connections_is_given_back() {
     let pki = Pki::new(TD);
@@ -118,7 +107,7 @@ async fn a_reloaded_policy_frees_the_one_loaded_at_start() {
     let small = RunningIdgate::start_inbound_to_echo(&pki, "").await;
     let small_anon = settled_anon_kib(&small).await;
     drop(small);
-    let big = big_policy();
+    let big = many_rules_policy(RULES);
     let idgate = RunningIdgate::start_inbound_with_policy(&pki, &big, "").await;
     let big_anon = settled_anon_kib(&idgate).await;
     let cost = big_anon.saturating_sub(small_anon);

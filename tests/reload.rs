@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::process::RunningIdgate;
 use support::*;
 
 const ALLOW_A: &str = r#"
@@ -361,4 +362,39 @@ async fn pooled_connections_follow_a_rotated_client_svid() {
     );
     let after = xfcc(&get(&client.url("/a"), &[]).await);
     assert_ne!(before, after, "a request after the rotation must present the new certificate, not ride the old pooled connection");
+}
+
+/// A reload compiles off the runtime: with one worker (the default), a request made while
+/// a 20,000-rule policy compiles is answered before the reload ends. A reload on the
+/// runtime's own thread would hold the request until it had finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_served_while_a_big_policy_compiles() {
+    let pki = Pki::new(TD);
+    let idgate = RunningIdgate::start_inbound_to_echo(&pki, "").await;
+    let client = tls_client(
+        &pki.ca.root_pem(),
+        Some(&pki.svid(FRONTEND_ID)),
+        &[b"http/1.1"],
+    );
+    replace(&pki.path("policy.toml"), &many_rules_policy(20_000));
+    assert!(
+        idgate
+            .wait_for("files changed: reloading", Duration::from_secs(10))
+            .is_some(),
+        "no reload began"
+    );
+    let reply = mtls_send(idgate.address("inbound"), client, "GET", "/", &[])
+        .await
+        .expect("a request during the reload");
+    assert!(
+        idgate.wait_for("policy reloaded", Duration::ZERO).is_none(),
+        "the reload ended before the request was answered: it held up the runtime"
+    );
+    assert_eq!(reply.status, 200, "the old policy admits the frontend");
+    assert!(
+        idgate
+            .wait_for("policy reloaded", Duration::from_secs(60))
+            .is_some(),
+        "the big policy was not loaded"
+    );
 }

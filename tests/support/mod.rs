@@ -324,6 +324,18 @@ pub fn tls_client(
     Arc::new(config)
 }
 
+/// A policy of `rules` rules (`default = "deny"`), each for a source and a path of its
+/// own: big enough to take memory and compile time that show.
+pub fn many_rules_policy(rules: usize) -> String {
+    let mut policy = String::from("default = \"deny\"\n");
+    for i in 0..rules {
+        policy.push_str(&format!(
+            "\n[[rule]]\nname = \"rule-{i}\"\naction = \"allow\"\nfrom = [\"spiffe://{TD}/ns/team{i}/sa/app{i}\"]\npaths = [\"/api/v1/items{i}/*\"]\n"
+        ));
+    }
+    policy
+}
+
 /// One request straight to an inbound listener over mTLS; `Err` when the handshake or
 /// the request fails.
 pub async fn mtls_send(
