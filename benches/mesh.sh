@@ -300,6 +300,8 @@ listen = "127.0.0.1:$in"
 upstream = "$protocol://127.0.0.1:$BACKEND_PORT"
 protocol = "$protocol"
 policy = "$policy"
+# Every contender's new-connection row measures full handshakes (checked below).
+session_resumption = false
 [admin]
 listen = "127.0.0.1:$((port + 4))"
 [log]

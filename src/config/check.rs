@@ -240,6 +240,7 @@ pub(super) fn check_inbound(
         protocol: l.protocol,
         policy_path,
         policy: Arc::new(policy),
+        session_resumption: l.session_resumption,
         timeouts: l.timeouts,
         limits: l.limits,
     })
@@ -267,6 +268,7 @@ pub(super) fn check_outbound(
         target: l.target.clone(),
         server_ids: l.server_ids.clone(),
         protocol: l.protocol,
+        session_resumption: l.session_resumption,
         timeouts: l.timeouts,
         limits: l.limits,
     })

@@ -86,6 +86,8 @@ pub struct Inbound {
     pub policy_path: PathBuf,
     /// The compiled policy.
     pub policy: Arc<Policy>,
+    /// Clients may resume TLS sessions.
+    pub session_resumption: bool,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Limits.
@@ -105,6 +107,8 @@ pub struct Outbound {
     pub server_ids: Vec<SpiffeId>,
     /// Protocol.
     pub protocol: Protocol,
+    /// Resume TLS sessions the server offers.
+    pub session_resumption: bool,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Limits.

@@ -99,6 +99,9 @@ pub struct InboundConfig {
     pub protocol: Protocol,
     /// Policy file, relative to the config file.
     pub policy: Spanned<PathBuf>,
+    /// Clients may resume TLS sessions (bounded tickets; see the README).
+    #[serde(default = "enabled")]
+    pub session_resumption: bool,
     /// Timeouts overriding the defaults.
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -122,12 +125,19 @@ pub struct OutboundConfig {
     /// `http` or `tcp`.
     #[serde(default)]
     pub protocol: Protocol,
+    /// Resume TLS sessions the server offers (bounded; see the README).
+    #[serde(default = "enabled")]
+    pub session_resumption: bool,
     /// Timeouts overriding the defaults.
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Limits overriding the defaults.
     #[serde(default)]
     pub limits: Limits,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// Per-listener timeouts; each key is optional and written like `"10s"` or `"500ms"`.

@@ -12,6 +12,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
+use rustls::HandshakeKind;
 use scopeguard::ScopeGuard;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -45,6 +47,8 @@ struct ListenerState {
     policy: PolicyHandle,
     upstream: Upstream,
     connector: Connector,
+    /// `idgate_tls_sessions_resumed_total` for this listener.
+    resumed: Counter,
     protocol: Protocol,
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
@@ -80,7 +84,11 @@ impl InboundListener {
         let connector = Connector::plain(endpoint, config.timeouts.connect.0);
         let state = ListenerState {
             name: config.name.clone(),
-            acceptor: TlsAcceptor::from(tls::server_config(shared.identity.clone(), ALPN)),
+            acceptor: TlsAcceptor::from(tls::server_config(
+                shared.identity.clone(),
+                ALPN,
+                config.session_resumption,
+            )),
             policy: PolicyHandle::new(config.policy.clone()),
             upstream: Upstream::new(
                 connector.clone(),
@@ -91,6 +99,7 @@ impl InboundListener {
             )
             .with_grpc_h2c(connector.clone()),
             connector,
+            resumed: shared.tls.resumed(&config.name),
             protocol: config.protocol,
             builder: http_builder(&config.timeouts, &config.limits),
             limits: config.limits,
@@ -147,15 +156,21 @@ impl ListenerState {
                 return;
             }
         };
-        let Some(peer) = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(PeerIdentity::from_certs)
-        else {
-            tracing::warn!("handshake completed without a usable peer certificate");
-            return;
+        let session = tls.get_ref().1;
+        let peer = match PeerIdentity::of_connection(session) {
+            Ok(Some(peer)) => peer,
+            Ok(None) => {
+                tracing::warn!("handshake completed without a usable peer certificate");
+                return;
+            }
+            Err(error) => {
+                self.shared.tls.handshake_failed(&self.name, addr, &error);
+                return;
+            }
         };
+        if session.handshake_kind() == Some(HandshakeKind::Resumed) {
+            self.resumed.inc();
+        }
         tracing::Span::current().record("peer.id", peer.spiffe_id.as_str());
         let own_id = self.shared.own_id();
         if self.protocol == Protocol::Tcp {

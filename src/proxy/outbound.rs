@@ -56,16 +56,32 @@ impl OutboundListener {
     /// Binds the listener (nothing is accepted until [`OutboundListener::run`]).
     pub async fn bind(config: &Outbound, shared: &Shared) -> io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
-        let client_config =
-            tls::client_config(shared.identity.clone(), config.server_ids.clone(), ALPN);
-        let connector = Connector::mtls(&config.target, client_config, config.timeouts.connect.0);
+        let client_config = tls::client_config(
+            shared.identity.clone(),
+            config.server_ids.clone(),
+            ALPN,
+            config.session_resumption,
+        );
+        let resumed = shared.tls.resumed(&config.name);
+        let connector = Connector::mtls(
+            &config.target,
+            client_config,
+            config.timeouts.connect.0,
+            resumed.clone(),
+        );
         // WebSocket needs HTTP/1.1 to the peer (HTTP/2 extended CONNECT is not supported yet).
         let h1_config = tls::client_config(
             shared.identity.clone(),
             config.server_ids.clone(),
             ALPN_HTTP1,
+            config.session_resumption,
         );
-        let upgrades = Connector::mtls(&config.target, h1_config, config.timeouts.connect.0);
+        let upgrades = Connector::mtls(
+            &config.target,
+            h1_config,
+            config.timeouts.connect.0,
+            resumed,
+        );
         let base: Uri = format!("https://{}", config.target)
             .parse()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::ServerName;
+use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
@@ -127,8 +129,17 @@ pub enum Endpoint {
 #[derive(Clone)]
 pub struct Connector {
     endpoint: Endpoint,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    tls: Option<MtlsDialer>,
     connect_timeout: Duration,
+}
+
+/// What an mTLS connector adds to dialing.
+#[derive(Clone)]
+struct MtlsDialer {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+    /// Counts the connections that resumed a session.
+    resumed: Counter,
 }
 
 /// A connect failure, telling timeouts apart (504) from refusals (502). Cloneable, so
@@ -153,18 +164,23 @@ impl Connector {
         }
     }
 
-    /// An mTLS connector to a peer sidecar.
+    /// An mTLS connector to a peer sidecar; `resumed` counts its resumed sessions.
     pub fn mtls(
         target: &Target,
         config: Arc<rustls::ClientConfig>,
         connect_timeout: Duration,
+        resumed: Counter,
     ) -> Self {
         let server_name = ServerName::try_from(target.host.clone()).unwrap_or_else(|_| {
             ServerName::try_from("idgate.invalid").expect("static name is valid")
         });
         Self {
             endpoint: Endpoint::Tcp(target.to_string()),
-            tls: Some((TlsConnector::from(config), server_name)),
+            tls: Some(MtlsDialer {
+                connector: TlsConnector::from(config),
+                server_name,
+                resumed,
+            }),
             connect_timeout,
         }
     }
@@ -194,20 +210,21 @@ impl Connector {
             .await
             .map_err(|_| ConnectError::Timeout(label.clone(), self.connect_timeout))?
             .map_err(|e| ConnectError::Io(label.clone(), Arc::new(e)))?;
-        let (tls, name, tcp) = match (self.tls, stream) {
-            (Some((tls, name)), Stream::Tcp(tcp)) => (tls, name, tcp),
+        let (dialer, tcp) = match (self.tls, stream) {
+            (Some(dialer), Stream::Tcp(tcp)) => (dialer, tcp),
             (_, plain) => return Ok(plain),
         };
-        let handshake = tls.connect(name, tcp);
+        let handshake = dialer.connector.connect(dialer.server_name, tcp);
         let tls = tokio::time::timeout(self.connect_timeout, handshake)
             .await
             .map_err(|_| ConnectError::Timeout(label.clone(), self.connect_timeout))?
+            .map_err(|e| ConnectError::Handshake(label.clone(), Arc::new(e)))?;
+        let session = tls.get_ref().1;
+        let peer = PeerIdentity::of_connection(session)
             .map_err(|e| ConnectError::Handshake(label, Arc::new(e)))?;
-        let peer = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(PeerIdentity::from_certs);
+        if session.handshake_kind() == Some(HandshakeKind::Resumed) {
+            dialer.resumed.inc();
+        }
         Ok(Stream::Tls(Box::new(Coalesce::new(tls)), peer))
     }
 }

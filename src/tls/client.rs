@@ -1,7 +1,8 @@
 //! Outbound TLS: the `ClientConfig`, a server verifier that checks the chain against the
 //! server's trust domain bundle and then requires one of the expected SPIFFE IDs, and a
 //! resolver presenting our current SVID. DNS names are never checked: the SPIFFE ID is
-//! the server's name. Sessions are never resumed.
+//! the server's name. Sessions resume from a cache bounded as [`super::resumption`] says,
+//! when the outbound allows it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use super::resumption::{EpochSessionStore, RecordsPeerExpiry};
 use super::verify::{verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
@@ -24,11 +26,16 @@ pub(super) fn build(
     alpn: &[&[u8]],
     versions: &[&'static SupportedProtocolVersion],
     provider: Arc<CryptoProvider>,
+    resumption: bool,
 ) -> Arc<ClientConfig> {
+    let (store, sessions) = resumption
+        .then(|| EpochSessionStore::new(identity.clone()))
+        .unzip();
     let verifier = Arc::new(SpiffeServerVerifier {
         identity: identity.clone(),
         server_ids,
         algorithms: provider.signature_verification_algorithms,
+        sessions,
     });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
@@ -37,7 +44,10 @@ pub(super) fn build(
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(ClientSvid(identity)));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config.resumption = Resumption::disabled();
+    config.resumption = match store {
+        Some(store) => Resumption::store(store),
+        None => Resumption::disabled(),
+    };
     Arc::new(config)
 }
 
@@ -46,6 +56,8 @@ struct SpiffeServerVerifier {
     identity: IdentityHandle,
     server_ids: Vec<SpiffeId>,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Where the expiry of each verified server goes, when sessions resume.
+    sessions: Option<Arc<dyn RecordsPeerExpiry>>,
 }
 
 impl fmt::Debug for SpiffeServerVerifier {
@@ -71,7 +83,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             .current()
             .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
         // Authorisation only after cryptographic verification.
-        let id = verify_peer(
+        let peer = verify_peer(
             &material,
             &self.algorithms,
             end_entity,
@@ -79,6 +91,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             Usage::Server,
         )?;
+        let id = peer.id;
         if !self.server_ids.contains(&id) {
             let expected = match &self.server_ids[..] {
                 [one] => one.to_string(),
@@ -92,6 +105,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 expected,
             }
             .into_rustls());
+        }
+        if let Some(sessions) = &self.sessions {
+            sessions.peer_verified(peer.not_after);
         }
         Ok(ServerCertVerified::assertion())
     }

@@ -1,7 +1,8 @@
-//! Handshake failures: one classifier from the `io::Error` tokio-rustls returns to a
-//! short reason label, one human sentence per failure in the log, and the
-//! `idgate_tls_handshake_failures_total{listener,reason}` counter. It never retries or
-//! closes anything; callers decide what to do with the connection.
+//! Handshake outcomes: one classifier from the `io::Error` tokio-rustls returns to a
+//! short reason label, one human sentence per failure in the log, the
+//! `idgate_tls_handshake_failures_total{listener,reason}` counter, and the count of
+//! resumed sessions. It never retries or closes anything; callers decide what to do with
+//! the connection.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,10 +22,17 @@ struct FailureLabels {
     reason: &'static str,
 }
 
-/// Handshake failure counting and logging, `idgate_tls_handshake_failures_total{listener,reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+/// Handshake failure counting and logging, `idgate_tls_handshake_failures_total{listener,reason}`,
+/// and `idgate_tls_sessions_resumed_total{listener}`.
 #[derive(Clone, Debug, Default)]
 pub struct TlsMetrics {
     failures: Family<FailureLabels, Counter>,
+    resumed: Family<ListenerLabel, Counter>,
 }
 
 impl TlsMetrics {
@@ -37,7 +45,20 @@ impl TlsMetrics {
             "TLS handshakes that failed, by listener and reason",
             metrics.failures.clone(),
         );
+        registry.register(
+            "idgate_tls_sessions_resumed",
+            "TLS handshakes that resumed a session (no certificate exchanged), by listener",
+            metrics.resumed.clone(),
+        );
         metrics
+    }
+
+    /// The counter of resumed sessions for `listener`, for its connections to increment.
+    pub fn resumed(&self, listener: &str) -> Counter {
+        let labels = ListenerLabel {
+            listener: listener.to_owned(),
+        };
+        self.resumed.get_or_create(&labels).clone()
     }
 
     /// Logs a failed handshake with its reason and counts it; returns the reason label.

@@ -7,6 +7,7 @@
 mod client;
 mod failure;
 mod peer;
+mod resumption;
 mod server;
 mod verify;
 
@@ -56,18 +57,32 @@ pub const CIPHER_SUITES: &[SupportedCipherSuite] = &[
 
 /// Server config for inbound listeners: TLS 1.2/1.3, client cert required and verified
 /// against the bundle of the client's trust domain, our current SVID, ALPN from `alpn`
-/// (e.g. `h2`, `http/1.1`), the cipher suite chosen by [`CIPHER_SUITES`]' order. No
-/// session resumption.
-pub fn server_config(identity: IdentityHandle, alpn: &[&[u8]]) -> Arc<ServerConfig> {
-    server::build(identity, alpn)
+/// (e.g. `h2`, `http/1.1`), the cipher suite chosen by [`CIPHER_SUITES`]' order. With
+/// `resumption`, clients may resume sessions through bounded tickets (see
+/// [`PeerIdentity::of_connection`] for the check every connection still passes).
+pub fn server_config(
+    identity: IdentityHandle,
+    alpn: &[&[u8]],
+    resumption: bool,
+) -> Arc<ServerConfig> {
+    server::build(identity, alpn, resumption)
 }
 
 /// Client config for outbound listeners: presents our SVID and accepts only `server_ids`
-/// (DNS names are never checked). No session resumption.
+/// (DNS names are never checked). With `resumption`, sessions the server offers are kept
+/// in a bounded cache and resumed.
 pub fn client_config(
     identity: IdentityHandle,
     server_ids: Vec<SpiffeId>,
     alpn: &[&[u8]],
+    resumption: bool,
 ) -> Arc<ClientConfig> {
-    client::build(identity, server_ids, alpn, &[&TLS13, &TLS12], provider())
+    client::build(
+        identity,
+        server_ids,
+        alpn,
+        &[&TLS13, &TLS12],
+        provider(),
+        resumption,
+    )
 }

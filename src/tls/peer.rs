@@ -2,11 +2,15 @@
 //! certificate chain: SPIFFE ID, leaf hash for XFCC, leaf expiry. It never verifies
 //! anything itself; only chains that passed the handshake verifier reach it.
 
+use std::io;
+use std::time::SystemTime;
+
+use rustls::{CommonState, HandshakeKind};
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::verify::spiffe_id_of;
+use super::verify::{spiffe_id_of, PeerCertError};
 use crate::spiffe_id::SpiffeId;
 
 /// Who the peer of an established connection is.
@@ -21,6 +25,28 @@ pub struct PeerIdentity {
 }
 
 impl PeerIdentity {
+    /// The identity of the peer of an established connection. A resumed session verified
+    /// no certificate in this handshake, so its peer's leaf must also still be valid now.
+    /// `Ok(None)`: no usable leaf.
+    pub fn of_connection(connection: &CommonState) -> io::Result<Option<Self>> {
+        let Some(peer) = connection.peer_certificates().and_then(Self::from_certs) else {
+            return Ok(None);
+        };
+        if connection.handshake_kind() == Some(HandshakeKind::Resumed) {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if i64::try_from(now).map_or(true, |now| now > peer.not_after) {
+                let error = PeerCertError::SessionOutlivedCertificate(peer.not_after);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    error.into_rustls(),
+                ));
+            }
+        }
+        Ok(Some(peer))
+    }
+
     /// Reads the identity of an already verified peer from its certificate chain (leaf
     /// first, as `peer_certificates()` returns it); `None` if there is no usable leaf.
     pub fn from_certs(certs: &[CertificateDer<'_>]) -> Option<Self> {

@@ -1,7 +1,8 @@
 //! Inbound TLS: the `ServerConfig`, a client-certificate verifier and a certificate
 //! resolver that both read the current identity material at each handshake. Client
-//! certificates are mandatory; sessions are never resumed (a resumed session would skip
-//! verification). This file never looks at what the client sends after the handshake.
+//! certificates are mandatory; sessions resume only through stateless tickets bounded as
+//! [`super::resumption`] says. This file never looks at what the client sends after the
+//! handshake.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,15 +16,24 @@ use rustls::version::{TLS12, TLS13};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+use super::resumption::{EpochTicketer, RecordsPeerExpiry};
 use super::verify::{verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 
 /// Builds the inbound config; see [`super::server_config`].
-pub(super) fn build(identity: IdentityHandle, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+pub(super) fn build(
+    identity: IdentityHandle,
+    alpn: &[&[u8]],
+    resumption: bool,
+) -> Arc<ServerConfig> {
     let provider = super::provider();
+    let (ticketer, sessions) = resumption
+        .then(|| EpochTicketer::new(identity.clone()))
+        .unzip();
     let verifier = Arc::new(SpiffeClientVerifier {
         identity: identity.clone(),
         algorithms: provider.signature_verification_algorithms,
+        sessions,
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&TLS13, &TLS12])
@@ -32,8 +42,12 @@ pub(super) fn build(identity: IdentityHandle, alpn: &[&[u8]]) -> Arc<ServerConfi
         .with_cert_resolver(Arc::new(CurrentSvid(identity)));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.ignore_client_order = true;
+    // Never a stateful cache: a session costs the server no memory.
     config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
+    match ticketer {
+        Some(ticketer) => config.ticketer = ticketer,
+        None => config.send_tls13_tickets = 0,
+    }
     Arc::new(config)
 }
 
@@ -41,6 +55,8 @@ pub(super) fn build(identity: IdentityHandle, alpn: &[&[u8]]) -> Arc<ServerConfi
 struct SpiffeClientVerifier {
     identity: IdentityHandle,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Where the expiry of each verified client goes, when sessions resume.
+    sessions: Option<Arc<dyn RecordsPeerExpiry>>,
 }
 
 impl fmt::Debug for SpiffeClientVerifier {
@@ -70,7 +86,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .identity
             .current()
             .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
-        verify_peer(
+        let peer = verify_peer(
             &material,
             &self.algorithms,
             end_entity,
@@ -78,6 +94,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             now,
             Usage::Client,
         )?;
+        if let Some(sessions) = &self.sessions {
+            sessions.peer_verified(peer.not_after);
+        }
         Ok(ClientCertVerified::assertion())
     }
 

@@ -15,7 +15,10 @@ use rustls::crypto::ring::cipher_suite::{
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls::version::{TLS12, TLS13};
-use rustls::{ClientConfig, SignatureScheme, SupportedCipherSuite};
+use rustls::{
+    CertificateError, ClientConfig, HandshakeKind, ServerConfig, SignatureScheme,
+    SupportedCipherSuite,
+};
 use rustls_pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,9 +81,13 @@ struct TestServer {
 
 impl TestServer {
     async fn start(identity: IdentityHandle) -> Self {
+        Self::with_config(server_config(identity, ALPN, true)).await
+    }
+
+    async fn with_config(config: Arc<ServerConfig>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let acceptor = TlsAcceptor::from(server_config(identity, ALPN));
+        let acceptor = TlsAcceptor::from(config);
         let (tx, outcomes) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
@@ -90,10 +97,14 @@ impl TestServer {
                         Ok(tls) => tls,
                         Err(e) => return drop(tx.send(Err(e))),
                     };
-                    let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-                    let peer = PeerIdentity::from_certs(certs)
-                        .ok_or_else(|| io::Error::other("accepted a peer without identity"));
+                    let peer = PeerIdentity::of_connection(tls.get_ref().1).and_then(|peer| {
+                        peer.ok_or_else(|| io::Error::other("accepted a peer without identity"))
+                    });
+                    let failed = peer.is_err();
                     let _ = tx.send(peer);
+                    if failed {
+                        return;
+                    }
                     let mut buf = [0u8; 64];
                     while let Ok(n @ 1..) = tls.read(&mut buf).await {
                         if tls.write_all(&buf[..n]).await.is_err() {
@@ -124,8 +135,7 @@ async fn connect(
         let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::try_from("ignored.invalid").expect("name");
         let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
-        let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-        let peer = PeerIdentity::from_certs(certs)
+        let peer = PeerIdentity::of_connection(tls.get_ref().1)?
             .ok_or_else(|| io::Error::other("server without identity"))?;
         ping(&mut tls).await?;
         Ok((peer, tls))
@@ -161,7 +171,7 @@ fn client_for(
     server_ids: &[&str],
 ) -> Arc<ClientConfig> {
     let ids = server_ids.iter().map(|s| id(s)).collect();
-    client_config(handle(raw_svid(issued), bundles), ids, ALPN)
+    client_config(handle(raw_svid(issued), bundles), ids, ALPN, true)
 }
 
 /// The server refuses a client presenting `spec` (issued by the server's own CA) with `reason`.
@@ -219,6 +229,7 @@ async fn tls12_and_intermediate_chains_work() {
         ALPN,
         &[&TLS12],
         provider(),
+        true,
     );
     let (seen, tls) = connect(server.addr, config).await.expect("handshake");
     assert_eq!(seen.spiffe_id.as_str(), API);
@@ -260,6 +271,7 @@ async fn inbound_chooses_the_cipher_suite_by_its_own_order() {
             ALPN,
             &[&TLS13],
             Arc::new(provider),
+            true,
         );
         let (_, tls) = connect(server.addr, config).await.expect("handshake");
         assert_eq!(
@@ -532,4 +544,222 @@ fn peer_identity_needs_a_spiffe_leaf() {
     spec.uris.clear();
     let issued = ca.issue(&spec).expect("issue");
     assert!(PeerIdentity::from_certs(&issued.chain_der).is_none());
+}
+
+/// Connects and reports whether the session was resumed (with the peer each side saw).
+async fn connect_kind(
+    server: &mut TestServer,
+    config: Arc<ClientConfig>,
+) -> (HandshakeKind, PeerIdentity) {
+    let (_, tls) = connect(server.addr, config).await.expect("handshake");
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    let seen = server.outcome().await.expect("server accepted");
+    (kind, seen)
+}
+
+/// Connects once more and checks whether the session was resumed.
+async fn assert_next_kind(
+    server: &mut TestServer,
+    client: &Arc<ClientConfig>,
+    want: HandshakeKind,
+    why: &str,
+) {
+    let (kind, _) = connect_kind(server, client.clone()).await;
+    assert_eq!(kind, want, "{why}");
+}
+
+/// A config for `issued` that resumes sessions (or not) and speaks only `version`.
+fn resuming_client(
+    issued: &IssuedCert,
+    ca: &DevCa,
+    version: &'static rustls::SupportedProtocolVersion,
+    resumption: bool,
+) -> (IdentityHandle, Arc<ClientConfig>) {
+    let identity = handle(raw_svid(issued), bundles(&[(TD, ca)]));
+    let config = client::build(
+        identity.clone(),
+        vec![id(API)],
+        ALPN,
+        &[version],
+        provider(),
+        resumption,
+    );
+    (identity, config)
+}
+
+#[tokio::test]
+async fn the_next_connection_resumes_and_the_server_still_knows_the_client() {
+    for version in [&TLS13, &TLS12] {
+        let (ca, mut server) = api_server().await;
+        let web = ca.issue_svid(&id(WEB)).expect("issue");
+        let (_, client) = resuming_client(&web, &ca, version, true);
+        let (first, _) = connect_kind(&mut server, client.clone()).await;
+        assert_eq!(first, HandshakeKind::Full, "{version:?}");
+        for _ in 0..3 {
+            let (kind, seen) = connect_kind(&mut server, client.clone()).await;
+            assert_eq!(kind, HandshakeKind::Resumed, "{version:?}");
+            assert_eq!(seen.spiffe_id.as_str(), WEB, "{version:?}");
+            assert_eq!(
+                seen.leaf_sha256,
+                hex::encode(Sha256::digest(&web.chain_der[0]))
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn resumption_switched_off_on_either_side_means_full_handshakes() {
+    let ca = DevCa::new(TD).expect("ca");
+    let api = ca.issue_svid(&id(API)).expect("issue");
+    let server_identity = || handle(api.svid().expect("svid"), bundles(&[(TD, &ca)]));
+    let server_off = server_config(server_identity(), ALPN, false);
+    let mut server = TestServer::with_config(server_off).await;
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    let (_, client) = resuming_client(&web, &ca, &TLS13, true);
+    for _ in 0..2 {
+        let (kind, _) = connect_kind(&mut server, client.clone()).await;
+        assert_eq!(kind, HandshakeKind::Full, "the server offers no tickets");
+    }
+    let mut server = TestServer::start(server_identity()).await;
+    let (_, client_off) = resuming_client(&web, &ca, &TLS13, false);
+    for _ in 0..2 {
+        let (kind, _) = connect_kind(&mut server, client_off.clone()).await;
+        assert_eq!(kind, HandshakeKind::Full, "the client keeps no sessions");
+    }
+}
+
+/// New identity material (a rotated SVID, a changed bundle) ends every session, on the
+/// server's side and on the client's: a removed trust anchor must not ride a ticket.
+#[tokio::test]
+async fn new_identity_material_on_either_side_ends_resumption() {
+    let ca = DevCa::new(TD).expect("ca");
+    let api = ca.issue_svid(&id(API)).expect("issue");
+    let server_identity = handle(api.svid().expect("svid"), bundles(&[(TD, &ca)]));
+    let mut server = TestServer::start(server_identity.clone()).await;
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    let (client_identity, client) = resuming_client(&web, &ca, &TLS13, true);
+    assert_next_kind(&mut server, &client, HandshakeKind::Full, "").await;
+    assert_next_kind(&mut server, &client, HandshakeKind::Resumed, "").await;
+    server_identity.publish(api.svid().expect("svid"), bundles(&[(TD, &ca)]));
+    assert_next_kind(
+        &mut server,
+        &client,
+        HandshakeKind::Full,
+        "the server's new material",
+    )
+    .await;
+    assert_next_kind(&mut server, &client, HandshakeKind::Resumed, "").await;
+    client_identity.publish(raw_svid(&web), bundles(&[(TD, &ca)]));
+    assert_next_kind(
+        &mut server,
+        &client,
+        HandshakeKind::Full,
+        "the client's new material",
+    )
+    .await;
+}
+
+/// Waits until a certificate issued `valid_for(SHORT)` now has expired.
+const SHORT: time::Duration = time::Duration::seconds(2);
+async fn wait_until_expired() {
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+}
+
+/// A leaf for `id` from `ca` that expires [`SHORT`] from now.
+fn short_lived(ca: &DevCa, id_text: &str) -> IssuedCert {
+    ca.issue(&LeafSpec::svid(&id(id_text)).valid_for(SHORT))
+        .expect("issue")
+}
+
+/// `refused` came from a full handshake's verification of an expired certificate, not
+/// from the check after a resumption.
+fn assert_expired_in_full_handshake(refused: &io::Error) {
+    let error = refused
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .unwrap_or_else(|| panic!("not a TLS error: {refused}"));
+    assert!(
+        matches!(
+            error,
+            rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })
+        ),
+        "refused by a full handshake's verification, not after a resumption: {refused}"
+    );
+}
+
+/// The inbound's tickets die with the earliest client certificate they were issued for:
+/// an expired client that offers its ticket gets a full handshake, and is refused there.
+#[tokio::test]
+async fn no_ticket_outlives_the_client_certificate() {
+    let (ca, mut server) = api_server().await;
+    let short = short_lived(&ca, WEB);
+    let (_, client) = resuming_client(&short, &ca, &TLS13, true);
+    assert_next_kind(&mut server, &client, HandshakeKind::Full, "").await;
+    wait_until_expired().await;
+    connect(server.addr, client).await.expect_err("refused");
+    let refused = server.outcome().await.expect_err("server refused");
+    assert_expired_in_full_handshake(&refused);
+    assert_eq!(failure_reason(&refused), "expired");
+}
+
+/// The outbound forgets sessions with the earliest server certificate they were made
+/// with, even when the server (not idgate) would still resume them.
+#[tokio::test]
+async fn no_session_outlives_the_server_certificate() {
+    let ca = DevCa::new(TD).expect("ca");
+    let short = short_lived(&ca, API);
+    let mut server = TestServer::with_config(forgetful_server(&ca, &short)).await;
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    let (_, client) = resuming_client(&web, &ca, &TLS13, true);
+    assert_next_kind(&mut server, &client, HandshakeKind::Full, "").await;
+    assert_next_kind(
+        &mut server,
+        &client,
+        HandshakeKind::Resumed,
+        "the server resumes",
+    )
+    .await;
+    wait_until_expired().await;
+    let refused = connect(server.addr, client).await.expect_err("refused");
+    assert_expired_in_full_handshake(&refused);
+}
+
+/// The last check: a server whose tickets outlive certificates resumes an expired
+/// client's session, and the connection is still refused once established.
+#[tokio::test]
+async fn a_resumed_session_with_an_expired_peer_is_refused() {
+    let ca = DevCa::new(TD).expect("ca");
+    let api = ca.issue_svid(&id(API)).expect("issue");
+    let mut server = TestServer::with_config(forgetful_server(&ca, &api)).await;
+    let short = short_lived(&ca, WEB);
+    let (_, client) = resuming_client(&short, &ca, &TLS13, true);
+    assert_next_kind(&mut server, &client, HandshakeKind::Full, "").await;
+    wait_until_expired().await;
+    let _ = connect(server.addr, client).await;
+    let refused = server
+        .outcome()
+        .await
+        .expect_err("refused after resumption");
+    assert!(describe(&refused).contains("resumed session"), "{refused}");
+    assert_eq!(failure_reason(&refused), "expired");
+}
+
+/// A plain rustls server (not idgate's config) presenting `svid`, checking client chains
+/// against `ca`, whose tickets live 6 hours whatever the certificates say.
+fn forgetful_server(ca: &DevCa, svid: &IssuedCert) -> Arc<ServerConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.root_der().clone()).expect("root");
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .expect("verifier");
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&TLS13])
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(svid.chain_der.clone(), svid.key_der.clone_key())
+        .expect("server cert");
+    config.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
 }

@@ -44,6 +44,10 @@ pub enum PeerCertError {
     /// No SVID and bundles loaded yet.
     #[error("no SVID loaded yet")]
     NoIdentity,
+    /// A resumed session's peer certificate expired after the full handshake that made it
+    /// (sessions are bounded to prevent this; this is the last check).
+    #[error("the resumed session's peer certificate expired at {0} (Unix seconds)")]
+    SessionOutlivedCertificate(i64),
     /// Chain verification failed for a reason without a rustls variant.
     #[error("certificate chain refused: {0}")]
     Chain(String),
@@ -61,6 +65,7 @@ impl PeerCertError {
             Self::UnknownTrustDomain(_) => "unknown_trust_domain",
             Self::UnexpectedServerId { .. } => "unexpected_server_id",
             Self::NoIdentity => "no_identity",
+            Self::SessionOutlivedCertificate(_) => "expired",
             Self::Chain(_) => "bad_certificate",
         }
     }
@@ -129,7 +134,14 @@ pub(crate) fn check_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, PeerCer
     Ok(id)
 }
 
-/// Verifies a peer's chain against `material` and returns its SPIFFE ID.
+/// A peer whose chain verified.
+pub(crate) struct VerifiedPeer {
+    pub id: SpiffeId,
+    /// The leaf's notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
+/// Verifies a peer's chain against `material`.
 pub(crate) fn verify_peer(
     material: &Material,
     algorithms: &WebPkiSupportedAlgorithms,
@@ -137,7 +149,7 @@ pub(crate) fn verify_peer(
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
     usage: Usage,
-) -> Result<SpiffeId, rustls::Error> {
+) -> Result<VerifiedPeer, rustls::Error> {
     let (_, leaf) = X509Certificate::from_der(end_entity)
         .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
     let id = check_leaf(&leaf).map_err(PeerCertError::into_rustls)?;
@@ -161,7 +173,10 @@ pub(crate) fn verify_peer(
         None,
     )
     .map_err(chain_error)?;
-    Ok(id)
+    Ok(VerifiedPeer {
+        id,
+        not_after: leaf.validity().not_after.timestamp(),
+    })
 }
 
 /// Maps webpki's refusal to rustls's standard variants where one fits.

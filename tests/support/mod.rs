@@ -346,6 +346,16 @@ pub async fn mtls_send(
     headers: &[(&str, &str)],
 ) -> Result<Reply, String> {
     let tls = mtls_connect(addr, config).await?;
+    mtls_send_on(tls, method, path, headers).await
+}
+
+/// One request on an established mTLS connection (HTTP/2 when ALPN chose it).
+pub async fn mtls_send_on(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let mut request = Request::builder()
         .method(method)

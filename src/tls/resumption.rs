@@ -1,0 +1,242 @@
+//! TLS session resumption that is never worth more than the full handshake it stands in
+//! for.
+//!
+//! A resumed session skips certificate verification, so the sessions of one config live
+//! in an *epoch*: the inbound's ticket key, or the outbound's session cache, made fresh
+//! when the identity material changes (a new SVID or trust bundle: a removed trust anchor
+//! must not ride a ticket), when the earliest peer certificate verified during the epoch
+//! expires, and at the latest [`MAX_EPOCH`] after it began. A ticket of an older epoch no
+//! longer decrypts (or is no longer found) and the peer goes through a full handshake.
+//! This file never verifies a certificate; verifiers report each peer's expiry to it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, Guard};
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue,
+};
+use rustls::server::ProducesTickets;
+use rustls::NamedGroup;
+use rustls_pki_types::ServerName;
+
+use crate::identity::IdentityHandle;
+
+/// The longest an epoch lasts, whatever the certificates allow (HAProxy and nginx keep
+/// sessions 5 minutes, Go and Envoy longer; SPIRE rotates SVIDs every 30 minutes or so).
+pub const MAX_EPOCH: Duration = Duration::from_secs(60 * 60);
+
+/// Server names an outbound's session cache remembers (an outbound has one target).
+const CLIENT_CACHE_NAMES: usize = 8;
+
+/// Told the expiry of each peer certificate a full handshake verified.
+pub(super) trait RecordsPeerExpiry: Send + Sync {
+    /// A peer whose leaf expires at `not_after` (Unix seconds) was verified.
+    fn peer_verified(&self, not_after: i64);
+}
+
+/// The current epoch of one config's sessions, replaced when it no longer holds.
+struct Epochs<T> {
+    identity: IdentityHandle,
+    current: ArcSwap<Epoch<T>>,
+    make: fn() -> T,
+}
+
+/// Sessions made under one identity generation, good until `ends_at`.
+struct Epoch<T> {
+    generation: Option<u64>,
+    /// Unix seconds: the epoch's start plus [`MAX_EPOCH`], lowered to the expiry of every
+    /// peer certificate verified in it.
+    ends_at: AtomicI64,
+    sessions: T,
+}
+
+impl<T> Epochs<T> {
+    fn new(identity: IdentityHandle, make: fn() -> T) -> Self {
+        let first = Epoch::begin(generation(&identity), make());
+        Self {
+            identity,
+            current: ArcSwap::from_pointee(first),
+            make,
+        }
+    }
+
+    /// The epoch in force now, beginning a new one if the identity changed or the current
+    /// one has ended.
+    fn current(&self) -> Arc<Epoch<T>> {
+        let epoch = self.current.load_full();
+        let generation = generation(&self.identity);
+        if epoch.generation == generation && unix_now() < epoch.ends_at.load(Ordering::Acquire) {
+            return epoch;
+        }
+        let fresh = Arc::new(Epoch::begin(generation, (self.make)()));
+        let previous = self.current.compare_and_swap(&epoch, fresh.clone());
+        if Arc::ptr_eq(&previous, &epoch) {
+            fresh
+        } else {
+            // Another handshake began the new epoch first: use that one.
+            Guard::into_inner(previous)
+        }
+    }
+}
+
+impl<T: Send + Sync> RecordsPeerExpiry for Epochs<T> {
+    fn peer_verified(&self, not_after: i64) {
+        self.current()
+            .ends_at
+            .fetch_min(not_after, Ordering::AcqRel);
+    }
+}
+
+impl<T> Epoch<T> {
+    fn begin(generation: Option<u64>, sessions: T) -> Self {
+        let max = i64::try_from(MAX_EPOCH.as_secs()).unwrap_or(i64::MAX);
+        Self {
+            generation,
+            ends_at: AtomicI64::new(unix_now().saturating_add(max)),
+            sessions,
+        }
+    }
+
+    /// Whole seconds left (a ticket's lifetime), zero once ended.
+    fn seconds_left(&self) -> u32 {
+        let left = self
+            .ends_at
+            .load(Ordering::Acquire)
+            .saturating_sub(unix_now());
+        u32::try_from(left.max(0)).unwrap_or(u32::MAX)
+    }
+}
+
+fn generation(identity: &IdentityHandle) -> Option<u64> {
+    identity.current().map(|material| material.generation)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The inbound's session tickets: stateless (the server keeps no per-session memory),
+/// encrypted with a key that lives as long as its epoch.
+pub(super) struct EpochTicketer {
+    epochs: Arc<Epochs<Option<Arc<dyn ProducesTickets>>>>,
+}
+
+impl EpochTicketer {
+    /// A ticketer following `identity`, and the handle its verifier reports peers to.
+    pub fn new(identity: IdentityHandle) -> (Arc<Self>, Arc<dyn RecordsPeerExpiry>) {
+        // `Ticketer::new` fails only when the system has no randomness; then no tickets.
+        let epochs = Arc::new(Epochs::new(identity, || {
+            rustls::crypto::ring::Ticketer::new().ok()
+        }));
+        let ticketer = Arc::new(Self {
+            epochs: epochs.clone(),
+        });
+        (ticketer, epochs)
+    }
+}
+
+impl fmt::Debug for EpochTicketer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EpochTicketer")
+            .field("identity", &self.epochs.identity.source())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProducesTickets for EpochTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.epochs.current().seconds_left()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let epoch = self.epochs.current();
+        if epoch.seconds_left() == 0 {
+            return None;
+        }
+        epoch.sessions.as_ref()?.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.epochs.current().sessions.as_ref()?.decrypt(cipher)
+    }
+}
+
+/// The outbound's session cache, emptied with each new epoch.
+pub(super) struct EpochSessionStore {
+    epochs: Arc<Epochs<ClientSessionMemoryCache>>,
+}
+
+impl EpochSessionStore {
+    /// A store following `identity`, and the handle its verifier reports peers to.
+    pub fn new(identity: IdentityHandle) -> (Arc<Self>, Arc<dyn RecordsPeerExpiry>) {
+        let epochs = Arc::new(Epochs::new(identity, || {
+            ClientSessionMemoryCache::new(CLIENT_CACHE_NAMES)
+        }));
+        let store = Arc::new(Self {
+            epochs: epochs.clone(),
+        });
+        (store, epochs)
+    }
+
+    fn sessions(&self) -> Arc<Epoch<ClientSessionMemoryCache>> {
+        self.epochs.current()
+    }
+}
+
+impl fmt::Debug for EpochSessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EpochSessionStore")
+            .field("identity", &self.epochs.identity.source())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientSessionStore for EpochSessionStore {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.sessions().sessions.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.sessions().sessions.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.sessions()
+            .sessions
+            .set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.sessions().sessions.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.sessions().sessions.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        self.sessions()
+            .sessions
+            .insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        self.sessions().sessions.take_tls13_ticket(server_name)
+    }
+}
