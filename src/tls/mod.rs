@@ -9,6 +9,7 @@ mod failure;
 mod peer;
 mod resumption;
 mod server;
+mod session_cache;
 mod verify;
 
 #[cfg(test)]

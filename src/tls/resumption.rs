@@ -15,21 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
-use rustls::client::{
-    ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue,
-};
+use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::server::ProducesTickets;
 use rustls::NamedGroup;
 use rustls_pki_types::ServerName;
 
+use super::session_cache::ClientSessions;
 use crate::identity::IdentityHandle;
 
 /// The longest an epoch lasts, whatever the certificates allow (HAProxy and nginx keep
 /// sessions 5 minutes, Go and Envoy longer; SPIRE rotates SVIDs every 30 minutes or so).
 pub const MAX_EPOCH: Duration = Duration::from_secs(60 * 60);
-
-/// Server names an outbound's session cache remembers (an outbound has one target).
-const CLIENT_CACHE_NAMES: usize = 8;
 
 /// Told the expiry of each peer certificate a full handshake verified.
 pub(super) trait RecordsPeerExpiry: Send + Sync {
@@ -172,22 +168,20 @@ impl ProducesTickets for EpochTicketer {
 
 /// The outbound's session cache, emptied with each new epoch.
 pub(super) struct EpochSessionStore {
-    epochs: Arc<Epochs<ClientSessionMemoryCache>>,
+    epochs: Arc<Epochs<ClientSessions>>,
 }
 
 impl EpochSessionStore {
     /// A store following `identity`, and the handle its verifier reports peers to.
     pub fn new(identity: IdentityHandle) -> (Arc<Self>, Arc<dyn RecordsPeerExpiry>) {
-        let epochs = Arc::new(Epochs::new(identity, || {
-            ClientSessionMemoryCache::new(CLIENT_CACHE_NAMES)
-        }));
+        let epochs = Arc::new(Epochs::new(identity, ClientSessions::default));
         let store = Arc::new(Self {
             epochs: epochs.clone(),
         });
         (store, epochs)
     }
 
-    fn sessions(&self) -> Arc<Epoch<ClientSessionMemoryCache>> {
+    fn sessions(&self) -> Arc<Epoch<ClientSessions>> {
         self.epochs.current()
     }
 }
@@ -202,25 +196,35 @@ impl fmt::Debug for EpochSessionStore {
 
 impl ClientSessionStore for EpochSessionStore {
     fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.sessions().sessions.set_kx_hint(server_name, group);
+        let epoch = self.sessions();
+        epoch
+            .sessions
+            .update(server_name, |s| s.kx_hint = Some(group));
     }
 
     fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.sessions().sessions.kx_hint(server_name)
+        let epoch = self.sessions();
+        epoch.sessions.with(server_name, |s| s.kx_hint).flatten()
     }
 
     fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.sessions()
+        let epoch = self.sessions();
+        epoch
             .sessions
-            .set_tls12_session(server_name, value);
+            .update(server_name, |s| s.tls12 = Some(value));
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.sessions().sessions.tls12_session(server_name)
+        let epoch = self.sessions();
+        epoch
+            .sessions
+            .with(server_name, |s| s.tls12.clone())
+            .flatten()
     }
 
     fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.sessions().sessions.remove_tls12_session(server_name);
+        let epoch = self.sessions();
+        epoch.sessions.with(server_name, |s| s.tls12 = None);
     }
 
     fn insert_tls13_ticket(
@@ -228,15 +232,19 @@ impl ClientSessionStore for EpochSessionStore {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
-        self.sessions()
-            .sessions
-            .insert_tls13_ticket(server_name, value);
+        let epoch = self.sessions();
+        epoch.sessions.update(server_name, |s| s.push_ticket(value));
     }
 
     fn take_tls13_ticket(
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
-        self.sessions().sessions.take_tls13_ticket(server_name)
+        let epoch = self.sessions();
+        // The newest first, as rustls's own cache does: it has the most life left.
+        epoch
+            .sessions
+            .with(server_name, |s| s.tls13.pop_back())
+            .flatten()
     }
 }

@@ -44,9 +44,11 @@ pub(super) fn build(
     config.ignore_client_order = true;
     // Never a stateful cache: a session costs the server no memory.
     config.session_storage = Arc::new(NoServerSessionStorage {});
-    match ticketer {
-        Some(ticketer) => config.ticketer = ticketer,
-        None => config.send_tls13_tickets = 0,
+    // One ticket per connection, resumed or not: a client that opens N connections at
+    // once soon holds N tickets, and no more than it uses.
+    config.send_tls13_tickets = usize::from(ticketer.is_some());
+    if let Some(ticketer) = ticketer {
+        config.ticketer = ticketer;
     }
     Arc::new(config)
 }

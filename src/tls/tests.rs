@@ -659,6 +659,35 @@ async fn new_identity_material_on_either_side_ends_resumption() {
     .await;
 }
 
+/// A burst of new connections resumes as a whole, beyond the 8 tickets per server that
+/// rustls's own cache keeps: 16 connections open at once, then 16 more.
+#[tokio::test]
+async fn a_burst_of_connections_all_resume() {
+    let (ca, mut server) = api_server().await;
+    let web = ca.issue_svid(&id(WEB)).expect("issue");
+    let (_, client) = resuming_client(&web, &ca, &TLS13, true);
+    let burst = || async {
+        let connections = (0..16).map(|_| connect(server.addr, client.clone()));
+        let opened = futures_util::future::join_all(connections).await;
+        opened
+            .into_iter()
+            .map(|c| c.expect("handshake").1.get_ref().1.handshake_kind())
+            .collect::<Vec<_>>()
+    };
+    assert!(burst()
+        .await
+        .iter()
+        .all(|k| *k == Some(HandshakeKind::Full)));
+    let kinds = burst().await;
+    assert!(
+        kinds.iter().all(|k| *k == Some(HandshakeKind::Resumed)),
+        "{kinds:?}"
+    );
+    for _ in 0..32 {
+        server.outcome().await.expect("server accepted");
+    }
+}
+
 /// Waits until a certificate issued `valid_for(SHORT)` now has expired.
 const SHORT: time::Duration = time::Duration::seconds(2);
 async fn wait_until_expired() {
