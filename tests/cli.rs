@@ -108,6 +108,36 @@ fn bad_upstream_is_refused() {
 }
 
 #[test]
+fn session_resumption_is_a_boolean_and_validate_shows_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = "policy = \"billing-policy.toml\"\nsession_resumption = false";
+    let path = broken_config(dir.path(), "policy = \"billing-policy.toml\"", off);
+    let out = idgate(&["validate", "--config", &path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    let inbound = summary.lines().find(|l| l.contains("inbound  billing-api"));
+    assert!(
+        inbound.is_some_and(|l| l.ends_with(", TLS session resumption off")),
+        "{summary}"
+    );
+    let outbound = summary.lines().find(|l| l.contains("outbound to-frontend"));
+    assert!(
+        outbound.is_some_and(|l| !l.contains("resumption")),
+        "on by default: {summary}"
+    );
+
+    let bad = "policy = \"billing-policy.toml\"\nsession_resumption = \"no\"";
+    let path = broken_config(dir.path(), "policy = \"billing-policy.toml\"", bad);
+    let out = idgate(&["validate", "--config", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!("{path}:17: inbound[0].session_resumption:")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn missing_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = broken_config(dir.path(), "billing-key.pem", "no-such-key.pem");

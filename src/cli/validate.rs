@@ -41,24 +41,26 @@ pub fn run(path: Option<&Path>) -> u8 {
     }
     for l in &config.inbound {
         println!(
-            "  inbound  {:<12} {} -> {} ({}), policy {} (version {})",
+            "  inbound  {:<12} {} -> {} ({}), policy {} (version {}){}",
             l.name,
             l.listen,
             l.upstream,
             protocol(l.protocol),
             l.policy_path.display(),
-            l.policy.version()
+            l.policy.version(),
+            resumption(l.session_resumption)
         );
     }
     for l in &config.outbound {
         let ids: Vec<String> = l.server_ids.iter().map(|id| id.to_string()).collect();
         println!(
-            "  outbound {:<12} {} -> {} ({}), server must be one of [{}]",
+            "  outbound {:<12} {} -> {} ({}), server must be one of [{}]{}",
             l.name,
             l.listen,
             l.target,
             protocol(l.protocol),
-            ids.join(", ")
+            ids.join(", "),
+            resumption(l.session_resumption)
         );
     }
     println!("  admin    {}", config.admin.listen);
@@ -124,5 +126,14 @@ fn protocol(p: Protocol) -> &'static str {
     match p {
         Protocol::Http => "http",
         Protocol::Tcp => "tcp",
+    }
+}
+
+/// What the summary says about a listener's TLS session resumption: only when it is off.
+fn resumption(on: bool) -> &'static str {
+    if on {
+        ""
+    } else {
+        ", TLS session resumption off"
     }
 }
