@@ -25,7 +25,7 @@ use crate::identity::IdentityHandle;
 
 /// The longest an epoch lasts, whatever the certificates allow (HAProxy and nginx keep
 /// sessions 5 minutes, Go and Envoy longer; SPIRE rotates SVIDs every 30 minutes or so).
-pub const MAX_EPOCH: Duration = Duration::from_secs(60 * 60);
+const MAX_EPOCH: Duration = Duration::from_secs(60 * 60);
 
 /// Told the expiry of each peer certificate a full handshake verified.
 pub(super) trait RecordsPeerExpiry: Send + Sync {
