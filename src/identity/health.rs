@@ -207,7 +207,8 @@ enum Problem {
     StaleBundle { age: u64, max: u64 },
 }
 
-fn unix_seconds(at: SystemTime) -> i64 {
+/// `at` as whole seconds since the Unix epoch (negative before it), as certificates count.
+pub fn unix_seconds(at: SystemTime) -> i64 {
     match at.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),

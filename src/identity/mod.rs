@@ -10,7 +10,9 @@ mod material;
 mod metrics;
 pub mod spire;
 
-pub use health::{HealthSettings, IdentityHealth, DEFAULT_EXPIRY_MARGIN, DEFAULT_MAX_BUNDLE_AGE};
+pub use health::{
+    unix_seconds, HealthSettings, IdentityHealth, DEFAULT_EXPIRY_MARGIN, DEFAULT_MAX_BUNDLE_AGE,
+};
 pub use metrics::IdentityMetrics;
 
 pub use material::{IdentityError, Material, Svid, TrustBundles};

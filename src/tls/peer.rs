@@ -1,6 +1,7 @@
 //! Who the peer of an established connection is, read from its (already verified)
-//! certificate chain: SPIFFE ID, leaf hash for XFCC, leaf expiry. It never verifies
-//! anything itself; only chains that passed the handshake verifier reach it.
+//! certificate chain: SPIFFE ID, leaf hash for XFCC, leaf expiry. Only chains that passed
+//! the handshake verifier reach it; it verifies nothing itself except that a resumed
+//! session's certificate has not expired since.
 
 use std::io;
 use std::time::SystemTime;
@@ -11,6 +12,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::verify::{spiffe_id_of, PeerCertError};
+use crate::identity::unix_seconds;
 use crate::spiffe_id::SpiffeId;
 
 /// Who the peer of an established connection is.
@@ -32,17 +34,13 @@ impl PeerIdentity {
         let Some(peer) = connection.peer_certificates().and_then(Self::from_certs) else {
             return Ok(None);
         };
-        if connection.handshake_kind() == Some(HandshakeKind::Resumed) {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            if i64::try_from(now).map_or(true, |now| now > peer.not_after) {
-                let error = PeerCertError::SessionOutlivedCertificate(peer.not_after);
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    error.into_rustls(),
-                ));
-            }
+        let resumed = connection.handshake_kind() == Some(HandshakeKind::Resumed);
+        if resumed && unix_seconds(SystemTime::now()) > peer.not_after {
+            let error = PeerCertError::SessionOutlivedCertificate(peer.not_after);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                error.into_rustls(),
+            ));
         }
         Ok(Some(peer))
     }

@@ -21,7 +21,7 @@ use rustls::NamedGroup;
 use rustls_pki_types::ServerName;
 
 use super::session_cache::ClientSessions;
-use crate::identity::IdentityHandle;
+use crate::identity::{unix_seconds, IdentityHandle};
 
 /// The longest an epoch lasts, whatever the certificates allow (HAProxy and nginx keep
 /// sessions 5 minutes, Go and Envoy longer; SPIRE rotates SVIDs every 30 minutes or so).
@@ -111,9 +111,7 @@ fn generation(identity: &IdentityHandle) -> Option<u64> {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    unix_seconds(SystemTime::now())
 }
 
 /// The inbound's session tickets: stateless (the server keeps no per-session memory),
