@@ -14,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::resumption::{EpochSessionStore, RecordsPeerExpiry};
+use super::resumption::{bounded_session_store, RecordsPeerExpiry};
 use super::verify::{verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
@@ -28,14 +28,12 @@ pub(super) fn build(
     provider: Arc<CryptoProvider>,
     resumption: bool,
 ) -> Arc<ClientConfig> {
-    let (store, sessions) = resumption
-        .then(|| EpochSessionStore::new(identity.clone()))
-        .unzip();
+    let store = resumption.then(|| bounded_session_store(identity.clone()));
     let verifier = Arc::new(SpiffeServerVerifier {
         identity: identity.clone(),
         server_ids,
         algorithms: provider.signature_verification_algorithms,
-        sessions,
+        sessions: store.clone().map(|s| s as Arc<dyn RecordsPeerExpiry>),
     });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)

@@ -34,7 +34,7 @@ pub(super) trait RecordsPeerExpiry: Send + Sync {
 }
 
 /// The current epoch of one config's sessions, replaced when it no longer holds.
-struct Epochs<T> {
+pub(super) struct Epochs<T> {
     identity: IdentityHandle,
     current: ArcSwap<Epoch<T>>,
     make: fn() -> T,
@@ -114,32 +114,25 @@ fn unix_now() -> i64 {
     unix_seconds(SystemTime::now())
 }
 
-/// The inbound's session tickets: stateless (the server keeps no per-session memory),
-/// encrypted with a key that lives as long as its epoch.
-pub(super) struct EpochTicketer {
-    epochs: Arc<Epochs<Option<Arc<dyn ProducesTickets>>>>,
-}
-
-impl EpochTicketer {
-    /// A ticketer following `identity`, and the handle its verifier reports peers to.
-    pub fn new(identity: IdentityHandle) -> (Arc<Self>, Arc<dyn RecordsPeerExpiry>) {
-        // `Ticketer::new` fails only when the system has no randomness; then no tickets.
-        let epochs = Arc::new(Epochs::new(identity, || {
-            rustls::crypto::ring::Ticketer::new().ok()
-        }));
-        let ticketer = Arc::new(Self {
-            epochs: epochs.clone(),
-        });
-        (ticketer, epochs)
-    }
-}
-
-impl fmt::Debug for EpochTicketer {
+impl<T> fmt::Debug for Epochs<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EpochTicketer")
-            .field("identity", &self.epochs.identity.source())
+        f.debug_struct("Epochs")
+            .field("identity", &self.identity.source())
             .finish_non_exhaustive()
     }
+}
+
+/// The inbound's session tickets: stateless (the server keeps no per-session memory),
+/// encrypted with a key that lives as long as its epoch. It is also where the inbound's
+/// verifier reports each client's expiry.
+pub(super) type EpochTicketer = Epochs<Option<Arc<dyn ProducesTickets>>>;
+
+/// A ticketer following `identity`.
+pub(super) fn bounded_ticketer(identity: IdentityHandle) -> Arc<EpochTicketer> {
+    // `Ticketer::new` fails only when the system has no randomness; then no tickets.
+    Arc::new(Epochs::new(identity, || {
+        rustls::crypto::ring::Ticketer::new().ok()
+    }))
 }
 
 impl ProducesTickets for EpochTicketer {
@@ -148,11 +141,11 @@ impl ProducesTickets for EpochTicketer {
     }
 
     fn lifetime(&self) -> u32 {
-        self.epochs.current().seconds_left()
+        self.current().seconds_left()
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let epoch = self.epochs.current();
+        let epoch = self.current();
         if epoch.seconds_left() == 0 {
             return None;
         }
@@ -160,60 +153,41 @@ impl ProducesTickets for EpochTicketer {
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        self.epochs.current().sessions.as_ref()?.decrypt(cipher)
+        self.current().sessions.as_ref()?.decrypt(cipher)
     }
 }
 
-/// The outbound's session cache, emptied with each new epoch.
-pub(super) struct EpochSessionStore {
-    epochs: Arc<Epochs<ClientSessions>>,
-}
+/// The outbound's session cache, emptied with each new epoch. It is also where the
+/// outbound's verifier reports each server's expiry.
+pub(super) type EpochSessionStore = Epochs<ClientSessions>;
 
-impl EpochSessionStore {
-    /// A store following `identity`, and the handle its verifier reports peers to.
-    pub fn new(identity: IdentityHandle) -> (Arc<Self>, Arc<dyn RecordsPeerExpiry>) {
-        let epochs = Arc::new(Epochs::new(identity, ClientSessions::default));
-        let store = Arc::new(Self {
-            epochs: epochs.clone(),
-        });
-        (store, epochs)
-    }
-
-    fn sessions(&self) -> Arc<Epoch<ClientSessions>> {
-        self.epochs.current()
-    }
-}
-
-impl fmt::Debug for EpochSessionStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EpochSessionStore")
-            .field("identity", &self.epochs.identity.source())
-            .finish_non_exhaustive()
-    }
+/// A session store following `identity`.
+pub(super) fn bounded_session_store(identity: IdentityHandle) -> Arc<EpochSessionStore> {
+    Arc::new(Epochs::new(identity, ClientSessions::default))
 }
 
 impl ClientSessionStore for EpochSessionStore {
     fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        let epoch = self.sessions();
+        let epoch = self.current();
         epoch
             .sessions
             .update(server_name, |s| s.kx_hint = Some(group));
     }
 
     fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        let epoch = self.sessions();
+        let epoch = self.current();
         epoch.sessions.with(server_name, |s| s.kx_hint).flatten()
     }
 
     fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        let epoch = self.sessions();
+        let epoch = self.current();
         epoch
             .sessions
             .update(server_name, |s| s.tls12 = Some(value));
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        let epoch = self.sessions();
+        let epoch = self.current();
         epoch
             .sessions
             .with(server_name, |s| s.tls12.clone())
@@ -221,7 +195,7 @@ impl ClientSessionStore for EpochSessionStore {
     }
 
     fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        let epoch = self.sessions();
+        let epoch = self.current();
         epoch.sessions.with(server_name, |s| s.tls12 = None);
     }
 
@@ -230,7 +204,7 @@ impl ClientSessionStore for EpochSessionStore {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
-        let epoch = self.sessions();
+        let epoch = self.current();
         epoch.sessions.update(server_name, |s| s.push_ticket(value));
     }
 
@@ -238,7 +212,7 @@ impl ClientSessionStore for EpochSessionStore {
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
-        let epoch = self.sessions();
+        let epoch = self.current();
         // The newest first, as rustls's own cache does: it has the most life left.
         epoch
             .sessions

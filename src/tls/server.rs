@@ -16,7 +16,7 @@ use rustls::version::{TLS12, TLS13};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use super::resumption::{EpochTicketer, RecordsPeerExpiry};
+use super::resumption::{bounded_ticketer, RecordsPeerExpiry};
 use super::verify::{verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 
@@ -27,13 +27,11 @@ pub(super) fn build(
     resumption: bool,
 ) -> Arc<ServerConfig> {
     let provider = super::provider();
-    let (ticketer, sessions) = resumption
-        .then(|| EpochTicketer::new(identity.clone()))
-        .unzip();
+    let ticketer = resumption.then(|| bounded_ticketer(identity.clone()));
     let verifier = Arc::new(SpiffeClientVerifier {
         identity: identity.clone(),
         algorithms: provider.signature_verification_algorithms,
-        sessions,
+        sessions: ticketer.clone().map(|t| t as Arc<dyn RecordsPeerExpiry>),
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&TLS13, &TLS12])
