@@ -30,6 +30,8 @@
 set -euo pipefail
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/backend.sh
+source benches/backend.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
@@ -237,25 +239,7 @@ declare -A OUT IN
 OUT[direct]=$BACKEND_PORT
 
 start_backend() {
-  local body
-  body=$(head -c 1024 /dev/zero | tr '\0' 'x')
-  mkdir -p "$WORK/backend"
-  cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process on;
-error_log $WORK/backend/error.log warn;
-pid $WORK/backend/nginx.pid;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT backlog=4096;
-    location / { default_type text/plain; return 200 "$body"; }
-  }
-}
-EOF
+  backend_config "$WORK/backend" "127.0.0.1:$BACKEND_PORT"
   start backend nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend"
   wait_port "$BACKEND_PORT"
 }

@@ -17,6 +17,8 @@
 #        IDGATE_BIN=path (default: cargo build --release) BASE_PORT=21000
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/backend.sh
+source benches/backend.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
@@ -44,21 +46,7 @@ fi
 "$IDGATE_BIN" certs dev --out "$WORK/certs" --trust-domain bench.local \
   --id "$CLIENT_ID" --id "$SERVER_ID" >/dev/null
 C=$WORK/certs
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $WORK/nginx/error.log warn;
-pid $WORK/nginx/nginx.pid;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  server {
-    listen $BACKEND backlog=4096;
-    location / { return 200 "$(head -c 1024 /dev/zero | tr '\0' 'x')"; }
-  }
-}
-EOF
+backend_config "$WORK/nginx" "$BACKEND"
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" >/dev/null 2>&1 &
 PIDS+=($!)
 printf 'default = "allow"\n' >"$WORK/policy.toml"
