@@ -7,10 +7,12 @@
 //! takes the bytes and the flushes of one poll of that task and writes them all at the
 //! end of the poll: the responses that became ready together leave together.
 //! Outside such a task (or when the buffer fills), it writes at once, as any stream does.
+//! A write too big to hold (an HTTP/2 DATA frame of a large body) leaves together with what
+//! is held, in one vectored write: one TLS write and one system call instead of two.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
@@ -19,6 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes held before they are written regardless of flushes (one TLS record's worth).
 const LIMIT: usize = 16 * 1024;
+
+/// Slices passed on in one vectored write (what is held, then the caller's).
+const MAX_SLICES: usize = 16;
 
 thread_local! {
     /// Streams that asked for a flush during the [`FlushAtEnd`] polls in progress on this
@@ -102,17 +107,65 @@ impl<T: AsyncWrite + Unpin> State<T> {
                 Poll::Pending => break Poll::Pending,
             }
         };
+        self.consume(written);
+        result
+    }
+
+    /// Drops the first `written` bytes held.
+    fn consume(&mut self, written: usize) {
         self.pending.drain(..written);
         if self.pending.is_empty() {
             // An idle connection keeps no buffer (one allocation per batch is cheap).
             self.pending = Vec::new();
         }
-        result
     }
 
     fn poll_drain_and_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Takes the caller's bytes: holds them while they fit, writes what is held first when
+    /// they do not, and writes a buffer too big to hold at once, after what is held.
+    fn poll_take(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total >= LIMIT {
+            return self.poll_write_after_held(cx, bufs);
+        }
+        if self.pending.len() + total > LIMIT {
+            ready!(self.poll_drain(cx))?;
+        }
+        for buf in bufs {
+            self.pending.extend_from_slice(buf);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    /// Writes what is held and then (a prefix of) `bufs`, in one vectored write when the
+    /// stream takes them; returns how much of `bufs` was written.
+    fn poll_write_after_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let held = self.pending.len();
+            if held == 0 {
+                return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            slices[0] = IoSlice::new(&self.pending);
+            let count = 1 + bufs.len().min(MAX_SLICES - 1);
+            slices[1..count].copy_from_slice(&bufs[..count - 1]);
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume(written.min(held));
+            if written > held {
+                return Poll::Ready(Ok(written - held));
+            }
+        }
     }
 }
 
@@ -166,14 +219,22 @@ impl<T: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Coalesce<T> {
     ) -> Poll<io::Result<usize>> {
         let mut state = self.state.lock();
         state.take_failure()?;
-        if state.pending.len() + buf.len() > LIMIT {
-            ready!(state.poll_drain(cx))?;
-        }
-        if buf.len() >= LIMIT {
-            return Pin::new(&mut state.io).poll_write(cx, buf);
-        }
-        state.pending.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        state.poll_take(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.state.lock();
+        state.take_failure()?;
+        state.poll_take(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        // Small slices are gathered into the buffer, large ones passed on together.
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -290,6 +351,22 @@ mod tests {
             Poll::Ready(Ok(buf.len()))
         }
 
+        /// One write for all the slices, as `writev` is one system call.
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let mut bytes = self.bytes.lock().unwrap();
+            bufs.iter().for_each(|buf| bytes.extend_from_slice(buf));
+            Poll::Ready(Ok(bufs.iter().map(|buf| buf.len()).sum()))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
@@ -297,6 +374,43 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_write_leaves_together_with_what_is_held() {
+        // An HTTP/2 DATA frame's 9-byte header is held; its 16 KiB payload must not
+        // leave in a write (a TLS record and a system call) of its own after it.
+        let recorder = Recorder::default();
+        let mut stream = Coalesce::new(recorder.clone());
+        let payload = vec![7u8; LIMIT];
+        FlushAtEnd::new(async {
+            stream.write_all(b"header").await.unwrap();
+            stream.write_all(&payload).await.unwrap();
+            stream.flush().await.unwrap();
+        })
+        .await;
+        assert_eq!(recorder.writes.load(Ordering::Relaxed), 1);
+        let written = recorder.bytes.lock().unwrap();
+        assert_eq!(&written[..6], b"header");
+        assert_eq!(&written[6..], &payload[..]);
+    }
+
+    #[tokio::test]
+    async fn small_vectored_writes_are_gathered_until_the_flush() {
+        let recorder = Recorder::default();
+        let mut stream = Coalesce::new(recorder.clone());
+        assert!(stream.is_write_vectored());
+        FlushAtEnd::new(async {
+            for (head, body) in [(&b"h1 "[..], &b"b1 "[..]), (b"h2 ", b"b2")] {
+                let bufs = [IoSlice::new(head), IoSlice::new(body)];
+                let taken = stream.write_vectored(&bufs).await.unwrap();
+                assert_eq!(taken, head.len() + body.len());
+                stream.flush().await.unwrap();
+            }
+        })
+        .await;
+        assert_eq!(recorder.writes.load(Ordering::Relaxed), 1);
+        assert_eq!(&recorder.bytes.lock().unwrap()[..], b"h1 b1 h2 b2");
     }
 
     #[tokio::test]
@@ -450,6 +564,50 @@ mod tests {
             error = failing => error,
         };
         assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test]
+    async fn large_writes_after_held_bytes_reach_a_full_socket_whole_and_in_order() {
+        // Every write of the pipe takes at most 64 bytes: what is held and the large
+        // buffers after it leave in many partial writes.
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut stream = Coalesce::new(client);
+        let mut expected = Vec::new();
+        let frames: Vec<(Vec<u8>, Vec<u8>)> = (0..4u8)
+            .map(|i| {
+                (
+                    vec![i; 9],
+                    (0..LIMIT + 100).map(|j| (j % 251) as u8 ^ i).collect(),
+                )
+            })
+            .collect();
+        for (header, payload) in &frames {
+            expected.extend_from_slice(header);
+            expected.extend_from_slice(payload);
+        }
+        let writer = tokio::spawn(FlushAtEnd::new(async move {
+            for (header, payload) in &frames {
+                stream.write_all(header).await.unwrap();
+                let mut rest = &payload[..];
+                while !rest.is_empty() {
+                    let bufs = [IoSlice::new(&[]), IoSlice::new(rest)];
+                    let n = stream.write_vectored(&bufs).await.unwrap();
+                    rest = &rest[n..];
+                }
+                stream.flush().await.unwrap();
+            }
+            std::future::pending::<()>().await;
+        }));
+        let mut received = vec![0u8; expected.len()];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_exact(&mut server, &mut received),
+        )
+        .await
+        .expect("every byte arrived")
+        .unwrap();
+        assert!(received == expected, "bytes lost or reordered");
+        writer.abort();
     }
 
     #[tokio::test]
