@@ -31,6 +31,12 @@ use crate::identity::IdentityHandle;
 use crate::telemetry::{DecisionLog, RequestMetrics};
 use crate::tls::TlsMetrics;
 
+/// The largest HTTP/2 frame idgate accepts (SETTINGS_MAX_FRAME_SIZE; the protocol's
+/// default is 16 KiB). A peer sidecar then sends a large body in 64 KiB DATA frames: four
+/// full TLS records in one write, a quarter of the frames, writes and frame headers. Larger
+/// frames measured no better.
+const HTTP2_MAX_FRAME: u32 = 64 * 1024;
+
 /// What every listener shares: identity, telemetry, and the shutdown signal.
 #[derive(Clone)]
 pub struct Shared {

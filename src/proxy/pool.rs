@@ -341,6 +341,7 @@ async fn handshake2(
 )> {
     http2::Builder::new(FlushingExecutor)
         .timer(TokioTimer::new())
+        .max_frame_size(super::HTTP2_MAX_FRAME)
         .handshake(TokioIo::new(stream))
         .await
 }

@@ -41,6 +41,7 @@ pub fn http_builder(timeouts: &Timeouts, limits: &Limits) -> auto::Builder<Tokio
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_frame_size(super::HTTP2_MAX_FRAME)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
