@@ -18,8 +18,13 @@
 # TCP relays (HAProxy `mode tcp`, no TLS, no HTTP): what any two hops cost on this
 # machine, the floor under every sidecar pair's added latency and CPU per request.
 #
-# Usage: benches/mesh.sh            (about 10-15 minutes on 2 cores; env knobs below)
+# Large bodies (BULK=1): 1 MiB responses (`GET /bulk`) and 1 MiB uploads (`POST /upload`)
+# through every path, wrk with BULK_CONNS connections: MiB/s and CPU ms per MiB. nginx's
+# sidecars keep bodies in memory (no temporary files).
+#
+# Usage: benches/mesh.sh            (about 15-20 minutes on 2 cores; env knobs below)
 # Knobs: ROUNDS=3 DURATION=5 (seconds per run) RATE=1000 CONNS=32 HOLD=1000 RULES=1000
+#        BULK=1 (0: skip the large bodies) BULK_CONNS=8
 #        CONTENDERS="idgate idgate-tcp haproxy nginx ghostunnel" BASE_PORT=20000
 #        KEEP=1 (keep $WORK) FLOOR=0 (skip the `relay` reference path)
 #        IDGATE_BIN=path (skip the build) PGO=0 (plain `cargo build --release` instead of
@@ -39,6 +44,8 @@ RATE=${RATE:-1000}
 CONNS=${CONNS:-32}
 HOLD=${HOLD:-1000}
 RULES=${RULES:-1000}
+BULK=${BULK:-1}
+BULK_CONNS=${BULK_CONNS:-8}
 BASE_PORT=${BASE_PORT:-20000}
 IDGATE_WORKERS=${IDGATE_WORKERS:-$(nproc)}
 IDGATE_STATIC_BIN=${IDGATE_STATIC_BIN:-}
@@ -48,6 +55,8 @@ CACHE=${IDGATE_BENCH_CACHE:-$HOME/.cache/idgate/bench}
 KEEP=${KEEP:-0}
 FLOOR=${FLOOR:-1}
 WORK=$(mktemp -d /tmp/idgate-mesh.XXXXXX)
+# Searchable by others: the backend's nginx workers (nobody, under root) read a file below.
+chmod o+x "$WORK"
 TD=bench.local
 CLIENT_ID=spiffe://$TD/ns/bench/sa/client
 SERVER_ID=spiffe://$TD/ns/bench/sa/server
@@ -230,7 +239,7 @@ for i in range(n - 1):
     if i == n // 2:
         print(f'\n[[rule]]\nname = "bench-client"\naction = "allow"\nfrom = ["{client}"]')
         if not tcp:
-            print('methods = ["GET"]\npaths = ["/", "/api/*"]')
+            print('methods = ["GET", "POST"]\npaths = ["/", "/api/*", "/bulk", "/upload"]')
 EOF
 }
 
@@ -341,6 +350,15 @@ EOF
   OUT[haproxy]=$out IN[haproxy]=$in
 }
 
+# Large bodies through nginx without temporary files: request bodies buffered in memory
+# (nginx's default buffering, which also keeps an early upstream answer from cutting the
+# client off), responses streamed through 64 KiB buffers.
+NGINX_STREAMING="      client_max_body_size 2m;
+      client_body_buffer_size 2m;
+      proxy_max_temp_file_size 0;
+      proxy_buffers 8 64k;
+      proxy_busy_buffers_size 128k;"
+
 start_nginx() {
   local out=$((BASE_PORT + 301)) in=$((BASE_PORT + 302)) c=$WORK/certs side
   for side in out in; do
@@ -371,6 +389,7 @@ http {
       proxy_ssl_verify on;
       proxy_ssl_verify_depth 3;
       proxy_ssl_name server.$TD;
+$NGINX_STREAMING
     }
   }
 }
@@ -398,6 +417,7 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header X-Forwarded-Client-Cert "Hash=\$ssl_client_fingerprint";
+$NGINX_STREAMING
     }
   }
 }
@@ -522,12 +542,46 @@ run_handshakes() {
   log "$name new mTLS connections through inbound: $rps/s (success $ok)"
 }
 
+# run_bulk NAME DIRECTION: 1 MiB responses (down) or uploads (up) through NAME, wrk with
+# BULK_CONNS connections; each request moves 1 MiB, so req/s is MiB/s.
+run_bulk() {
+  local name=$1 direction=$2 port=${OUT[$1]} path=/bulk args=() before_out before_in out
+  [[ $direction == up ]] && path=/upload args=(-s "$WORK/upload.lua")
+  before_out=$(ticks_of "$name" out) before_in=$(ticks_of "$name" in)
+  out=$(wrk -t2 -c"$BULK_CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port$path")
+  local after_out after_in requests rps errors
+  after_out=$(ticks_of "$name" out) after_in=$(ticks_of "$name" in)
+  requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+  rps=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
+  errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+  [[ -z $errors ]] || log "$name bulk $direction: $errors"
+  record "bulk_$direction" "$name" "$rps"
+  if [[ $name != direct ]]; then
+    local hz
+    hz=$(getconf CLK_TCK)
+    record "bulkcpu_${direction}_out" "$name" "$(awk -v t=$((after_out - before_out)) -v r="$requests" -v hz="$hz" 'BEGIN { printf "%.2f", t / hz / r * 1000 }')"
+    record "bulkcpu_${direction}_in" "$name" "$(awk -v t=$((after_in - before_in)) -v r="$requests" -v hz="$hz" 'BEGIN { printf "%.2f", t / hz / r * 1000 }')"
+  fi
+  log "$name bulk $direction: $rps MiB/s"
+}
+
 # check_pair NAME: GET / through both sidecars answers 200, and the resumption check.
 check_pair() {
   local status
   status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${OUT[$1]}/" || true)
   [[ $status == 200 ]] || die "$1: GET / through both sidecars gave $status (see $WORK/$1-*.log)"
+  [[ $BULK != 1 ]] || check_bulk "$1" "${OUT[$1]}"
   check_resumption "$1"
+}
+
+# check_bulk NAME PORT: 1 MiB comes back whole from GET /bulk, POST /upload of 1 MiB is 200.
+check_bulk() {
+  local got status
+  got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$2/bulk" || true)
+  [[ $got == "200 1048576" ]] || die "$1: GET /bulk gave '$got' instead of '200 1048576'"
+  status=$(head -c 1048576 /dev/zero | curl -s -o /dev/null -w '%{http_code}' \
+    --data-binary @- -H 'Content-Type: application/octet-stream' "http://127.0.0.1:$2/upload" || true)
+  [[ $status == 200 ]] || die "$1: POST /upload (1 MiB) gave $status"
 }
 
 # Resumption check: a second connection offering the first one's session must not resume.
@@ -602,6 +656,11 @@ m() { median "$RES/$1.$2"; }
 
 # ---------------------------------------------------------------- run
 install_tools
+cat >"$WORK/upload.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = string.rep("x", 1048576)
+wrk.headers["Content-Type"] = "application/octet-stream"
+EOF
 make_certs
 make_policy
 start_backend
@@ -617,6 +676,9 @@ if [[ $FLOOR == 1 ]]; then
   [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${OUT[relay]}/" || true) == 200 ]] ||
     die "relay: GET / through both relays failed (see $WORK/relay-*.log)"
   REFS+=(relay)
+fi
+if [[ $BULK == 1 ]]; then
+  for name in "${REFS[@]}"; do check_bulk "$name" "${OUT[$name]}"; done
 fi
 log "all contenders answer 200 through both sidecars; work dir $WORK"
 
@@ -646,6 +708,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
   for name in "${order[@]}"; do run_wrk "$name"; done
   for name in "${order[@]}"; do run_fixed "$name"; done
   for name in "${order[@]}"; do [[ " ${REFS[*]} " == *" $name "* ]] || run_handshakes "$name"; done
+  if [[ $BULK == 1 ]]; then
+    for name in "${order[@]}"; do run_bulk "$name" down; done
+    for name in "${order[@]}"; do run_bulk "$name" up; done
+  fi
 done
 
 # ---------------------------------------------------------------- report
@@ -699,22 +765,39 @@ echo "TLS session resumption offered by the inbound listener: $(for n in "${NAME
 echo "RSS sums VmRSS over a sidecar's processes (nginx: master + $(nproc) workers, which overcounts shared pages);"
 echo "anon is RssAnon (heap and stacks), i.e. RSS without the program's and libraries' mapped files."
 
+if [[ $BULK == 1 ]]; then
+  echo
+  echo "### Large bodies: 1 MiB responses (GET) and uploads (POST), wrk, $BULK_CONNS connections"
+  echo
+  printf '| %-10s | %10s | %8s | %22s | %22s |\n' path "down MiB/s" "up MiB/s" "CPU ms/MiB down o / i" "CPU ms/MiB up o / i"
+  printf '|%s|\n' "------------|------------|----------|------------------------|------------------------"
+  for name in "${ALL[@]}"; do
+    cpu_down=- cpu_up=-
+    if [[ $name != direct ]]; then
+      cpu_down="$(m bulkcpu_down_out "$name") / $(m bulkcpu_down_in "$name")"
+      cpu_up="$(m bulkcpu_up_out "$name") / $(m bulkcpu_up_in "$name")"
+    fi
+    printf '| %-10s | %10.0f | %8.0f | %22s | %22s |\n' "$name" "$(m bulk_down "$name")" "$(m bulk_up "$name")" "$cpu_down" "$cpu_up"
+  done
+fi
+
 if [[ " ${NAMES[*]} " == *" idgate "* ]]; then
   echo
   echo "### idgate against each peer (ratio idgate / peer; throughput and handshakes: higher is better, the rest: lower)"
   echo
-  printf '| %-10s | %10s | %8s | %8s | %10s | %12s | %10s |\n' peer "req/s" "wrk p99" "1k p99" "handshakes" "CPU/req o+i" "RSS idle"
-  printf '|%s|\n' "------------|------------|----------|----------|------------|--------------|------------"
+  printf '| %-10s | %10s | %8s | %8s | %10s | %12s | %10s | %10s | %10s |\n' peer "req/s" "wrk p99" "1k p99" "handshakes" "CPU/req o+i" "RSS idle" "1 MiB down" "1 MiB up"
+  printf '|%s|\n' "------------|------------|----------|----------|------------|--------------|------------|------------|------------"
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "-" || b == "-") print "-"; else printf "%.2fx", a / b }'; }
   sum2() { awk -v a="$1" -v b="$2" 'BEGIN { print a + b }'; }
   ratio_row() { # ratio_row OURS PEER
-    printf '| %-10s | %10s | %8s | %8s | %10s | %12s | %10s |\n' "$2" \
+    printf '| %-10s | %10s | %8s | %8s | %10s | %12s | %10s | %10s | %10s |\n' "$2" \
       "$(ratio "$(m wrk_rps "$1")" "$(m wrk_rps "$2")")" \
       "$(ratio "$(m wrk_p99 "$1")" "$(m wrk_p99 "$2")")" \
       "$(ratio "$(m fixed_p99 "$1")" "$(m fixed_p99 "$2")")" \
       "$(ratio "$(m hs_rps "$1")" "$(m hs_rps "$2")")" \
       "$(ratio "$(sum2 "$(m cpu_out "$1")" "$(m cpu_in "$1")")" "$(sum2 "$(m cpu_out "$2")" "$(m cpu_in "$2")")")" \
-      "$(ratio "$(sum2 "$(m rss_idle_out "$1")" "$(m rss_idle_in "$1")")" "$(sum2 "$(m rss_idle_out "$2")" "$(m rss_idle_in "$2")")")"
+      "$(ratio "$(sum2 "$(m rss_idle_out "$1")" "$(m rss_idle_in "$1")")" "$(sum2 "$(m rss_idle_out "$2")" "$(m rss_idle_in "$2")")")" \
+      "$(ratio "$(m bulk_down "$1")" "$(m bulk_down "$2")")" "$(ratio "$(m bulk_up "$1")" "$(m bulk_up "$2")")"
   }
   for peer in "${NAMES[@]}"; do
     [[ $peer == idgate || $peer == idgate-tcp ]] || ratio_row idgate "$peer"
