@@ -18,6 +18,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
+use super::copy;
 use super::headers::strip_hop_by_hop;
 use super::pool::{Peer, Pool, PoolError};
 use super::respond::{is_grpc, Body, Refusal};
@@ -240,7 +241,7 @@ async fn tunnel(client: OnUpgrade, server: OnUpgrade, revoked: Option<Revoked>) 
     let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
     let revoked = revoked.unwrap_or_else(never_revoked);
     tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, &mut server) => match copied {
+        copied = copy::both_ways(&mut client, &mut server) => match copied {
             Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
             Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
         },

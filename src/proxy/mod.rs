@@ -5,6 +5,7 @@
 //! the peer may do, and never decides either itself.
 
 mod coalesce;
+mod copy;
 mod forward;
 /// Header rules (hop-by-hop removal, XFCC, request IDs): pure functions, public for the
 /// micro-benchmarks in `benches/`.

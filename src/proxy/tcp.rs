@@ -8,8 +8,9 @@
 use std::time::Instant;
 
 use http::HeaderMap;
-use tokio::io::{copy_bidirectional, AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::copy;
 use super::serve::Revoked;
 use super::stream::Connector;
 use super::Shared;
@@ -103,7 +104,7 @@ pub async fn relay<C>(
     };
     let destination = server.peer().map(|p| p.spiffe_id.to_string());
     let destination = destination.as_deref().or(relay.destination);
-    let copy = copy_bidirectional(&mut client, &mut server);
+    let copy = copy::both_ways(&mut client, &mut server);
     let deadline = async {
         match relay.close_at {
             Some(at) => tokio::time::sleep_until(at.into()).await,

@@ -1,0 +1,230 @@
+//! Copying bytes both ways between two streams (TCP relays, upgraded connections), holding
+//! no buffer while a direction is idle.
+//!
+//! A relayed connection spends most of its life waiting (a database pool's connections, a
+//! WebSocket), so a direction takes a buffer only while bytes flow and gives it back as
+//! soon as its reader has nothing more. Reads start at 16 KiB and grow to 64 KiB while they
+//! come back full, so a bulk transfer moves in large writes (four full TLS records each)
+//! and a chatty one never holds more than it uses. EOF on one side becomes a shutdown of
+//! the other side's write half, as with `tokio::io::copy_bidirectional`.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
+
+/// The first read of a burst (small enough for the allocator's thread cache).
+const FIRST_READ: usize = 16 * 1024;
+
+/// The largest read, reached while reads keep filling the buffer.
+const MAX_READ: usize = 64 * 1024;
+
+/// Copies `a` to `b` and `b` to `a` until both have reached EOF (shutting down the other
+/// side's write half at each EOF); returns the bytes copied each way.
+pub async fn both_ways<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut a_to_b = Direction::Copying(Pipe::new());
+    let mut b_to_a = Direction::Copying(Pipe::new());
+    poll_fn(|cx| {
+        let forward = a_to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
+        let backward = b_to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        Poll::Ready(Ok((ready!(forward), ready!(backward))))
+    })
+    .await
+}
+
+/// One direction of the copy.
+enum Direction {
+    Copying(Pipe),
+    ShuttingDown(u64),
+    Done(u64),
+}
+
+impl Direction {
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            match self {
+                Direction::Copying(pipe) => {
+                    let copied = ready!(pipe.poll_copy(cx, reader.as_mut(), writer.as_mut()))?;
+                    *self = Direction::ShuttingDown(copied);
+                }
+                Direction::ShuttingDown(copied) => {
+                    ready!(writer.as_mut().poll_shutdown(cx))?;
+                    *self = Direction::Done(*copied);
+                }
+                Direction::Done(copied) => return Poll::Ready(Ok(*copied)),
+            }
+        }
+    }
+}
+
+/// Moves bytes from a reader to a writer through a buffer that exists only while they flow.
+struct Pipe {
+    /// Read but not yet written; no allocation while idle.
+    buf: BytesMut,
+    /// The size of the next read.
+    read_size: usize,
+    read_done: bool,
+    /// Bytes were written since the last flush.
+    need_flush: bool,
+    copied: u64,
+}
+
+impl Pipe {
+    fn new() -> Self {
+        Self {
+            buf: BytesMut::new(),
+            read_size: FIRST_READ,
+            read_done: false,
+            need_flush: false,
+            copied: 0,
+        }
+    }
+
+    /// Copies until the reader's EOF, then flushes; returns the bytes copied.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.buf.is_empty() && !self.read_done {
+                // Reuses the buffer's whole capacity, or allocates after an idle spell.
+                self.buf.reserve(self.read_size);
+                let room = self.buf.capacity();
+                match poll_read_buf(reader.as_mut(), cx, &mut self.buf) {
+                    Poll::Pending => {
+                        if self.need_flush {
+                            ready!(writer.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        // Nothing is buffered: hold no memory until bytes come again.
+                        self.buf = BytesMut::new();
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Ok(0)) => self.read_done = true,
+                    Poll::Ready(Ok(n)) => {
+                        self.copied += n as u64;
+                        if n == room {
+                            self.read_size = (self.read_size * 2).min(MAX_READ);
+                        }
+                    }
+                }
+            }
+            while !self.buf.is_empty() {
+                let n = ready!(writer.as_mut().poll_write(cx, &self.buf))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.buf.advance(n);
+                self.need_flush = true;
+            }
+            if self.read_done {
+                ready!(writer.as_mut().poll_flush(cx))?;
+                self.need_flush = false;
+                return Poll::Ready(Ok(self.copied));
+            }
+        }
+    }
+
+    /// Memory held for buffering (tests).
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_cross_both_ways_and_eof_shuts_the_other_side_down() {
+        let (mut client, mut a) = duplex(4096);
+        let (mut b, mut server) = duplex(4096);
+        let relay = tokio::spawn(async move { both_ways(&mut a, &mut b).await });
+        let up: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let (up_sent, down_sent) = (up.clone(), down.clone());
+        let client_side = tokio::spawn(async move {
+            client.write_all(&up_sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(got == up, "client to server bytes changed");
+        server.write_all(&down_sent).await.unwrap();
+        server.shutdown().await.unwrap();
+        assert!(
+            client_side.await.unwrap() == down,
+            "server to client bytes changed"
+        );
+        let counts = relay.await.unwrap().unwrap();
+        assert_eq!(counts, (up.len() as u64, down.len() as u64));
+    }
+
+    /// Drives `pipe` once from `reader` to `writer` with a no-op waker.
+    fn poll_once(
+        pipe: &mut Pipe,
+        reader: &mut tokio::io::DuplexStream,
+        writer: &mut tokio::io::DuplexStream,
+    ) -> Poll<io::Result<u64>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        pipe.poll_copy(&mut cx, Pin::new(reader), Pin::new(writer))
+    }
+
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (mut source, mut reader) = duplex(1 << 20);
+        let (mut writer, mut sink) = duplex(1 << 20);
+        let mut pipe = Pipe::new();
+        assert!(poll_once(&mut pipe, &mut reader, &mut writer).is_pending());
+        assert_eq!(pipe.held(), 0);
+        source.write_all(&[7u8; 5000]).await.unwrap();
+        assert!(poll_once(&mut pipe, &mut reader, &mut writer).is_pending());
+        assert_eq!(pipe.held(), 0, "the buffer outlived the burst");
+        let mut got = vec![0u8; 5000];
+        sink.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, vec![7u8; 5000]);
+    }
+
+    #[tokio::test]
+    async fn reads_grow_while_they_come_back_full() {
+        let (mut source, mut reader) = duplex(1 << 20);
+        let (mut writer, mut sink) = duplex(1 << 20);
+        let mut pipe = Pipe::new();
+        source.write_all(&vec![1u8; 512 * 1024]).await.unwrap();
+        assert!(poll_once(&mut pipe, &mut reader, &mut writer).is_pending());
+        assert_eq!(pipe.read_size, MAX_READ);
+        let mut got = vec![0u8; 512 * 1024];
+        sink.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == 1));
+    }
+}
