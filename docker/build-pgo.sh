@@ -8,7 +8,7 @@
 # 2. Training: benches/mesh.sh with idgate alone, one short round of what a sidecar pair
 #    does all day: keep-alive HTTP/1.1 into the outbound, HTTP/2 over mTLS between the
 #    sidecars, a 1,000-rule policy and the decision log on the inbound, fixed-rate load,
-#    full mTLS handshakes and held idle connections. Needs what mesh.sh needs (nginx, wrk,
+#    full mTLS handshakes, 1 MiB bodies both ways and held idle connections. Needs what mesh.sh needs (nginx, wrk,
 #    oha; it installs them).
 # 3. llvm-profdata (rustup's llvm-tools component, added when missing) merges the profiles.
 # 4. The release build with -Cprofile-use: $CARGO_TARGET_DIR/TARGET/release/idgate. The
