@@ -133,3 +133,67 @@ async fn a_reloaded_policy_frees_the_one_loaded_at_start() {
         "after the reload the sidecar kept {after} KiB of anonymous memory (small policy {small_anon}, with {RULES} rules {big_anon}, bound {bound}): the replaced policy is still held"
     );
 }
+
+/// Concurrent requests in the large-response test, and the size of each response.
+const PARALLEL: usize = 8;
+const LARGE: usize = 1 << 20;
+
+/// A client connection sending whole bodies.
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// Posts `size` bytes to the echo app on every connection at once; each gets them back.
+async fn posts_on_each(senders: &mut [Sender], size: usize) {
+    futures_util::future::join_all(senders.iter_mut().map(|sender| async move {
+        sender.ready().await.expect("connection ready");
+        let request = http::Request::post("https://localhost/upload")
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                b'x';
+                size
+            ])))
+            .expect("request");
+        let response = sender.send_request(request).await.expect("response");
+        assert_eq!(response.status(), 200);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(body.len(), size);
+    }))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_responses_leave_no_large_buffers_on_pooled_connections() {
+    // Each of PARALLEL connections posts 1 MiB that the echo app sends back, so the inbound
+    // pools up to PARALLEL app connections that have each read a 1 MiB response. A pooled
+    // connection keeps its read buffer; uncapped, hyper grows it to about 400 KiB.
+    let pki = Pki::new(TD);
+    let idgate = RunningIdgate::start_inbound_to_echo(&pki, "").await;
+    let inbound = idgate.address("inbound");
+    let client = tls_client(
+        &pki.ca.root_pem(),
+        Some(&pki.svid(FRONTEND_ID)),
+        &[b"http/1.1"],
+    );
+    let mut senders = Vec::with_capacity(PARALLEL);
+    for _ in 0..PARALLEL {
+        let tls = mtls_connect(inbound, client.clone()).await.expect("mTLS");
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .expect("HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        senders.push(sender);
+    }
+    posts_on_each(&mut senders, 1024).await;
+    let before = settled_anon_kib(&idgate).await;
+    for _ in 0..3 {
+        posts_on_each(&mut senders, LARGE).await;
+    }
+    let after = settled_anon_kib(&idgate).await;
+    let kept = after.saturating_sub(before);
+    assert!(
+        kept <= 2048,
+        "{PARALLEL} connections that carried 1 MiB responses keep {kept} KiB (before {before}, after {after})"
+    );
+}

@@ -27,6 +27,12 @@ use super::coalesce::FlushingExecutor;
 use super::stream::{ConnectError, Connector, Stream};
 use crate::tls::PeerIdentity;
 
+/// The read buffer of an HTTP/1.1 connection to the app. A pooled connection keeps its
+/// buffer while idle, and hyper's default lets one large response grow it to about 400 KiB;
+/// 64 KiB reads keep up with the 64 KiB HTTP/2 frames between sidecars. It also bounds a
+/// response's head (larger gets 502), as Envoy's 60 KiB default does.
+const H1_MAX_READ_BUFFER: usize = 64 * 1024;
+
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -272,7 +278,10 @@ impl Inner {
             });
             Checkout::Http2(sender, peer)
         } else {
-            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            let (sender, connection) = http1::Builder::new()
+                .max_buf_size(H1_MAX_READ_BUFFER)
+                .handshake(TokioIo::new(stream))
+                .await?;
             FlushingExecutor.execute(async move {
                 if let Err(error) = connection.with_upgrades().await {
                     tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
