@@ -16,6 +16,15 @@ const CONNECTIONS: usize = 1000;
 /// Rules in the big policy of the reload test: enough that a kept copy shows in RSS.
 const RULES: usize = 10_000;
 
+/// An HTTP/1.1 mTLS client presenting the frontend's SVID.
+fn frontend_client(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
+    tls_client(
+        &pki.ca.root_pem(),
+        Some(&pki.svid(FRONTEND_ID)),
+        &[b"http/1.1"],
+    )
+}
+
 /// A field of `/proc/PID/status` in KiB (`VmRSS`, `RssAnon`, ...).
 fn status_kib(idgate: &RunningIdgate, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", idgate.id()))
@@ -61,11 +70,7 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
     let pki = Pki::new(TD);
     let idgate = RunningIdgate::start_inbound_to_echo(&pki, "").await;
     let inbound = idgate.address("inbound");
-    let client = tls_client(
-        &pki.ca.root_pem(),
-        Some(&pki.svid(FRONTEND_ID)),
-        &[b"http/1.1"],
-    );
+    let client = frontend_client(&pki);
 
     // Warm up (first handshake, first request, upstream pool), then take the baseline.
     let (mut sender, _task) = h1_connection(inbound, client.clone()).await;
@@ -170,11 +175,7 @@ async fn large_responses_leave_no_large_buffers_on_pooled_connections() {
     let pki = Pki::new(TD);
     let idgate = RunningIdgate::start_inbound_to_echo(&pki, "").await;
     let inbound = idgate.address("inbound");
-    let client = tls_client(
-        &pki.ca.root_pem(),
-        Some(&pki.svid(FRONTEND_ID)),
-        &[b"http/1.1"],
-    );
+    let client = frontend_client(&pki);
     let mut senders = Vec::with_capacity(PARALLEL);
     for _ in 0..PARALLEL {
         let tls = mtls_connect(inbound, client.clone()).await.expect("mTLS");

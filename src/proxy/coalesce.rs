@@ -455,6 +455,19 @@ mod tests {
         (stream, server, payload)
     }
 
+    /// Reads `len` bytes from a pipe's far end; fails after 5 s.
+    async fn receive(server: &mut DuplexStream, len: usize) -> Vec<u8> {
+        let mut received = vec![0u8; len];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_exact(server, &mut received),
+        )
+        .await
+        .expect("every byte arrived")
+        .unwrap();
+        received
+    }
+
     #[tokio::test]
     async fn a_flush_owed_by_a_finished_task_is_paid_by_the_next_flush() {
         // Whoever flushes next must still get the bytes out.
@@ -485,15 +498,7 @@ mod tests {
             // Keep the stream (and so the pending bytes) alive until the reader is done.
             std::future::pending::<()>().await;
         }));
-        let mut received = vec![0u8; payload.len()];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            tokio::io::AsyncReadExt::read_exact(&mut server, &mut received),
-        )
-        .await
-        .expect("every byte arrived")
-        .unwrap();
-        assert_eq!(received, payload);
+        assert_eq!(receive(&mut server, payload.len()).await, payload);
         next.abort();
     }
 
@@ -598,14 +603,7 @@ mod tests {
             }
             std::future::pending::<()>().await;
         }));
-        let mut received = vec![0u8; expected.len()];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            tokio::io::AsyncReadExt::read_exact(&mut server, &mut received),
-        )
-        .await
-        .expect("every byte arrived")
-        .unwrap();
+        let received = receive(&mut server, expected.len()).await;
         assert!(received == expected, "bytes lost or reordered");
         writer.abort();
     }
@@ -626,11 +624,7 @@ mod tests {
             // Keep the stream (and so the pending bytes) alive until the reader is done.
             std::future::pending::<()>().await;
         }));
-        let mut received = vec![0u8; expected.len()];
-        tokio::io::AsyncReadExt::read_exact(&mut server, &mut received)
-            .await
-            .unwrap();
-        assert_eq!(received, expected);
+        assert_eq!(receive(&mut server, expected.len()).await, expected);
         writer.abort();
     }
 }
