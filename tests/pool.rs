@@ -200,3 +200,38 @@ async fn the_peer_ending_busy_http2_connections_at_their_age_loses_no_request() 
     }
     assert!(sent >= 40, "the load ran ({sent} requests)");
 }
+
+/// An HTTP/1.1 app whose every response carries one header of `bytes` bytes.
+async fn app_with_a_header_of(bytes: usize) -> SocketAddr {
+    let (app, _) = counting_server(move |stream| async move {
+        let service = service_fn(move |_| async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("x-large", "a".repeat(bytes))
+                    .body(Full::new(Bytes::new()))
+                    .expect("response"),
+            )
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await;
+    app
+}
+
+#[tokio::test]
+async fn response_heads_up_to_64_kib_pass_and_larger_ones_get_502() {
+    // The app's HTTP/1.1 response, then HTTP/2 between the sidecars: both take 64 KiB
+    // heads (README: On the wire); hyper's HTTP/2 client alone would stop at 16 KiB.
+    for (bytes, status) in [(48 * 1024, 200), (80 * 1024, 502)] {
+        let app = app_with_a_header_of(bytes).await;
+        let mesh = Mesh::start_upstream(ALLOW_ALL_FRONTEND, &format!("http://{app}"), "").await;
+        let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+        let reply = get(&client.url("/"), &[]).await;
+        assert_eq!(reply.status, status, "a {bytes}-byte header");
+        if status == 200 {
+            assert_eq!(reply.headers["x-large"].len(), bytes);
+        }
+    }
+}

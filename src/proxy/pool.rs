@@ -27,11 +27,13 @@ use super::coalesce::FlushingExecutor;
 use super::stream::{ConnectError, Connector, Stream};
 use crate::tls::PeerIdentity;
 
-/// The read buffer of an HTTP/1.1 connection to the app. A pooled connection keeps its
-/// buffer while idle, and hyper's default lets one large response grow it to about 400 KiB;
-/// 64 KiB reads keep up with the 64 KiB HTTP/2 frames between sidecars. It also bounds a
-/// response's head (larger gets 502), as Envoy's 60 KiB default does.
-const H1_MAX_READ_BUFFER: usize = 64 * 1024;
+/// The largest response head taken from an upstream (larger gets 502), as Envoy's 60 KiB
+/// default: the HTTP/2 header list from a peer sidecar (hyper's default is 16 KiB, so a
+/// response that reached the app's client directly would fail through the sidecars), and
+/// the read buffer of an HTTP/1.1 connection to the app, which a pooled connection keeps
+/// while idle (hyper's default lets one large response grow it to about 400 KiB; 64 KiB
+/// reads keep up with the 64 KiB HTTP/2 frames between sidecars).
+const MAX_RESPONSE_HEAD: u32 = 64 * 1024;
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +281,7 @@ impl Inner {
             Checkout::Http2(sender, peer)
         } else {
             let (sender, connection) = http1::Builder::new()
-                .max_buf_size(H1_MAX_READ_BUFFER)
+                .max_buf_size(MAX_RESPONSE_HEAD as usize)
                 .handshake(TokioIo::new(stream))
                 .await?;
             FlushingExecutor.execute(async move {
@@ -351,6 +353,7 @@ async fn handshake2(
     http2::Builder::new(FlushingExecutor)
         .timer(TokioTimer::new())
         .max_frame_size(super::HTTP2_MAX_FRAME)
+        .max_header_list_size(MAX_RESPONSE_HEAD)
         .handshake(TokioIo::new(stream))
         .await
 }
