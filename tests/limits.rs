@@ -321,3 +321,20 @@ async fn drain_lets_tcp_relays_finish() {
         "the drain ends once the relay is done"
     );
 }
+
+#[tokio::test]
+async fn request_heads_within_the_default_limit_cross_both_sidecars() {
+    // 48 KiB of headers: under max_header_bytes (64 KiB) at the outbound, then the HTTP/2
+    // hop, then the inbound.
+    let mesh = Mesh::start(ALLOW_ALL).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let big = "x".repeat(48 * 1024);
+    let reply = get(&client.url("/"), &[("x-big", &big)]).await;
+    assert_eq!(reply.status, 200);
+    let echoed = reply.echoed()["headers"]["x-big"][0].as_str().map(str::len);
+    assert_eq!(
+        echoed,
+        Some(big.len()),
+        "the app did not get the whole header"
+    );
+}
