@@ -475,6 +475,11 @@ to_ms() {
     printf "%.3f", n }'
 }
 
+# cpu_per TICKS COUNT SCALE FORMAT: CPU seconds (clock ticks) per COUNT, times SCALE.
+cpu_per() {
+  awk -v t="$1" -v n="$2" -v s="$3" -v f="$4" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf f, t / hz / n * s }'
+}
+
 ticks_of() { # ticks_of CONTENDER SIDE
   [[ $1 == direct ]] && echo 0 || cpu_ticks "$1-$2"
 }
@@ -495,10 +500,8 @@ run_wrk() {
   record wrk_p50 "$name" "$p50"
   record wrk_p99 "$name" "$p99"
   if [[ $name != direct ]]; then
-    local hz
-    hz=$(getconf CLK_TCK)
-    record cpu_out "$name" "$(awk -v t=$((after_out - before_out)) -v r="$requests" -v hz="$hz" 'BEGIN { printf "%.3f", t / hz / r * 10000 }')"
-    record cpu_in "$name" "$(awk -v t=$((after_in - before_in)) -v r="$requests" -v hz="$hz" 'BEGIN { printf "%.3f", t / hz / r * 10000 }')"
+    record cpu_out "$name" "$(cpu_per $((after_out - before_out)) "$requests" 10000 %.3f)"
+    record cpu_in "$name" "$(cpu_per $((after_in - before_in)) "$requests" 10000 %.3f)"
   fi
   log "$name wrk: $rps req/s, p50 $p50 ms, p99 $p99 ms"
 }
@@ -522,11 +525,10 @@ run_fixed() {
   record fixed_p99 "$name" "$p99"
   record fixed_p999 "$name" "$p999"
   if [[ $name != direct ]]; then
-    local hz requests
-    hz=$(getconf CLK_TCK)
+    local requests
     requests=$((RATE * DURATION))
-    record fixcpu_out "$name" "$(awk -v t=$(($(ticks_of "$name" out) - before_out)) -v r="$requests" -v hz="$hz" 'BEGIN { printf "%.1f", t / hz / r * 1e6 }')"
-    record fixcpu_in "$name" "$(awk -v t=$(($(ticks_of "$name" in) - before_in)) -v r="$requests" -v hz="$hz" 'BEGIN { printf "%.1f", t / hz / r * 1e6 }')"
+    record fixcpu_out "$name" "$(cpu_per $(($(ticks_of "$name" out) - before_out)) "$requests" 1e6 %.1f)"
+    record fixcpu_in "$name" "$(cpu_per $(($(ticks_of "$name" in) - before_in)) "$requests" 1e6 %.1f)"
   fi
   log "$name at $RATE req/s: p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms (success $ok)"
 }
@@ -538,7 +540,7 @@ run_handshakes() {
     --insecure --cert "$c/client.pem" --key "$c/client-key.pem" "https://127.0.0.1:$port/")
   local ticks=$(($(ticks_of "$name" in) - before))
   record hs_rps "$name" "$rps"
-  record hs_cpu "$name" "$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v d="$DURATION" 'BEGIN { printf "%.2f", t / hz / d }')"
+  record hs_cpu "$name" "$(cpu_per "$ticks" "$DURATION" 1 %.2f)"
   log "$name new mTLS connections through inbound: $rps/s (success $ok)"
 }
 
@@ -557,10 +559,8 @@ run_bulk() {
   [[ -z $errors ]] || log "$name bulk $direction: $errors"
   record "bulk_$direction" "$name" "$rps"
   if [[ $name != direct ]]; then
-    local hz
-    hz=$(getconf CLK_TCK)
-    record "bulkcpu_${direction}_out" "$name" "$(awk -v t=$((after_out - before_out)) -v r="$requests" -v hz="$hz" 'BEGIN { printf "%.2f", t / hz / r * 1000 }')"
-    record "bulkcpu_${direction}_in" "$name" "$(awk -v t=$((after_in - before_in)) -v r="$requests" -v hz="$hz" 'BEGIN { printf "%.2f", t / hz / r * 1000 }')"
+    record "bulkcpu_${direction}_out" "$name" "$(cpu_per $((after_out - before_out)) "$requests" 1000 %.2f)"
+    record "bulkcpu_${direction}_in" "$name" "$(cpu_per $((after_in - before_in)) "$requests" 1000 %.2f)"
   fi
   log "$name bulk $direction: $rps MiB/s"
 }

@@ -104,7 +104,7 @@ pub async fn relay<C>(
     };
     let destination = server.peer().map(|p| p.spiffe_id.to_string());
     let destination = destination.as_deref().or(relay.destination);
-    let copy = copy::both_ways(&mut client, &mut server);
+    let copying = copy::both_ways(&mut client, &mut server);
     let deadline = async {
         match relay.close_at {
             Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -112,7 +112,7 @@ pub async fn relay<C>(
         }
     };
     tokio::select! {
-        copied = copy => match copied {
+        copied = copying => match copied {
             Ok(bytes) => log(destination, bytes, None),
             Err(error) => {
                 tracing::debug!(%error, "TCP relay ended with an error");
