@@ -1,7 +1,8 @@
 //! The `idgate` binary gives back the memory a spike of connections took: its allocator
 //! (jemalloc, README: Memory) purges freed pages, so RSS falls back near the idle level
 //! instead of staying at the peak, as it does with glibc's allocator. A reloaded policy
-//! frees the one it replaced, the one loaded at start included.
+//! frees the one it replaced, the one loaded at start included. HTTP/2 header tables keep
+//! the values they index, never the read buffers those came from.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -196,5 +197,170 @@ async fn large_responses_leave_no_large_buffers_on_pooled_connections() {
     assert!(
         kept <= 2048,
         "{PARALLEL} connections that carried 1 MiB responses keep {kept} KiB (before {before}, after {after})"
+    );
+}
+
+/// HTTP/2 connections and requests on each in the header-table test.
+const HTTP2_CONNECTIONS: usize = 32;
+const REQUESTS_EACH: usize = 40;
+
+/// An app that answers every request with a short value it never sends again (`x-id`),
+/// as request and trace IDs are.
+async fn unique_id_app() -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let next = std::sync::Arc::new(AtomicU64::new(0));
+    let (addr, _) = counting_server(move |stream| {
+        let next = next.clone();
+        async move {
+            let service = hyper::service::service_fn(move |_request| {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    http::Response::builder()
+                        .header("x-id", id)
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        }
+    })
+    .await;
+    addr
+}
+
+/// One GET on every connection at once.
+async fn gets_on_each(
+    senders: &mut [hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>],
+) {
+    futures_util::future::join_all(senders.iter_mut().map(|sender| async move {
+        let response = sender.send_request(empty_get("/")).await.expect("response");
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().contains_key("x-id"));
+    }))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_header_tables_do_not_keep_app_read_buffers() {
+    // The inbound's HPACK encoder indexes each response's new `x-id`. Values parsed from
+    // the app's HTTP/1.1 responses are slices of the app connection's read buffer; a table
+    // that kept those buffers held about 8 KiB per indexed response on every idle
+    // connection: 6.3-6.5 MiB more here (debug build), against 0.9-1.0 MiB once each
+    // response's values are copied out (0.6-0.7 MiB when the app repeats one `x-id`).
+    let pki = Pki::new(TD);
+    let idgate =
+        RunningIdgate::start_inbound_to(&pki, unique_id_app().await, ALLOW_ALL_FRONTEND, "");
+    let inbound = idgate.address("inbound");
+    let client = tls_client(&pki.ca.root_pem(), Some(&pki.svid(FRONTEND_ID)), &[b"h2"]);
+    let mut senders = Vec::with_capacity(HTTP2_CONNECTIONS);
+    for _ in 0..HTTP2_CONNECTIONS {
+        senders.push(h2_connection(inbound, client.clone()).await.0);
+    }
+    gets_on_each(&mut senders).await;
+    let before = settled_anon_kib(&idgate).await;
+    for _ in 0..REQUESTS_EACH {
+        gets_on_each(&mut senders).await;
+    }
+    let after = settled_anon_kib(&idgate).await;
+    let kept = after.saturating_sub(before);
+    assert!(
+        kept <= 2048,
+        "{HTTP2_CONNECTIONS} idle HTTP/2 connections keep {kept} KiB more after {REQUESTS_EACH} requests each (before {before}, after {after})"
+    );
+}
+
+/// A peer inbound for the outbound-only test: TLS as `SERVER_ID`, HTTP/2, answers 200.
+async fn http2_peer(pki: &Pki) -> std::net::SocketAddr {
+    let server = pki.svid(SERVER_ID);
+    let mut tls = rustls::ServerConfig::builder_with_provider(idgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(server.chain_der.clone(), server.key_der.clone_key())
+        .expect("server cert");
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let (addr, _) = counting_server(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(|_request| async {
+                http::Response::builder().body(http_body_util::Empty::<bytes::Bytes>::new())
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        }
+    })
+    .await;
+    addr
+}
+
+/// HTTP/1.1 connections from the app in the outbound's header-table test.
+const APP_CONNECTIONS: usize = 32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_header_table_does_not_keep_app_read_buffers() {
+    // Every request carries a short value seen once (`x-t`), which the outbound's HPACK
+    // encoder indexes on its connection to the peer. Values parsed from the app's
+    // HTTP/1.1 requests are slices of that app connection's read buffer, here filled by a
+    // 6 KB header too large to index; a table that kept the buffers held one per request
+    // it still indexes (about 100: one request ID for all, so only `x-t` takes room):
+    // 1.0-1.1 MiB more here (debug build), against 0.1-0.25 MiB once the indexable values
+    // are copied out.
+    let pki = Pki::new(TD);
+    let peer = http2_peer(&pki).await;
+    let config = pki.path("idgate.toml");
+    let toml = format!(
+        "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{peer}\"\nserver_ids = [\"{SERVER_ID}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        pki.identity_toml("frontend", FRONTEND_ID)
+    );
+    std::fs::write(&config, toml).expect("write config");
+    let idgate = RunningIdgate::start(&config);
+    let outbound = idgate.address("outbound");
+    let mut senders = Vec::with_capacity(APP_CONNECTIONS);
+    for _ in 0..APP_CONNECTIONS {
+        let tcp = tokio::net::TcpStream::connect(outbound)
+            .await
+            .expect("connect");
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .expect("HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        senders.push(sender);
+    }
+    let mut next = 0u64;
+    let mut traced_gets_on_each = async |senders: &mut [Sender]| {
+        futures_util::future::join_all(senders.iter_mut().map(|sender| {
+            next += 1;
+            let request = http::Request::get("http://app/")
+                .header("x-request-id", "one-for-all")
+                .header("x-pad", "p".repeat(6000))
+                .header("x-t", next)
+                .body(http_body_util::Full::default())
+                .expect("request");
+            async move {
+                sender.ready().await.expect("connection ready");
+                let response = sender.send_request(request).await.expect("response");
+                assert_eq!(response.status(), 200);
+            }
+        }))
+        .await;
+    };
+    traced_gets_on_each(&mut senders).await;
+    let before = settled_anon_kib(&idgate).await;
+    for _ in 0..REQUESTS_EACH {
+        traced_gets_on_each(&mut senders).await;
+    }
+    let after = settled_anon_kib(&idgate).await;
+    let kept = after.saturating_sub(before);
+    assert!(
+        kept <= 512,
+        "the outbound keeps {kept} KiB more after {REQUESTS_EACH} requests on each of {APP_CONNECTIONS} app connections (before {before}, after {after})"
     );
 }

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use super::copy;
-use super::headers::strip_hop_by_hop;
+use super::headers::{compact_values, strip_hop_by_hop};
 use super::pool::{Peer, Pool, PoolError};
 use super::respond::{is_grpc, Body, Refusal};
 use super::serve::{never_revoked, Revoked};
@@ -148,6 +148,7 @@ impl Upstream {
             }
         }
         *request.uri_mut() = self.uri_for(request.uri(), path)?;
+        let answer_over_http2 = request.version() == Version::HTTP_2;
         *request.version_mut() = Version::HTTP_11;
         let upgrade = upgrade_protocol(request.headers());
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -179,6 +180,9 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         if let (true, Some(protocol)) = (switched, server_protocol) {
             keep_upgrade(&mut parts.headers, protocol);
+        }
+        if answer_over_http2 {
+            compact_values(&mut parts.headers);
         }
         Ok(Forwarded {
             response: Response::from_parts(parts, Either::Left(body)),

@@ -24,6 +24,7 @@ use hyper::rt::Executor;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::coalesce::FlushingExecutor;
+use super::headers::compact_values;
 use super::stream::{ConnectError, Connector, Stream};
 use crate::tls::PeerIdentity;
 
@@ -144,16 +145,20 @@ impl Pool {
                 None => (Box::pin(self.inner.open()).await?, false),
             };
             match checkout {
-                Checkout::Http2(mut sender, peer) => match sender.try_send_request(request).await {
-                    Ok(response) => return Ok((response.map(UpstreamBody::plain), peer)),
-                    Err(mut error) => match error.take_message() {
-                        Some(unsent) if reused => {
-                            self.inner.forget_http2();
-                            request = unsent;
-                        }
-                        _ => return Err(error.into_error().into()),
-                    },
-                },
+                Checkout::Http2(mut sender, peer) => {
+                    // The connection's HPACK table may keep these values for long.
+                    compact_values(request.headers_mut());
+                    match sender.try_send_request(request).await {
+                        Ok(response) => return Ok((response.map(UpstreamBody::plain), peer)),
+                        Err(mut error) => match error.take_message() {
+                            Some(unsent) if reused => {
+                                self.inner.forget_http2();
+                                request = unsent;
+                            }
+                            _ => return Err(error.into_error().into()),
+                        },
+                    }
+                }
                 Checkout::Http1(mut sender, peer) => {
                     let absolute = to_origin_form(&mut request);
                     match sender.try_send_request(request).await {

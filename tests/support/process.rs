@@ -30,10 +30,20 @@ impl RunningIdgate {
         let echo = idgate::cli::echo::spawn(([127, 0, 0, 1], 0).into())
             .await
             .expect("echo");
+        Self::start_inbound_to(pki, echo, policy, extra)
+    }
+
+    /// [`RunningIdgate::start_inbound_with_policy`] in front of the app at `upstream`.
+    pub fn start_inbound_to(
+        pki: &super::Pki,
+        upstream: std::net::SocketAddr,
+        policy: &str,
+        extra: &str,
+    ) -> Self {
         std::fs::write(pki.path("policy.toml"), policy).expect("write policy");
         let config = pki.path("idgate.toml");
         let toml = format!(
-            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{echo}\"\npolicy = \"policy.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
+            "{}\n[[inbound]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\npolicy = \"policy.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
             pki.identity_toml("server", super::SERVER_ID),
         );
         std::fs::write(&config, toml).expect("write config");
