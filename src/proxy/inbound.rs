@@ -10,8 +10,6 @@ use http::header::HeaderValue;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 use rustls::HandshakeKind;
 use scopeguard::ScopeGuard;
@@ -23,7 +21,7 @@ use super::coalesce::Coalesce;
 use super::forward::{Forwarded, Upstream};
 use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
-use super::serve::{accept_loop, http_builder, serve_http, Lifetime, Revoked};
+use super::serve::{accept_loop, serve_agreed, Agreed, HttpServer, Lifetime, Revoked};
 use super::stream::{Connector, Endpoint};
 use super::tcp;
 use super::Shared;
@@ -50,7 +48,7 @@ struct ListenerState {
     /// `idgate_tls_sessions_resumed_total` for this listener.
     resumed: Counter,
     protocol: Protocol,
-    builder: auto::Builder<TokioExecutor>,
+    http: HttpServer,
     timeouts: Timeouts,
     limits: Limits,
     shared: Shared,
@@ -101,7 +99,7 @@ impl InboundListener {
             connector,
             resumed: shared.tls.resumed(&config.name),
             protocol: config.protocol,
-            builder: http_builder(&config.timeouts, &config.limits),
+            http: HttpServer::new(&config.timeouts, &config.limits),
             limits: config.limits,
             timeouts: config.timeouts,
             shared: shared.clone(),
@@ -223,8 +221,10 @@ impl ListenerState {
             let connection = connection.clone();
             Box::pin(async move { Ok::<_, Infallible>(connection.handle(request).await) })
         });
-        serve_http(
-            &self.builder,
+        let agreed = Agreed::from_alpn(tls.get_ref().1.alpn_protocol());
+        serve_agreed(
+            &self.http,
+            agreed,
             Coalesce::new(*tls),
             service,
             lifetime,

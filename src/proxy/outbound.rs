@@ -13,8 +13,6 @@ use std::time::Instant;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use scopeguard::ScopeGuard;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
@@ -22,7 +20,7 @@ use tracing::Instrument;
 use super::forward::{Forwarded, Upstream};
 use super::headers::ensure_request_id;
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body};
-use super::serve::{accept_loop, http_builder, never_revoked, serve_http, Lifetime};
+use super::serve::{accept_loop, never_revoked, serve_detected, HttpServer, Lifetime};
 use super::stream::Connector;
 use super::tcp;
 use super::Shared;
@@ -46,7 +44,7 @@ struct ListenerState {
     peer: Upstream,
     connector: Connector,
     protocol: Protocol,
-    builder: auto::Builder<TokioExecutor>,
+    http: HttpServer,
     timeouts: Timeouts,
     limits: Limits,
     shared: Shared,
@@ -99,7 +97,7 @@ impl OutboundListener {
             peer,
             connector,
             protocol: config.protocol,
-            builder: http_builder(&config.timeouts, &config.limits),
+            http: HttpServer::new(&config.timeouts, &config.limits),
             timeouts: config.timeouts,
             limits: config.limits,
             shared: shared.clone(),
@@ -199,8 +197,8 @@ impl ListenerState {
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
         let lifetime = Lifetime::new(&self.timeouts, &self.limits, None);
-        serve_http(
-            &self.builder,
+        serve_detected(
+            &self.http,
             tcp,
             service,
             lifetime,
