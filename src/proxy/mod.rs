@@ -10,6 +10,7 @@ mod forward;
 /// Header rules (hop-by-hop removal, XFCC, request IDs): pure functions, public for the
 /// micro-benchmarks in `benches/`.
 pub mod headers;
+mod http_server;
 mod inbound;
 mod outbound;
 mod pool;

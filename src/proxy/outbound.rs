@@ -19,8 +19,9 @@ use tracing::Instrument;
 
 use super::forward::{Forwarded, Upstream};
 use super::headers::ensure_request_id;
+use super::http_server::{serve_detected, HttpServer};
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body};
-use super::serve::{accept_loop, never_revoked, serve_detected, HttpServer, Lifetime};
+use super::serve::{accept_loop, never_revoked, Lifetime};
 use super::stream::Connector;
 use super::tcp;
 use super::Shared;
