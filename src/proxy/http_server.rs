@@ -130,12 +130,11 @@ pub async fn serve_agreed<I, S>(
     match agreed {
         Agreed::Http1 => {
             let connection = server.http1.serve_connection(io, service).with_upgrades();
-            watch.drive(connection).await;
+            watch.drive(FlushAtEnd::new(connection)).await;
         }
         Agreed::Http2 => {
-            watch
-                .drive(server.http2.serve_connection(io, service))
-                .await
+            let connection = server.http2.serve_connection(io, service);
+            watch.drive(FlushAtEnd::new(connection)).await;
         }
     }
 }
@@ -159,7 +158,7 @@ pub async fn serve_detected<I, S>(
     let connection = server
         .detecting
         .serve_connection_with_upgrades(TokioIo::new(io), service);
-    watch.drive(connection).await;
+    watch.drive(FlushAtEnd::new(connection)).await;
 }
 
 /// A served HTTP connection that can be asked to finish the work in hand and end.
@@ -259,8 +258,11 @@ impl<'a> Watch<'a> {
         (service, watch)
     }
 
-    /// Drives `connection` to its end, ending it gracefully when it must end.
-    async fn drive(self, connection: impl Graceful) {
+    /// Drives `connection` to its end, ending it gracefully when it must end. It comes in
+    /// a `FlushAtEnd` (under which a `Coalesce` stream writes what one poll produced in
+    /// one go), which boxes it: an argument keeps its slot in this future for the
+    /// connection's life, and hyper's connections are kilobytes (2 KiB per connection).
+    async fn drive<C: Graceful>(self, mut connection: FlushAtEnd<C>) {
         let Self {
             started,
             last_request,
@@ -268,8 +270,6 @@ impl<'a> Watch<'a> {
             mut revoked,
             shutdown,
         } = self;
-        // Under FlushAtEnd, a `Coalesce` stream writes what one poll produced in one go.
-        let mut connection = FlushAtEnd::new(connection);
         let idle = lifetime.idle;
         let mut deadline = started + idle;
         let close_at = lifetime
