@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -60,15 +59,7 @@ async fn the_inbound_accepts_64_kib_frames() {
 async fn the_outbound_accepts_64_kib_frames() {
     // A peer inbound that only reads what the outbound says when it connects.
     let pki = Pki::new(TD);
-    let server = pki.svid(SERVER_ID);
-    let mut tls = rustls::ServerConfig::builder_with_provider(idgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(server.chain_der.clone(), server.key_der.clone_key())
-        .expect("server cert");
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let peer = listener.local_addr().expect("address");
     let toml = format!(

@@ -273,15 +273,7 @@ async fn http2_header_tables_do_not_keep_app_read_buffers() {
 
 /// A peer inbound for the outbound-only test: TLS as `SERVER_ID`, HTTP/2, answers 200.
 async fn http2_peer(pki: &Pki) -> std::net::SocketAddr {
-    let server = pki.svid(SERVER_ID);
-    let mut tls = rustls::ServerConfig::builder_with_provider(idgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(server.chain_der.clone(), server.key_der.clone_key())
-        .expect("server cert");
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
     let (addr, _) = counting_server(move |tcp| {
         let acceptor = acceptor.clone();
         async move {

@@ -101,64 +101,83 @@ impl Agreed {
     }
 }
 
-/// Serves HTTP on a TLS connection, in the protocol its handshake agreed on, until the
-/// client is done, the connection has had no new request for `lifetime.idle`, reached
-/// `lifetime.close_at`, or shutdown asks it to end. Ending is always graceful: HTTP/1.1
-/// finishes the response in flight and closes, HTTP/2 sends GOAWAY and lets open streams
-/// end.
-///
-/// Going straight to the agreed protocol's server matters for memory: detecting it
-/// instead reads the first 24 bytes ahead of HTTP/1.1's parser, which then doubles its
-/// 8 KiB read buffer to hold 24 bytes more (about 11 KiB more resident per idle
-/// HTTP/1.1 connection).
-pub async fn serve_agreed<I, S>(
-    server: &HttpServer,
-    agreed: Agreed,
-    io: I,
-    service: S,
-    lifetime: Lifetime,
-    revoked: Revoked,
-    shutdown: &CancellationToken,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<Body>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
+/// A byte stream a listener serves HTTP on.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// The request handler a listener serves each connection with.
+pub trait Handler:
+    Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Send
+    + 'static
 {
-    let (service, watch) = Watch::new(service, lifetime, revoked, shutdown);
-    let io = TokioIo::new(io);
-    match agreed {
-        Agreed::Http1 => {
-            let connection = server.http1.serve_connection(io, service).with_upgrades();
-            watch.drive(FlushAtEnd::new(connection)).await;
-        }
-        Agreed::Http2 => {
-            let connection = server.http2.serve_connection(io, service);
-            watch.drive(FlushAtEnd::new(connection)).await;
-        }
-    }
+}
+impl<S> Handler for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
 }
 
-/// [`serve_agreed`] for a plain TCP connection, which may speak HTTP/1.1 or HTTP/2 with
-/// prior knowledge: its first bytes tell which.
-pub async fn serve_detected<I, S>(
-    server: &HttpServer,
-    io: I,
-    service: S,
-    lifetime: Lifetime,
-    revoked: Revoked,
-    shutdown: &CancellationToken,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<Body>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-{
-    let (service, watch) = Watch::new(service, lifetime, revoked, shutdown);
-    let connection = server
-        .detecting
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    watch.drive(FlushAtEnd::new(connection)).await;
+/// What ends a served connection: its lifetime, a revocation, or shutdown.
+pub struct Ending<'a> {
+    /// Idle timeout and hard end.
+    pub lifetime: Lifetime,
+    /// A policy reload that no longer admits the peer.
+    pub revoked: Revoked,
+    /// The process's shutdown.
+    pub shutdown: &'a CancellationToken,
+}
+
+impl HttpServer {
+    /// Serves HTTP on a TLS connection, in the protocol its handshake agreed on, until the
+    /// client is done, the connection has had no new request for `lifetime.idle`, reached
+    /// `lifetime.close_at`, was revoked, or shutdown asks it to end. Ending is always
+    /// graceful: HTTP/1.1 finishes the response in flight and closes, HTTP/2 sends GOAWAY
+    /// and lets open streams end.
+    ///
+    /// Going straight to the agreed protocol's server matters for memory: detecting it
+    /// instead reads the first 24 bytes ahead of HTTP/1.1's parser, which then doubles its
+    /// 8 KiB read buffer to hold 24 bytes more (about 11 KiB more resident per idle
+    /// HTTP/1.1 connection).
+    pub async fn serve_agreed(
+        &self,
+        agreed: Agreed,
+        io: impl Io,
+        service: impl Handler,
+        ending: Ending<'_>,
+    ) {
+        let (service, watch) = Watch::new(service, ending);
+        let io = TokioIo::new(io);
+        match agreed {
+            Agreed::Http1 => {
+                let connection = self.http1.serve_connection(io, service).with_upgrades();
+                watch.drive(FlushAtEnd::new(connection)).await;
+            }
+            Agreed::Http2 => {
+                let connection = self.http2.serve_connection(io, service);
+                watch.drive(FlushAtEnd::new(connection)).await;
+            }
+        }
+    }
+
+    /// [`HttpServer::serve_agreed`] for a plain TCP connection, which may speak HTTP/1.1
+    /// or HTTP/2 with prior knowledge: its first bytes tell which.
+    pub async fn serve_detected(&self, io: impl Io, service: impl Handler, ending: Ending<'_>) {
+        let (service, watch) = Watch::new(service, ending);
+        let connection = self
+            .detecting
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        watch.drive(FlushAtEnd::new(connection)).await;
+    }
 }
 
 /// A served HTTP connection that can be asked to finish the work in hand and end.
@@ -216,31 +235,23 @@ where
     }
 }
 
-/// What ends a served connection: its lifetime, a revocation, shutdown.
+/// A served connection's [`Ending`], and when it last had a request.
 struct Watch<'a> {
     started: Instant,
     /// Milliseconds from `started` to the latest request.
     last_request: Arc<AtomicU64>,
-    lifetime: Lifetime,
-    revoked: Revoked,
-    shutdown: &'a CancellationToken,
+    ending: Ending<'a>,
 }
 
 impl<'a> Watch<'a> {
     /// Watches a connection that `service` (wrapped to note each request's time) serves.
-    fn new<S>(
+    fn new<S: Handler>(
         service: S,
-        lifetime: Lifetime,
-        revoked: Revoked,
-        shutdown: &'a CancellationToken,
+        ending: Ending<'a>,
     ) -> (
         impl Service<Request<Incoming>, Response = Response<Body>, Error = S::Error, Future = S::Future>,
         Self,
-    )
-    where
-        S: Service<Request<Incoming>, Response = Response<Body>>,
-        S::Error: Into<BoxError>,
-    {
+    ) {
         let started = Instant::now();
         let last_request = Arc::new(AtomicU64::new(0));
         let touched = last_request.clone();
@@ -251,9 +262,7 @@ impl<'a> Watch<'a> {
         let watch = Self {
             started,
             last_request,
-            lifetime,
-            revoked,
-            shutdown,
+            ending,
         };
         (service, watch)
     }
@@ -266,9 +275,12 @@ impl<'a> Watch<'a> {
         let Self {
             started,
             last_request,
-            lifetime,
-            mut revoked,
-            shutdown,
+            ending:
+                Ending {
+                    lifetime,
+                    mut revoked,
+                    shutdown,
+                },
         } = self;
         let idle = lifetime.idle;
         let mut deadline = started + idle;

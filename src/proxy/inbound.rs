@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::coalesce::Coalesce;
 use super::forward::{Forwarded, Upstream};
 use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
-use super::http_server::{serve_agreed, Agreed, HttpServer};
+use super::http_server::{Agreed, Ending, HttpServer};
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
 use super::serve::{accept_loop, Lifetime, Revoked};
 use super::stream::{Connector, Endpoint};
@@ -223,16 +223,14 @@ impl ListenerState {
             Box::pin(async move { Ok::<_, Infallible>(connection.handle(request).await) })
         });
         let agreed = Agreed::from_alpn(tls.get_ref().1.alpn_protocol());
-        serve_agreed(
-            &self.http,
-            agreed,
-            Coalesce::new(*tls),
-            service,
+        let ending = Ending {
             lifetime,
             revoked,
-            &self.shared.shutdown,
-        )
-        .await;
+            shutdown: &self.shared.shutdown,
+        };
+        self.http
+            .serve_agreed(agreed, Coalesce::new(*tls), service, ending)
+            .await;
     }
 }
 

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::forward::{Forwarded, Upstream};
 use super::headers::ensure_request_id;
-use super::http_server::{serve_detected, HttpServer};
+use super::http_server::{Ending, HttpServer};
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body};
 use super::serve::{accept_loop, never_revoked, Lifetime};
 use super::stream::Connector;
@@ -198,15 +198,12 @@ impl ListenerState {
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
         let lifetime = Lifetime::new(&self.timeouts, &self.limits, None);
-        serve_detected(
-            &self.http,
-            tcp,
-            service,
+        let ending = Ending {
             lifetime,
-            never_revoked(),
-            &self.shared.shutdown,
-        )
-        .await;
+            revoked: never_revoked(),
+            shutdown: &self.shared.shutdown,
+        };
+        self.http.serve_detected(tcp, service, ending).await;
     }
 }
 

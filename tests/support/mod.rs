@@ -444,6 +444,19 @@ pub async fn h2_connection(
     (sender, tokio::spawn(connection))
 }
 
+/// A TLS server presenting `server`'s chain, offering `alpn`, asking for no client
+/// certificate (a stand-in peer sidecar that a test reads or answers by hand).
+pub fn tls_acceptor(server: &IssuedCert, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let mut config = rustls::ServerConfig::builder_with_provider(idgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(server.chain_der.clone(), server.key_der.clone_key())
+        .expect("server cert");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 /// A listener on a free loopback port that hands each accepted connection to `serve` on a
 /// task of its own; returns its address and the number of connections it has accepted.
 pub async fn counting_server<F, Fut>(serve: F) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
