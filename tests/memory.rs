@@ -26,6 +26,26 @@ fn frontend_client(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
     )
 }
 
+/// `count` HTTP/1.1 mTLS connections to `inbound`, each with one request served (200), kept
+/// open as long as the returned senders and tasks live.
+async fn served_http1_connections(
+    inbound: std::net::SocketAddr,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    count: usize,
+) -> Vec<(
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    ConnectionTask,
+)> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (mut sender, task) = h1_connection(inbound, client.clone()).await;
+        let response = sender.send_request(empty_get("/")).await.expect("request");
+        assert_eq!(response.status(), 200);
+        held.push((sender, task));
+    }
+    held
+}
+
 /// A field of `/proc/PID/status` in KiB (`VmRSS`, `RssAnon`, ...).
 fn status_kib(idgate: &RunningIdgate, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", idgate.id()))
@@ -74,21 +94,12 @@ async fn memory_taken_by_a_spike_of_connections_is_given_back() {
     let client = frontend_client(&pki);
 
     // Warm up (first handshake, first request, upstream pool), then take the baseline.
-    let (mut sender, _task) = h1_connection(inbound, client.clone()).await;
-    let warm = sender.send_request(empty_get("/")).await.expect("warm-up");
-    assert_eq!(warm.status(), 200);
-    drop((sender, warm));
+    drop(served_http1_connections(inbound, &client, 1).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = status_kib(&idgate, "VmRSS");
 
     // A spike: many connections, each with one request served, held open together.
-    let mut held = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        let (mut sender, task) = h1_connection(inbound, client.clone()).await;
-        let response = sender.send_request(empty_get("/")).await.expect("request");
-        assert_eq!(response.status(), 200);
-        held.push((sender, task));
-    }
+    let held = served_http1_connections(inbound, &client, CONNECTIONS).await;
     let peak = status_kib(&idgate, "VmRSS");
     let grown = peak.saturating_sub(idle);
     assert!(
@@ -370,23 +381,9 @@ async fn an_idle_http1_connection_costs_at_most_26_kib() {
     let idgate = RunningIdgate::start_inbound_to_echo(&pki, "").await;
     let inbound = idgate.address("inbound");
     let client = frontend_client(&pki);
-    let (mut sender, _task) = h1_connection(inbound, client.clone()).await;
-    assert_eq!(
-        sender
-            .send_request(empty_get("/"))
-            .await
-            .expect("warm-up")
-            .status(),
-        200
-    );
+    let _warm = served_http1_connections(inbound, &client, 1).await;
     let before = settled_anon_kib(&idgate).await;
-    let mut held = Vec::with_capacity(HELD);
-    for _ in 0..HELD {
-        let (mut sender, task) = h1_connection(inbound, client.clone()).await;
-        let response = sender.send_request(empty_get("/")).await.expect("request");
-        assert_eq!(response.status(), 200);
-        held.push((sender, task));
-    }
+    let _held = served_http1_connections(inbound, &client, HELD).await;
     let after = settled_anon_kib(&idgate).await;
     let each = after.saturating_sub(before) / HELD as u64;
     assert!(
