@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use super::copy;
-use super::headers::{compact_values, strip_hop_by_hop};
+use super::headers::{prepare_for_hpack, strip_hop_by_hop};
 use super::pool::{Peer, Pool, PoolError};
 use super::respond::{is_grpc, Body, Refusal};
 use super::serve::{never_revoked, Revoked};
@@ -182,7 +182,7 @@ impl Upstream {
             keep_upgrade(&mut parts.headers, protocol);
         }
         if answer_over_http2 {
-            compact_values(&mut parts.headers);
+            prepare_for_hpack(&mut parts.headers);
         }
         Ok(Forwarded {
             response: Response::from_parts(parts, Either::Left(body)),

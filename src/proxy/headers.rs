@@ -59,35 +59,67 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// indexes them (h2 indexes no header larger than three quarters of its table).
 const MAX_INDEXED_VALUE: usize = 3 * 1024;
 
-/// Copies the header values an HTTP/2 encoder may keep into one small allocation of the
-/// message's own.
+/// Headers whose every value is new: request IDs and the trace context of common tracers.
+/// An HPACK table gains nothing by indexing one; each pushed out an entry that does
+/// repeat, and was kept until pushed out in turn. h2 already leaves the headers of
+/// nghttp2's list (`:path`, `content-length`, `etag`, `set-cookie` ...) out of its table.
+fn is_new_in_every_message(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-request-id"
+            | "x-correlation-id"
+            | "traceparent"
+            | "b3"
+            | "x-b3-traceid"
+            | "x-b3-spanid"
+            | "x-b3-parentspanid"
+            | "uber-trace-id"
+            | "x-amzn-trace-id"
+            | "x-cloud-trace-context"
+            | "x-datadog-trace-id"
+            | "x-datadog-parent-id"
+            | "sentry-trace"
+    )
+}
+
+/// Whether an HTTP/2 encoder's table may keep this value (it never indexes a sensitive one).
+fn may_be_indexed(value: &HeaderValue) -> bool {
+    !value.is_sensitive() && value.len() <= MAX_INDEXED_VALUE
+}
+
+/// Readies a message's headers for an HTTP/2 encoder, whose HPACK table keeps each value
+/// it indexes until later headers push it out. Called on every message that leaves over
+/// HTTP/2.
 ///
-/// A value parsed from an HTTP/1.1 message is a slice of its connection's read buffer
-/// (8 KiB or more), and an HTTP/2 encoder's HPACK table keeps each value it indexes
-/// until later headers push it out: it kept the whole buffer each value came from, so a
-/// connection that had carried unique values (request IDs, trace IDs, ETags) held dozens
-/// of buffers, 260 KiB per idle connection after 50 requests. Called on every message
-/// that leaves over HTTP/2; the table then holds no more than the indexable values' size.
-pub fn compact_values(headers: &mut HeaderMap) {
-    let indexable = |value: &&mut HeaderValue| value.len() <= MAX_INDEXED_VALUE;
-    let total: usize = headers
-        .values_mut()
-        .filter(indexable)
-        .map(|value| value.len())
-        .sum();
+/// - Values new in every message (request and trace IDs) are marked sensitive, so they
+///   are sent as literals never indexed (RFC 7541, 6.2.3) and neither end's table keeps
+///   them: idgate adds an `x-request-id` to every request, and between two sidecars each
+///   one took a slot in both tables.
+/// - The other values an encoder may keep are copied into one small allocation of the
+///   message's own. A value parsed from an HTTP/1.1 message is a slice of its
+///   connection's read buffer (8 KiB or more): a table that kept such values kept whole
+///   buffers, 260 KiB per idle connection after 50 requests with unique IDs.
+pub fn prepare_for_hpack(headers: &mut HeaderMap) {
+    let mut total = 0;
+    for (name, value) in headers.iter_mut() {
+        if is_new_in_every_message(name) {
+            value.set_sensitive(true);
+        } else if may_be_indexed(value) {
+            total += value.len();
+        }
+    }
     if total == 0 {
         return;
     }
     let mut block = BytesMut::with_capacity(total);
-    for value in headers.values_mut().filter(indexable) {
+    for value in headers.values_mut().filter(|value| may_be_indexed(value)) {
         block.extend_from_slice(value.as_bytes());
     }
     let mut block = block.freeze();
-    for value in headers.values_mut().filter(indexable) {
+    for value in headers.values_mut().filter(|value| may_be_indexed(value)) {
         let own = block.split_to(value.len());
         // Cannot fail (the bytes were a valid value); on failure the value stays as it was.
-        if let Ok(mut copy) = HeaderValue::from_maybe_shared(own) {
-            copy.set_sensitive(value.is_sensitive());
+        if let Ok(copy) = HeaderValue::from_maybe_shared(own) {
             *value = copy;
         }
     }
@@ -175,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn compacted_values_leave_the_buffer_they_were_parsed_from() {
+    fn values_a_table_may_keep_leave_the_buffer_they_were_parsed_from() {
         // As hyper parses HTTP/1.1: every value a slice of one large read buffer.
         let buffer = bytes::Bytes::from(format!("{:<8192}", "abc\tdef/1.0 trace-7f3a"));
         let slice =
@@ -184,20 +216,21 @@ mod tests {
         h.insert(header::SERVER, slice(0..11));
         h.append("x-trace", slice(12..22));
         h.append("x-trace", slice(7..11));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static(""));
+        // Never in a table, so left where they are: a sensitive value, one new in every
+        // message, one too large for a 4 KiB table.
         let mut secret = slice(0..3);
         secret.set_sensitive(true);
         h.insert(header::AUTHORIZATION, secret);
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static(""));
-        // Too large for a 4 KiB table ever to index: left where it is.
+        h.insert(REQUEST_ID, slice(12..22));
         h.insert(header::COOKIE, slice(0..MAX_INDEXED_VALUE + 1));
-        compact_values(&mut h);
-        let cookie = h.remove(header::COOKIE).expect("cookie");
-        assert!(within(cookie.as_bytes(), &buffer));
+        prepare_for_hpack(&mut h);
+        for name in [header::AUTHORIZATION, REQUEST_ID, header::COOKIE] {
+            let value = h.remove(&name).expect("still there");
+            assert!(within(value.as_bytes(), &buffer), "{name} was copied");
+        }
         let values: Vec<&[u8]> = h.values().map(HeaderValue::as_bytes).collect();
-        assert_eq!(
-            values,
-            [&b"abc\tdef/1.0"[..], b"trace-7f3a", b"/1.0", b"abc", b""]
-        );
+        assert_eq!(values, [&b"abc\tdef/1.0"[..], b"trace-7f3a", b"/1.0", b""]);
         for value in h.values() {
             assert!(
                 !within(value.as_bytes(), &buffer),
@@ -208,17 +241,49 @@ mod tests {
         for pair in values.windows(2) {
             assert_eq!(pair[0].as_ptr_range().end, pair[1].as_ptr());
         }
-        assert!(h[header::AUTHORIZATION].is_sensitive());
-        assert!(!h[header::SERVER].is_sensitive());
+    }
+
+    #[test]
+    fn ids_new_in_every_message_are_never_indexed() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-request-id",
+            "traceparent",
+            "x-b3-spanid",
+            "x-amzn-trace-id",
+        ] {
+            h.insert(name, HeaderValue::from_static("4bf92f3577b34da6"));
+        }
+        let mut secret = HeaderValue::from_static("Bearer x");
+        secret.set_sensitive(true);
+        h.insert(header::AUTHORIZATION, secret);
+        h.insert("tracestate", HeaderValue::from_static("vendor=1"));
+        h.insert(header::USER_AGENT, HeaderValue::from_static("curl/8"));
+        prepare_for_hpack(&mut h);
+        let sensitive: Vec<&str> = h
+            .iter()
+            .filter(|(_, value)| value.is_sensitive())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(
+            sensitive,
+            [
+                "x-request-id",
+                "traceparent",
+                "x-b3-spanid",
+                "x-amzn-trace-id",
+                "authorization"
+            ]
+        );
     }
 
     #[test]
     fn compacting_no_values_changes_nothing() {
         let mut h = HeaderMap::new();
-        compact_values(&mut h);
+        prepare_for_hpack(&mut h);
         assert!(h.is_empty());
         h.insert(header::ACCEPT, HeaderValue::from_static(""));
-        compact_values(&mut h);
+        prepare_for_hpack(&mut h);
         assert_eq!(h[header::ACCEPT], "");
     }
 

@@ -24,7 +24,7 @@ use hyper::rt::Executor;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::coalesce::FlushingExecutor;
-use super::headers::compact_values;
+use super::headers::prepare_for_hpack;
 use super::stream::{ConnectError, Connector, Stream};
 use crate::tls::PeerIdentity;
 
@@ -147,7 +147,7 @@ impl Pool {
             match checkout {
                 Checkout::Http2(mut sender, peer) => {
                     // The connection's HPACK table may keep these values for long.
-                    compact_values(request.headers_mut());
+                    prepare_for_hpack(request.headers_mut());
                     match sender.try_send_request(request).await {
                         Ok(response) => return Ok((response.map(UpstreamBody::plain), peer)),
                         Err(mut error) => match error.take_message() {
