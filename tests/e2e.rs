@@ -71,6 +71,49 @@ async fn http2_from_the_app_reaches_the_upstream() {
         .ends_with(&format!("URI={FRONTEND_ID}")));
 }
 
+/// Writes `pieces` to a new connection to `addr` with a pause between them and returns
+/// what the server has sent once it has sent something.
+async fn first_reply_to_pieces(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    for piece in pieces {
+        tcp.write_all(piece).await.expect("write");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut reply = vec![0u8; 4096];
+    let n = tcp.read(&mut reply).await.expect("read");
+    reply.truncate(n);
+    reply
+}
+
+#[tokio::test]
+async fn the_outbound_tells_the_protocol_by_first_bytes_however_they_arrive() {
+    // The outbound peeks at a plain connection's first bytes; too few to tell (a prefix
+    // of the HTTP/2 preface), it reads on.
+    let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let addr = client.outbound();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    for pieces in [&[&preface[..]][..], &[&preface[..5], &preface[5..]]] {
+        let reply = first_reply_to_pieces(addr, pieces).await;
+        // A SETTINGS frame (type 4 on stream 0) opens the server's side of HTTP/2.
+        assert!(reply.len() >= 9 && reply[3] == 0x4, "{reply:?}");
+    }
+    let put = b"PUT /h1 HTTP/1.1\r\nhost: api\r\ncontent-length: 0\r\n\r\n";
+    for pieces in [
+        &[&put[..]][..],
+        &[&put[..1], &put[1..]],
+        &[&put[..4], &put[4..]],
+    ] {
+        let reply = first_reply_to_pieces(addr, pieces).await;
+        assert!(
+            reply.starts_with(b"HTTP/1.1 200 "),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+}
+
 #[tokio::test]
 async fn direct_mtls_client_over_h2_http11_and_without_alpn() {
     let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;

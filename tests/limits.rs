@@ -78,6 +78,44 @@ async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
     );
 }
 
+/// CPU time this process has used (user + system), from `/proc/self/stat`.
+fn cpu_used() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // utime and stime, fields 14 and 15 of proc(5), in ticks of 1/100 s.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test]
+async fn app_connections_that_stop_before_telling_their_protocol_are_closed_when_idle() {
+    // The outbound tells a plain connection's protocol by peeking at its first bytes. One
+    // that sends nothing, or only a piece of the HTTP/2 preface, is waited for without
+    // spinning and closed after the idle timeout.
+    let mesh = Mesh::start(ALLOW_ALL).await;
+    let extra = "timeouts = { idle = \"1s\" }";
+    let client = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], extra)
+        .await;
+    for first in [&b""[..], b"PRI * HTTP/2"] {
+        let mut stalled = TcpStream::connect(client.outbound()).await.unwrap();
+        stalled.write_all(first).await.unwrap();
+        let cpu_before = cpu_used();
+        let closed = until_closed(&mut stalled, Duration::from_secs(4)).await;
+        let cpu = cpu_used() - cpu_before;
+        let closed = closed.expect("a connection that never tells its protocol must be closed");
+        assert!(
+            closed >= Duration::from_millis(900),
+            "{first:?}: closed after {closed:?}"
+        );
+        assert!(
+            cpu < Duration::from_millis(300),
+            "{first:?}: {cpu:?} of CPU while waiting"
+        );
+    }
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_not_left_hanging() {
     let mesh = Mesh::start_with(ALLOW_ALL, "limits = { max_connections = 2 }").await;

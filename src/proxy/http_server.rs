@@ -3,6 +3,8 @@
 //! its lifetime, a revocation or shutdown ends it, always gracefully.
 
 use std::future::Future;
+use std::io;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,8 +16,8 @@ use hyper::rt::bounds::Http2ServerConnExec;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, HttpService, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::coalesce::FlushAtEnd;
@@ -23,72 +25,52 @@ use super::respond::Body;
 use super::serve::{Lifetime, Revoked};
 use crate::config::{Limits, Timeouts};
 
-/// An error as hyper's services, bodies and version-detecting server box them.
+/// An error as hyper's services and bodies box them.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// hyper refuses HTTP/1.1 read buffers smaller than this.
 const MIN_H1_BUFFER: usize = 8192;
 
-/// The settings both an HTTP/1.1 builder of hyper's and the auto-detecting one take.
-macro_rules! http1_settings {
-    ($builder:expr, $timeouts:expr, $limits:expr) => {
-        $builder
-            .timer(TokioTimer::new())
-            .header_read_timeout($timeouts.header.0)
-            .max_buf_size($limits.max_header_bytes.max(MIN_H1_BUFFER))
-            .keep_alive(true)
-    };
-}
-
-/// The settings both an HTTP/2 builder of hyper's and the auto-detecting one take.
-macro_rules! http2_settings {
-    ($builder:expr, $limits:expr) => {
-        $builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams($limits.max_concurrent_streams)
-            .max_frame_size(super::HTTP2_MAX_FRAME)
-            .max_header_list_size(u32::try_from($limits.max_header_bytes).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-    };
-}
-
-/// The HTTP server of one listener, with the same settings for every way a connection's
+/// The HTTP server of one listener: the same settings whichever way a connection's
 /// protocol comes to be known.
 #[derive(Clone)]
 pub struct HttpServer {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
-    /// For plain TCP connections, whose protocol only their first bytes tell.
-    detecting: auto::Builder<TokioExecutor>,
 }
 
 impl HttpServer {
     /// A listener's HTTP server under its timeouts and limits.
     pub fn new(timeouts: &Timeouts, limits: &Limits) -> Self {
         let mut http1 = http1::Builder::new();
-        http1_settings!(http1, timeouts, limits);
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.header.0)
+            .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUFFER))
+            .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2_settings!(http2, limits);
-        let mut detecting = auto::Builder::new(TokioExecutor::new());
-        http1_settings!(detecting.http1(), timeouts, limits);
-        http2_settings!(detecting.http2(), limits);
-        Self {
-            http1,
-            http2,
-            detecting,
-        }
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_frame_size(super::HTTP2_MAX_FRAME)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Self { http1, http2 }
     }
 }
 
-/// The protocol a TLS connection speaks, as its handshake settled it.
+/// The protocol a connection speaks, as its TLS handshake or its first bytes settled it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Agreed {
     /// ALPN `http/1.1`, or no ALPN: HTTP/2 over TLS is only ever agreed by ALPN
-    /// (RFC 9113, 3.2).
+    /// (RFC 9113, 3.2). A plain connection: anything but the HTTP/2 preface.
     Http1,
-    /// ALPN `h2`.
+    /// ALPN `h2`. A plain connection: the HTTP/2 preface (prior knowledge).
     Http2,
 }
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113, 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Agreed {
     /// What the ALPN protocol the handshake chose (if any) says.
@@ -97,6 +79,18 @@ impl Agreed {
             Self::Http2
         } else {
             Self::Http1
+        }
+    }
+
+    /// What a plain connection's first bytes say, if they are enough to tell (none, or
+    /// the start of the HTTP/2 preface, are not).
+    fn from_first_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.starts_with(HTTP2_PREFACE) {
+            Some(Self::Http2)
+        } else if HTTP2_PREFACE.starts_with(bytes) {
+            None
+        } else {
+            Some(Self::Http1)
         }
     }
 }
@@ -171,13 +165,49 @@ impl HttpServer {
 
     /// [`HttpServer::serve_agreed`] for a plain TCP connection, which may speak HTTP/1.1
     /// or HTTP/2 with prior knowledge: its first bytes tell which.
-    pub async fn serve_detected(&self, io: impl Io, service: impl Handler, ending: Ending<'_>) {
-        let (service, watch) = Watch::new(service, ending);
-        let connection = self
-            .detecting
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
-        watch.drive(FlushAtEnd::new(connection)).await;
+    ///
+    /// They are peeked at, not read, so the chosen protocol's server reads them itself:
+    /// reading them ahead (as hyper-util's detection does) makes HTTP/1.1's parser double
+    /// its read buffer, 12 KiB more per idle connection.
+    pub async fn serve_plain(&self, tcp: TcpStream, service: impl Handler, ending: Ending<'_>) {
+        let told = tokio::select! {
+            told = first_bytes_tell(&tcp) => told,
+            _ = tokio::time::sleep(ending.lifetime.idle) => return,
+            _ = ending.shutdown.cancelled() => return,
+        };
+        // Otherwise the client left (or the socket failed) before saying anything.
+        if let Ok(agreed) = told {
+            self.serve_agreed(agreed, tcp, service, ending).await;
+        }
     }
+}
+
+/// Waits until a plain connection's first bytes tell its protocol, and leaves them unread.
+async fn first_bytes_tell(tcp: &TcpStream) -> io::Result<Agreed> {
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    // `WouldBlock`: too few bytes to tell yet.
+    let told = |peeked: usize, first: &[u8]| -> io::Result<Agreed> {
+        match peeked {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            n => Agreed::from_first_bytes(&first[..n]).ok_or(io::ErrorKind::WouldBlock.into()),
+        }
+    };
+    let peeked = tcp.peek(&mut first).await?;
+    match told(peeked, &first) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        told => return told,
+    }
+    // Too few to tell (a piece of the HTTP/2 preface), which is rare. A peek sees the same
+    // bytes until more arrive, so each look that cannot tell yet ends in `WouldBlock`,
+    // which makes tokio wait for the socket's next readiness instead of spinning. tokio's
+    // `TcpStream` has no non-blocking peek: this one goes through a duplicate of the
+    // descriptor (non-blocking too: the flag belongs to the socket).
+    let socket = std::net::TcpStream::from(tcp.as_fd().try_clone_to_owned()?);
+    tcp.async_io(Interest::READABLE, || {
+        let peeked = socket.peek(&mut first)?;
+        told(peeked, &first)
+    })
+    .await
 }
 
 /// A served HTTP connection that can be asked to finish the work in hand and end.
@@ -212,23 +242,6 @@ where
     TokioExecutor: Http2ServerConnExec<S::Future, B>,
 {
     type Error = hyper::Error;
-
-    fn end_gracefully(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I, S, B> Graceful for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
-where
-    S: Service<Request<Incoming>, Response = Response<B>>,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<BoxError>,
-    TokioExecutor: Http2ServerConnExec<S::Future, B>,
-{
-    type Error = BoxError;
 
     fn end_gracefully(self: Pin<&mut Self>) {
         self.graceful_shutdown();
@@ -325,4 +338,25 @@ impl<'a> Watch<'a> {
 
 fn millis_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bytes_tell_the_protocol_once_they_leave_the_http2_preface() {
+        let told = |bytes: &[u8]| Agreed::from_first_bytes(bytes);
+        assert_eq!(told(HTTP2_PREFACE), Some(Agreed::Http2));
+        assert_eq!(
+            told(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            Some(Agreed::Http2)
+        );
+        assert_eq!(told(b"GET / HTTP/1.1\r\n"), Some(Agreed::Http1));
+        assert_eq!(told(b"PUT"), Some(Agreed::Http1));
+        assert_eq!(told(b"PRI * HTTP/1.1"), Some(Agreed::Http1));
+        for undecided in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r"] {
+            assert_eq!(told(undecided), None, "{undecided:?}");
+        }
+    }
 }

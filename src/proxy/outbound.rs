@@ -203,7 +203,7 @@ impl ListenerState {
             revoked: never_revoked(),
             shutdown: &self.shared.shutdown,
         };
-        self.http.serve_detected(tcp, service, ending).await;
+        self.http.serve_plain(tcp, service, ending).await;
     }
 }
 
