@@ -194,27 +194,55 @@ async fn the_inbound_accepts_64_kib_frames() {
     assert_eq!(settings.get(&MAX_FRAME_SIZE), Some(&65_536), "{settings:?}");
 }
 
+/// An outbound sidecar whose peer is the test: a listener and the TLS acceptor of
+/// `SERVER_ID`, offering only `h2`.
+struct OutboundToThisTest {
+    outbound: Sidecar,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// Holds the sidecar's certificates and config.
+    _pki: Pki,
+}
+
+impl OutboundToThisTest {
+    async fn start() -> Self {
+        let pki = Pki::new(TD);
+        let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let peer = listener.local_addr().expect("address");
+        let toml = format!(
+            "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{peer}\"\nserver_ids = [\"{SERVER_ID}\"]\n",
+            pki.identity_toml("frontend", FRONTEND_ID)
+        );
+        let outbound = Sidecar::start(pki.dir.path(), "frontend", &toml).await;
+        Self {
+            outbound,
+            listener,
+            acceptor,
+            _pki: pki,
+        }
+    }
+
+    /// The outbound's connection, its TLS handshake done (ALPN `h2`) and its HTTP/2
+    /// preface read.
+    async fn accept_http2(&self) -> tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+        let (tcp, _) = self.listener.accept().await.expect("the outbound connects");
+        let mut stream = self.acceptor.accept(tcp).await.expect("TLS handshake");
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let mut preface = [0u8; 24];
+        stream.read_exact(&mut preface).await.expect("preface");
+        assert_eq!(&preface, &CLIENT_PREFACE[..24]);
+        stream
+    }
+}
+
 #[tokio::test]
 async fn the_outbound_accepts_64_kib_frames() {
     // A peer inbound that only reads what the outbound says when it connects.
-    let pki = Pki::new(TD);
-    let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let peer = listener.local_addr().expect("address");
-    let toml = format!(
-        "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{peer}\"\nserver_ids = [\"{SERVER_ID}\"]\n",
-        pki.identity_toml("frontend", FRONTEND_ID)
-    );
-    let client = Sidecar::start(pki.dir.path(), "frontend", &toml).await;
-    let url = client.url("/");
+    let to_test = OutboundToThisTest::start().await;
+    let url = to_test.outbound.url("/");
     let request = tokio::spawn(async move { get(&url, &[]).await });
-
-    let (tcp, _) = listener.accept().await.expect("the outbound connects");
-    let mut stream = acceptor.accept(tcp).await.expect("TLS handshake");
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let mut preface = [0u8; 24];
-    stream.read_exact(&mut preface).await.expect("preface");
-    assert_eq!(&preface, &CLIENT_PREFACE[..24]);
+    let mut stream = to_test.accept_http2().await;
     let settings = first_settings(&mut stream).await;
     assert_eq!(settings.get(&MAX_FRAME_SIZE), Some(&65_536), "{settings:?}");
     request.abort();
@@ -312,23 +340,13 @@ async fn the_inbound_never_indexes_the_request_ids_of_responses() {
 
 #[tokio::test]
 async fn the_outbound_never_indexes_request_and_trace_ids() {
-    let pki = Pki::new(TD);
-    let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let peer = listener.local_addr().expect("address");
-    let toml = format!(
-        "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{peer}\"\nserver_ids = [\"{SERVER_ID}\"]\n",
-        pki.identity_toml("frontend", FRONTEND_ID)
-    );
-    let client = Sidecar::start(pki.dir.path(), "frontend", &toml).await;
+    let to_test = OutboundToThisTest::start().await;
+    let url = to_test.outbound.url("/");
     // A peer inbound that keeps each request's header block and answers 200.
     let blocks = Arc::new(Mutex::new(Vec::new()));
     let kept = blocks.clone();
     let peer = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("the outbound connects");
-        let mut stream = acceptor.accept(tcp).await.expect("TLS handshake");
-        let mut preface = [0u8; 24];
-        stream.read_exact(&mut preface).await.expect("preface");
+        let mut stream = to_test.accept_http2().await;
         write_frame(&mut stream, SETTINGS, 0, 0, &[]).await;
         loop {
             let frame = read_frame(&mut stream).await;
@@ -348,7 +366,7 @@ async fn the_outbound_never_indexes_request_and_trace_ids() {
             ("x-request-id", &*request_id),
             ("traceparent", &*traceparent),
         ];
-        let reply = get(&client.url("/"), &headers).await;
+        let reply = get(&url, &headers).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
     peer.abort();
