@@ -60,9 +60,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 const MAX_INDEXED_VALUE: usize = 3 * 1024;
 
 /// Headers whose every value is new: request IDs and the trace context of common tracers.
-/// An HPACK table gains nothing by indexing one; each pushed out an entry that does
-/// repeat, and was kept until pushed out in turn. h2 already leaves the headers of
-/// nghttp2's list (`:path`, `content-length`, `etag`, `set-cookie` ...) out of its table.
+/// An HPACK table gains nothing by indexing one: each would push out an entry that does
+/// repeat, and stay until pushed out in turn. h2 already leaves the headers of nghttp2's
+/// list (`:path`, `content-length`, `etag`, `set-cookie` ...) out of its table.
 fn is_new_in_every_message(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
