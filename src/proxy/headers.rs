@@ -59,24 +59,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// indexes them (h2 indexes no header larger than three quarters of its table).
 const MAX_INDEXED_VALUE: usize = 3 * 1024;
 
-/// Headers whose every value is new: request IDs and the trace context of common tracers.
-/// An HPACK table gains nothing by indexing one: each would push out an entry that does
-/// repeat, and stay until pushed out in turn. h2 already leaves the headers of nghttp2's
-/// list (`:path`, `content-length`, `etag`, `set-cookie` ...) out of its table.
+/// Headers whose every value is new: request IDs, and the trace headers of common tracers
+/// that carry the calling span's own ID. An HPACK table gains nothing by indexing one:
+/// each would push out an entry that does repeat, and stay until pushed out in turn.
+/// (Headers carrying only the trace's ID or the parent span's, such as `x-b3-traceid`,
+/// repeat across the calls one span makes, and stay indexable.) h2 already leaves the
+/// headers of nghttp2's list (`:path`, `content-length`, `etag` ...) out of its table.
 fn is_new_in_every_message(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "x-request-id"
-            | "x-correlation-id"
             | "traceparent"
             | "b3"
-            | "x-b3-traceid"
             | "x-b3-spanid"
-            | "x-b3-parentspanid"
             | "uber-trace-id"
             | "x-amzn-trace-id"
             | "x-cloud-trace-context"
-            | "x-datadog-trace-id"
             | "x-datadog-parent-id"
             | "sentry-trace"
     )
@@ -257,7 +255,13 @@ mod tests {
         let mut secret = HeaderValue::from_static("Bearer x");
         secret.set_sensitive(true);
         h.insert(header::AUTHORIZATION, secret);
+        // Shared by every call of a trace, or of a span.
         h.insert("tracestate", HeaderValue::from_static("vendor=1"));
+        h.insert("x-b3-traceid", HeaderValue::from_static("4bf92f3577b34da6"));
+        h.insert(
+            "x-b3-parentspanid",
+            HeaderValue::from_static("00f067aa0ba902b7"),
+        );
         h.insert(header::USER_AGENT, HeaderValue::from_static("curl/8"));
         prepare_for_hpack(&mut h);
         let sensitive: Vec<&str> = h
