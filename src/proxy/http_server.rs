@@ -185,17 +185,14 @@ impl HttpServer {
 /// Waits until a plain connection's first bytes tell its protocol, and leaves them unread.
 async fn first_bytes_tell(tcp: &TcpStream) -> io::Result<Agreed> {
     let mut first = [0u8; HTTP2_PREFACE.len()];
-    // `WouldBlock`: too few bytes to tell yet.
-    let told = |peeked: usize, first: &[u8]| -> io::Result<Agreed> {
-        match peeked {
-            0 => Err(io::ErrorKind::UnexpectedEof.into()),
-            n => Agreed::from_first_bytes(&first[..n]).ok_or(io::ErrorKind::WouldBlock.into()),
-        }
+    // `None`: too few bytes to tell yet.
+    let told = |peeked: usize, first: &[u8]| match peeked {
+        0 => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+        n => Ok(Agreed::from_first_bytes(&first[..n])),
     };
     let peeked = tcp.peek(&mut first).await?;
-    match told(peeked, &first) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        told => return told,
+    if let Some(agreed) = told(peeked, &first)? {
+        return Ok(agreed);
     }
     // Too few to tell (a piece of the HTTP/2 preface), which is rare. A peek sees the same
     // bytes until more arrive, so each look that cannot tell yet ends in `WouldBlock`,
@@ -205,15 +202,13 @@ async fn first_bytes_tell(tcp: &TcpStream) -> io::Result<Agreed> {
     let socket = std::net::TcpStream::from(tcp.as_fd().try_clone_to_owned()?);
     tcp.async_io(Interest::READABLE, || {
         let peeked = socket.peek(&mut first)?;
-        told(peeked, &first)
+        told(peeked, &first)?.ok_or(io::ErrorKind::WouldBlock.into())
     })
     .await
 }
 
 /// A served HTTP connection that can be asked to finish the work in hand and end.
-trait Graceful: Future<Output = Result<(), Self::Error>> {
-    type Error: std::fmt::Display;
-
+trait Graceful: Future<Output = hyper::Result<()>> {
     fn end_gracefully(self: Pin<&mut Self>);
 }
 
@@ -225,8 +220,6 @@ where
     B: hyper::body::Body + 'static,
     B::Error: Into<BoxError>,
 {
-    type Error = hyper::Error;
-
     fn end_gracefully(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -241,8 +234,6 @@ where
     B::Error: Into<BoxError>,
     TokioExecutor: Http2ServerConnExec<S::Future, B>,
 {
-    type Error = hyper::Error;
-
     fn end_gracefully(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
