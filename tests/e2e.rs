@@ -89,7 +89,7 @@ async fn first_reply_to_pieces(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> 
 #[tokio::test]
 async fn the_outbound_tells_the_protocol_by_first_bytes_however_they_arrive() {
     // The outbound peeks at a plain connection's first bytes; too few to tell (a prefix
-    // of the HTTP/2 preface), it reads on.
+    // of the HTTP/2 preface), it waits for more.
     let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
     let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
     let addr = client.outbound();

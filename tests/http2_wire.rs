@@ -210,10 +210,7 @@ impl OutboundToThisTest {
         let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let peer = listener.local_addr().expect("address");
-        let toml = format!(
-            "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{peer}\"\nserver_ids = [\"{SERVER_ID}\"]\n",
-            pki.identity_toml("frontend", FRONTEND_ID)
-        );
+        let toml = pki.outbound_toml("frontend", FRONTEND_ID, peer, &[SERVER_ID]);
         let outbound = Sidecar::start(pki.dir.path(), "frontend", &toml).await;
         Self {
             outbound,

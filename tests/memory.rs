@@ -308,8 +308,8 @@ async fn start_outbound_to_http2_peer(pki: &Pki) -> RunningIdgate {
     let peer = http2_peer(pki).await;
     let config = pki.path("idgate.toml");
     let toml = format!(
-        "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{peer}\"\nserver_ids = [\"{SERVER_ID}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        pki.identity_toml("frontend", FRONTEND_ID)
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        pki.outbound_toml("frontend", FRONTEND_ID, peer, &[SERVER_ID])
     );
     std::fs::write(&config, toml).expect("write config");
     RunningIdgate::start(&config)

@@ -87,6 +87,21 @@ impl Pki {
             bundle = self.bundle()
         )
     }
+
+    /// `name`'s identity (an SVID for `id`) and one `[[outbound]]` listener, `to-api`, to
+    /// `target`, expecting one of `server_ids`.
+    pub fn outbound_toml(
+        &self,
+        name: &str,
+        id: &str,
+        target: SocketAddr,
+        server_ids: &[&str],
+    ) -> String {
+        format!(
+            "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{target}\"\nserver_ids = {server_ids:?}\n",
+            self.identity_toml(name, id)
+        )
+    }
 }
 
 /// A sidecar running in this process from a real config file.
@@ -228,12 +243,10 @@ impl Mesh {
         server_ids: &[&str],
         extra: &str,
     ) -> Sidecar {
-        let toml = format!(
-            "{}\n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\ntarget = \"{}\"\nserver_ids = {:?}\n{extra}\n",
-            self.pki.identity_toml(name, id),
-            self.server.inbound(),
-            server_ids
-        );
+        let outbound = self
+            .pki
+            .outbound_toml(name, id, self.server.inbound(), server_ids);
+        let toml = format!("{outbound}{extra}\n");
         Sidecar::start(self.pki.dir.path(), name, &toml).await
     }
 }
