@@ -88,14 +88,14 @@ impl Decision {
     /// Why the request was (or, in audit mode, would have been) denied, for logs;
     /// `None` when it was allowed.
     pub fn denial_reason(&self) -> Option<String> {
-        let why = match self.rule.as_deref() {
+        let why = || match self.rule.as_deref() {
             Some(rule) => format!("denied by rule {rule}"),
             None => "no rule allows it (default deny)".to_string(),
         };
         match self.verdict {
             Verdict::Allow => None,
-            Verdict::Deny => Some(why),
-            Verdict::AuditDeny => Some(format!("audit mode: {why}")),
+            Verdict::Deny => Some(why()),
+            Verdict::AuditDeny => Some(format!("audit mode: {}", why())),
         }
     }
 }

@@ -29,28 +29,43 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 /// `TE: trailers` is kept (gRPC needs it end to end); other `TE` values are dropped.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none: one pass over the few names present is cheaper than a
-    // hashed removal per hop-by-hop name.
-    let hop_by_hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name == header::TE;
-    if !headers.keys().any(hop_by_hop) {
+    // One pass over the few names present finds which hop-by-hop names are there (most
+    // requests carry none; an HTTP/1.1 response often only `Connection`): only those are
+    // removed, each removal being a hashed lookup.
+    let mut present = 0u8; // bit i: HOP_BY_HOP[i]
+    let mut te = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|hop| hop == name) {
+            Some(index) => present |= 1 << index,
+            None => te |= name == header::TE,
+        }
+    }
+    if present == 0 && !te {
         return;
     }
-    // Each `Connection` value is cloned (a reference count) before the names in it are
-    // removed: no list and no owned header names on the way.
-    let mut nth = 0;
-    while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(nth).cloned() {
-        for name in value.to_str().unwrap_or_default().split(',') {
-            headers.remove(name.trim());
+    if present & 1 != 0 {
+        // HOP_BY_HOP[0], `Connection`.
+        // Each `Connection` value is cloned (a reference count) before the names in it are
+        // removed: no list and no owned header names on the way.
+        let mut nth = 0;
+        while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(nth).cloned() {
+            for name in value.to_str().unwrap_or_default().split(',') {
+                headers.remove(name.trim());
+            }
+            nth += 1;
         }
-        nth += 1;
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << index) != 0 {
+            headers.remove(name);
+        }
     }
-    let te_is_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_is_trailers {
+    let te_is_trailers = || {
+        headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    };
+    if te && !te_is_trailers() {
         headers.remove(header::TE);
     }
 }
@@ -302,6 +317,28 @@ mod tests {
         h.insert("x-keep", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_is_stripped_on_its_own() {
+        for name in HOP_BY_HOP.iter().chain([&header::TE]) {
+            let mut h = HeaderMap::new();
+            h.insert(name, "x".parse().unwrap());
+            h.insert("x-keep", "1".parse().unwrap());
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep"], "{name}");
+        }
+    }
+
+    #[test]
+    fn a_connection_header_names_a_header_that_is_also_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "upgrade, te".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep"]);
     }
 
     #[test]
