@@ -44,9 +44,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        // HOP_BY_HOP[0], `Connection`.
-        // Each `Connection` value is cloned (a reference count) before the names in it are
-        // removed: no list and no owned header names on the way.
+        // `Connection` (HOP_BY_HOP[0]): each value is cloned (a reference count) before the
+        // names in it are removed: no list and no owned header names on the way.
         let mut nth = 0;
         while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(nth).cloned() {
             for name in value.to_str().unwrap_or_default().split(',') {
