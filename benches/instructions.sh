@@ -32,6 +32,7 @@ for tool in valgrind nginx oha; do
   }
 done
 APP=$((BASE_PORT + 80)) OUT=$((BASE_PORT + 401)) IN=$((BASE_PORT + 402))
+OUT_ADMIN=$((BASE_PORT + 403)) IN_ADMIN=$((BASE_PORT + 404))
 WORK=$(mktemp -d /tmp/idgate-instructions.XXXXXX)
 chmod o+x "$WORK"
 pids=()
@@ -57,7 +58,8 @@ from = ["$CLIENT"]
 methods = ["GET"]
 paths = ["/*"]
 EOF
-# sidecar NAME ID SECTION: a one-worker config with its decision log.
+# sidecar NAME ADMIN_PORT SECTION: a one-worker config for NAME's SVID with its
+# decision log.
 sidecar() {
   cat <<EOF
 [identity]
@@ -74,12 +76,12 @@ decisions = "$WORK/$1-decisions.log"
 workers = 1
 EOF
 }
-sidecar api $((BASE_PORT + 404)) "[[inbound]]
+sidecar api "$IN_ADMIN" "[[inbound]]
 name = \"in\"
 listen = \"127.0.0.1:$IN\"
 upstream = \"http://127.0.0.1:$APP\"
 policy = \"$WORK/policy.toml\"" >"$WORK/in.toml"
-sidecar frontend $((BASE_PORT + 403)) "[[outbound]]
+sidecar frontend "$OUT_ADMIN" "[[outbound]]
 name = \"out\"
 listen = \"127.0.0.1:$OUT\"
 target = \"127.0.0.1:$IN\"
@@ -97,8 +99,8 @@ counted() {
   done
   pids+=("${pair[@]}")
   for ((ready = 0; ; ready++)); do
-    curl -sf -o /dev/null "http://127.0.0.1:$((BASE_PORT + 404))/readyz" &&
-      curl -sf -o /dev/null "http://127.0.0.1:$((BASE_PORT + 403))/readyz" && break
+    curl -sf -o /dev/null "http://127.0.0.1:$IN_ADMIN/readyz" &&
+      curl -sf -o /dev/null "http://127.0.0.1:$OUT_ADMIN/readyz" && break
     ((ready < 240)) || { echo "error: the sidecars did not get ready ($WORK/$tag.*.log)" >&2; exit 1; }
     sleep 0.25
   done
