@@ -293,7 +293,13 @@ impl<'a> Watch<'a> {
             .unwrap_or(started + Duration::from_secs(100 * 365 * 86_400));
         let mut ending = false;
         let result = loop {
+            // One timer serves both ends of the connection's life, whichever comes first:
+            // each poll of the connection task polls every branch, and a timer costs more
+            // to poll than the other branches.
+            let wake_at = deadline.min(close_at);
             tokio::select! {
+                // The connection first: it is what wakes this task nearly every time.
+                biased;
                 result = &mut connection => break result,
                 _ = shutdown.cancelled(), if !ending => {
                     connection.inner().end_gracefully();
@@ -304,14 +310,14 @@ impl<'a> Watch<'a> {
                     connection.inner().end_gracefully();
                     ending = true;
                 }
-                _ = tokio::time::sleep_until(close_at.into()), if !ending => {
-                    tracing::info!("closing connection: maximum age or peer certificate expiry reached");
-                    connection.inner().end_gracefully();
-                    ending = true;
-                }
-                _ = tokio::time::sleep_until(deadline.into()), if !ending => {
+                _ = tokio::time::sleep_until(wake_at.into()), if !ending => {
+                    let now = Instant::now();
                     let last = started + Duration::from_millis(last_request.load(Ordering::Relaxed));
-                    if last + idle <= Instant::now() {
+                    if close_at <= now {
+                        tracing::info!("closing connection: maximum age or peer certificate expiry reached");
+                        connection.inner().end_gracefully();
+                        ending = true;
+                    } else if last + idle <= now {
                         tracing::debug!(?idle, "closing idle connection");
                         connection.inner().end_gracefully();
                         ending = true;
