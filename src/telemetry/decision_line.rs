@@ -7,62 +7,63 @@
 
 use super::decisions::DecisionRecord;
 
+/// `,"name":` for the field `name`, made at compile time (names are fixed ASCII words:
+/// nothing to escape), so each key is one copy.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
+}
+
 /// Appends `record`, stamped `ts`, to `out` as one JSON object and a newline.
 pub fn write(ts: &str, record: &DecisionRecord<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"ts\":");
     string(out, ts);
     // SPEC's fields, null when absent.
     for (name, value) in [
-        ("listener", Some(record.listener)),
-        ("direction", Some(record.direction)),
-        ("source", record.source),
-        ("destination", record.destination),
-        ("method", record.method),
-        ("path", record.path),
-        ("decision", Some(record.decision)),
-        ("rule", record.rule),
+        (key!("listener"), Some(record.listener)),
+        (key!("direction"), Some(record.direction)),
+        (key!("source"), record.source),
+        (key!("destination"), record.destination),
+        (key!("method"), record.method),
+        (key!("path"), record.path),
+        (key!("decision"), Some(record.decision)),
+        (key!("rule"), record.rule),
     ] {
-        key(out, name);
+        out.extend_from_slice(name);
         optional_string(out, value);
     }
-    key(out, "status");
+    out.extend_from_slice(key!("status"));
     number(out, record.status);
-    key(out, "duration_ms");
+    out.extend_from_slice(key!("duration_ms"));
     number(out, record.duration_ms);
-    key(out, "request_id");
+    out.extend_from_slice(key!("request_id"));
     string(out, record.request_id);
     // idgate's extra fields, only when they apply.
     for (name, value) in [
-        ("reason", record.reason),
-        ("policy_version", record.policy_version),
-        ("audit_rule", record.audit_rule),
+        (key!("reason"), record.reason),
+        (key!("policy_version"), record.policy_version),
+        (key!("audit_rule"), record.audit_rule),
     ] {
         if let Some(value) = value {
-            key(out, name);
+            out.extend_from_slice(name);
             string(out, value);
         }
     }
     if record.break_glass {
-        key(out, "break_glass");
+        out.extend_from_slice(key!("break_glass"));
         out.extend_from_slice(b"true");
     }
     for (name, value) in [
-        ("bytes_in", record.bytes_in),
-        ("bytes_out", record.bytes_out),
+        (key!("bytes_in"), record.bytes_in),
+        (key!("bytes_out"), record.bytes_out),
     ] {
         if let Some(value) = value {
-            key(out, name);
+            out.extend_from_slice(name);
             number(out, value);
         }
     }
     out.extend_from_slice(b"}\n");
-}
-
-/// `,"name":` (names are fixed ASCII words: nothing to escape).
-fn key(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
 }
 
 fn optional_string(out: &mut Vec<u8>, value: Option<&str>) {
