@@ -45,11 +45,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present & 1 != 0 {
         // `Connection` (HOP_BY_HOP[0]): each value is cloned (a reference count) before the
-        // names in it are removed: no list and no owned header names on the way.
+        // names in it are removed: no list and no owned header names on the way. A name
+        // of `HOP_BY_HOP` (`Connection: keep-alive`, the usual HTTP/1.1 response) is left
+        // to the loop below, which removes it when present without parsing the name and
+        // looking it up.
         let mut nth = 0;
         while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(nth).cloned() {
             for name in value.to_str().unwrap_or_default().split(',') {
-                headers.remove(name.trim());
+                let name = name.trim();
+                let hop_by_hop = |hop: &HeaderName| name.eq_ignore_ascii_case(hop.as_str());
+                if !HOP_BY_HOP.iter().any(hop_by_hop) {
+                    headers.remove(name);
+                }
             }
             nth += 1;
         }
@@ -335,6 +342,23 @@ mod tests {
         h.insert(header::CONNECTION, "upgrade, te".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn hop_by_hop_names_in_connection_go_whatever_their_case_and_others_stay() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Keep-Alive, X-Custom".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-custom", "1".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep"]);
