@@ -170,15 +170,18 @@ impl Upstream {
             })?
             .map_err(classify)?;
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let server_protocol = upgrade_protocol(response.headers());
-        if let (true, Some(client_side), Some(_)) = (switched, client_side, &server_protocol) {
+        // Only a 101 agrees to an upgrade (and other responses are not searched for one).
+        let server_protocol = switched
+            .then(|| upgrade_protocol(response.headers()))
+            .flatten();
+        if let (Some(client_side), Some(_)) = (client_side, &server_protocol) {
             let server_side = hyper::upgrade::on(&mut response);
             self.tunnels
                 .spawn(tunnel(client_side, server_side, revoked));
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if let (true, Some(protocol)) = (switched, server_protocol) {
+        if let Some(protocol) = server_protocol {
             keep_upgrade(&mut parts.headers, protocol);
         }
         if answer_over_http2 {
