@@ -149,9 +149,8 @@ pub fn xfcc_value(own_id: &str, peer_leaf_sha256: &str, peer_id: &str) -> Option
     HeaderValue::try_from(format!("By={own_id};Hash={peer_leaf_sha256};URI={peer_id}")).ok()
 }
 
-/// Replaces any client-sent XFCC with ours.
+/// Replaces any client-sent XFCC with ours (`insert` drops every value the name had).
 pub fn set_xfcc(headers: &mut HeaderMap, value: HeaderValue) {
-    headers.remove(XFCC);
     headers.insert(XFCC, value);
 }
 
