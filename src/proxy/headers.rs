@@ -1,19 +1,12 @@
-//! Header rules of a forwarding proxy: hop-by-hop removal, XFCC, request IDs.
+//! Header rules of a forwarding proxy: hop-by-hop removal, XFCC, HTTP/2 readiness.
 //!
 //! Pure functions over `HeaderMap`s, shared by inbound and outbound. Never reads bodies.
-
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Envoy's client-certificate forwarding header.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
-/// Request correlation header.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection and never travel past a proxy (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -154,69 +147,10 @@ pub fn set_xfcc(headers: &mut HeaderMap, value: HeaderValue) {
     headers.insert(XFCC, value);
 }
 
-/// Returns the request's `x-request-id`, adding a fresh one when it has none.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(REQUEST_ID) {
-        if !id.is_empty() && id.len() <= 128 {
-            return id.clone();
-        }
-    }
-    let id = new_request_id();
-    headers.insert(REQUEST_ID, id.clone());
-    id
-}
-
-fn new_request_id() -> HeaderValue {
-    static SEED: OnceLock<u64> = OnceLock::new();
-    let seed = *SEED.get_or_init(|| {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        nanos ^ (u64::from(std::process::id()) << 32)
-    });
-    let n = next_request_number();
-    // `{seed:016x}-{n:012x}`, written without `format!` (this runs on every request).
-    let mut id = [b'-'; 29];
-    write_hex(&mut id[..16], seed);
-    write_hex(&mut id[17..], n);
-    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
-}
-
-/// A number no other request of this process got. Each thread takes a block of
-/// [`NUMBER_BLOCK`] numbers at a time from one shared counter and counts through it on
-/// its own, so workers do not share the counter's cache line on every request.
-fn next_request_number() -> u64 {
-    static TAKEN: AtomicU64 = AtomicU64::new(0);
-    thread_local! {
-        /// The next number of this thread's block, and the end of the block.
-        static BLOCK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-    }
-    BLOCK.with(|block| {
-        let (mut next, mut end) = block.get();
-        if next == end {
-            next = TAKEN.fetch_add(NUMBER_BLOCK, Ordering::Relaxed);
-            end = next + NUMBER_BLOCK;
-        }
-        block.set((next + 1, end));
-        next
-    })
-}
-
-/// Request numbers a thread takes at a time.
-const NUMBER_BLOCK: u64 = 1 << 16;
-
-/// Writes the low `dst.len()` hex digits of `value` into `dst`, most significant first.
-fn write_hex(dst: &mut [u8], mut value: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in dst.iter_mut().rev() {
-        *byte = DIGITS[(value & 0xf) as usize];
-        value >>= 4;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::request_id::REQUEST_ID;
 
     /// Whether `inner` lies within `outer` in memory.
     fn within(inner: &[u8], outer: &[u8]) -> bool {
@@ -405,56 +339,5 @@ mod tests {
         );
         let all: Vec<_> = h.get_all(XFCC).iter().collect();
         assert_eq!(all, ["By=spiffe://td/a;Hash=ab12;URI=spiffe://td/b"]);
-    }
-
-    #[test]
-    fn keeps_or_creates_request_ids() {
-        let mut h = HeaderMap::new();
-        let a = ensure_request_id(&mut h);
-        assert_eq!(h.get(REQUEST_ID), Some(&a));
-        let mut h2 = HeaderMap::new();
-        let b = ensure_request_id(&mut h2);
-        assert_ne!(a, b);
-        h2.insert(REQUEST_ID, "given".parse().unwrap());
-        assert_eq!(ensure_request_id(&mut h2), "given");
-        // 16 hex digits of process seed, a dash, 12 hex digits of a counter.
-        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
-        assert_eq!(a.len(), 29, "{a}");
-        assert_eq!(&a[16..17], "-");
-        assert_eq!(a[..16], b[..16]);
-        let counter = |id: &str| u64::from_str_radix(&id[17..], 16).unwrap();
-        assert!(counter(b) > counter(a));
-    }
-
-    #[test]
-    fn request_ids_are_unique_across_threads_and_number_blocks() {
-        let per_thread = NUMBER_BLOCK as usize + 10;
-        let ids: Vec<HeaderValue> = std::thread::scope(|scope| {
-            let threads: Vec<_> = (0..3)
-                .map(|_| {
-                    scope.spawn(|| {
-                        (0..per_thread)
-                            .map(|_| new_request_id())
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            threads
-                .into_iter()
-                .flat_map(|t| t.join().unwrap())
-                .collect::<Vec<HeaderValue>>()
-        });
-        let unique: std::collections::HashSet<&HeaderValue> = ids.iter().collect();
-        assert_eq!(unique.len(), 3 * per_thread);
-    }
-
-    #[test]
-    fn hex_is_fixed_width_and_keeps_the_low_digits() {
-        let mut out = [0u8; 12];
-        write_hex(&mut out, 0xabc);
-        assert_eq!(&out, b"000000000abc");
-        let mut out = [0u8; 4];
-        write_hex(&mut out, 0x1234_5678);
-        assert_eq!(&out, b"5678");
     }
 }

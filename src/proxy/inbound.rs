@@ -19,8 +19,9 @@ use tracing::Instrument;
 
 use super::coalesce::Coalesce;
 use super::forward::{Forwarded, Upstream};
-use super::headers::{ensure_request_id, set_xfcc, xfcc_value};
+use super::headers::{set_xfcc, xfcc_value};
 use super::http_server::{Agreed, Ending, HttpServer};
+use super::request_id::{ensure_request_id, RequestId};
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
 use super::serve::{accept_loop, Lifetime, Revoked};
 use super::stream::{Connector, Endpoint};
@@ -258,7 +259,7 @@ impl Connection {
                     break_glass: false,
                 };
                 log.write(&refused, 400, Some(&error.to_string()), None);
-                return refusal(Refusal::BadPath, request_id, grpc);
+                return refusal(Refusal::BadPath, &request_id, grpc);
             }
         };
         log.path = &path;
@@ -282,7 +283,7 @@ impl Connection {
         }
         if !decision.verdict.passes() {
             log.write(&decision, 403, denial.as_deref(), Some(policy.version()));
-            return refusal(Refusal::Denied, request_id, grpc);
+            return refusal(Refusal::Denied, &request_id, grpc);
         }
         if let Some(xfcc) = &self.xfcc {
             set_xfcc(request.headers_mut(), xfcc.clone());
@@ -324,7 +325,7 @@ impl Connection {
                     Some(&error.reason),
                     Some(policy.version()),
                 );
-                refusal(error.refusal, request_id, grpc)
+                refusal(error.refusal, &request_id, grpc)
             }
         }
     }
@@ -362,7 +363,7 @@ struct Log<'a> {
     started: Instant,
     method: &'a str,
     path: &'a str,
-    request_id: &'a HeaderValue,
+    request_id: &'a RequestId,
 }
 
 impl Log<'_> {
@@ -381,7 +382,7 @@ impl Log<'_> {
             rule: decision.rule.as_deref(),
             status,
             duration_ms: elapsed * 1000.0,
-            request_id: self.request_id.to_str().unwrap_or_default(),
+            request_id: self.request_id.as_str(),
             reason,
             policy_version: version,
             audit_rule: decision.audit_rule.as_deref(),

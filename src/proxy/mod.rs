@@ -7,13 +7,16 @@
 mod coalesce;
 mod copy;
 mod forward;
-/// Header rules (hop-by-hop removal, XFCC, request IDs): pure functions, public for the
-/// micro-benchmarks in `benches/`.
+/// Header rules (hop-by-hop removal, XFCC, HTTP/2 readiness): pure functions, public for
+/// the micro-benchmarks in `benches/`.
 pub mod headers;
 mod http_server;
 mod inbound;
 mod outbound;
 mod pool;
+/// Request IDs (kept or made, and copied beside the request): public for the
+/// micro-benchmarks in `benches/`.
+pub mod request_id;
 mod respond;
 mod serve;
 mod stream;

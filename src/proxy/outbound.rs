@@ -18,8 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::forward::{Forwarded, Upstream};
-use super::headers::ensure_request_id;
 use super::http_server::{Ending, HttpServer};
+use super::request_id::ensure_request_id;
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body};
 use super::serve::{accept_loop, never_revoked, Lifetime};
 use super::stream::Connector;
@@ -228,7 +228,7 @@ impl Connection {
                 rule: None,
                 status,
                 duration_ms: elapsed * 1000.0,
-                request_id: request_id.to_str().unwrap_or_default(),
+                request_id: request_id.as_str(),
                 reason,
                 policy_version: None,
                 audit_rule: None,
@@ -245,7 +245,7 @@ impl Connection {
             Err(error) => {
                 tracing::warn!(reason = %error.reason, "peer sidecar unavailable");
                 (
-                    refusal(error.refusal, request_id.clone(), grpc),
+                    refusal(error.refusal, &request_id, grpc),
                     None,
                     Some(error.reason),
                 )

@@ -4,13 +4,13 @@
 //! 403); everything else gets a short text body. Never forwards anything.
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use scopeguard::ScopeGuard;
 
-use super::headers::REQUEST_ID;
 use super::pool::UpstreamBody;
+use super::request_id::{RequestId, REQUEST_ID};
 
 /// The decision-log status of a request whose client went away before its response
 /// (nginx's 499: nothing was sent).
@@ -83,7 +83,7 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 }
 
 /// Builds the response for a refusal, carrying the request's ID.
-pub fn refusal(refusal: Refusal, request_id: HeaderValue, grpc: bool) -> Response<Body> {
+pub fn refusal(refusal: Refusal, request_id: &RequestId, grpc: bool) -> Response<Body> {
     let mut response = if grpc {
         let (code, message) = refusal.grpc_status();
         Response::builder()
@@ -101,6 +101,8 @@ pub fn refusal(refusal: Refusal, request_id: HeaderValue, grpc: bool) -> Respons
             ))))
     }
     .expect("static parts make a valid response");
-    response.headers_mut().insert(REQUEST_ID, request_id);
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, request_id.to_header_value());
     response
 }
