@@ -22,7 +22,10 @@ const INLINE: usize = 48;
 /// decoded from HTTP/2 or made here owns its bytes, and its first clone allocates a
 /// shared block for them).
 #[derive(Debug, Clone)]
-pub enum RequestId {
+pub struct RequestId(Kept);
+
+#[derive(Debug, Clone)]
+enum Kept {
     /// A short ID, copied.
     Inline { len: u8, bytes: [u8; INLINE] },
     /// A longer one, shared with the header.
@@ -37,19 +40,19 @@ impl RequestId {
             let mut bytes = [0; INLINE];
             bytes[..text.len()].copy_from_slice(text);
             // Fits: INLINE is below 256.
-            Self::Inline {
+            Self(Kept::Inline {
                 len: text.len() as u8,
                 bytes,
-            }
+            })
         } else {
-            Self::Shared(value.clone())
+            Self(Kept::Shared(value.clone()))
         }
     }
 
     fn as_bytes(&self) -> &[u8] {
-        match self {
-            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Self::Shared(value) => value.as_bytes(),
+        match &self.0 {
+            Kept::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Kept::Shared(value) => value.as_bytes(),
         }
     }
 
@@ -60,11 +63,11 @@ impl RequestId {
 
     /// The ID as a header value again, for a response idgate answers itself.
     pub fn to_header_value(&self) -> HeaderValue {
-        match self {
+        match &self.0 {
             // The bytes came from a header value, so they make one.
-            Self::Inline { .. } => HeaderValue::from_bytes(self.as_bytes())
+            Kept::Inline { .. } => HeaderValue::from_bytes(self.as_bytes())
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
-            Self::Shared(value) => value.clone(),
+            Kept::Shared(value) => value.clone(),
         }
     }
 }
@@ -140,7 +143,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let a = ensure_request_id(&mut h);
         assert_eq!(h.get(REQUEST_ID).unwrap(), a.as_str());
-        assert!(matches!(a, RequestId::Inline { .. }));
+        assert!(matches!(a.0, Kept::Inline { .. }));
         let mut h2 = HeaderMap::new();
         let b = ensure_request_id(&mut h2);
         assert_ne!(a.as_str(), b.as_str());
@@ -166,10 +169,10 @@ mod tests {
             kept
         };
         let inline = "i".repeat(INLINE);
-        assert!(matches!(id_of(&inline), RequestId::Inline { .. }));
+        assert!(matches!(id_of(&inline).0, Kept::Inline { .. }));
         assert_eq!(id_of(&inline).as_str(), inline);
         let longer = "s".repeat(INLINE + 1);
-        assert!(matches!(id_of(&longer), RequestId::Shared(_)));
+        assert!(matches!(id_of(&longer).0, Kept::Shared(_)));
         assert_eq!(id_of(&longer).as_str(), longer);
         let longest = "l".repeat(MAX_KEPT);
         assert_eq!(id_of(&longest).as_str(), longest);
