@@ -21,10 +21,10 @@ const INLINE: usize = 48;
 /// Copying a short ID costs no allocation, where cloning the header value can (a value
 /// decoded from HTTP/2 or made here owns its bytes, and its first clone allocates a
 /// shared block for them).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RequestId(Kept);
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Kept {
     /// A short ID, copied.
     Inline { len: u8, bytes: [u8; INLINE] },
