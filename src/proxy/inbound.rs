@@ -31,7 +31,7 @@ use crate::config::{self, Inbound, Limits, Protocol, Timeouts};
 use crate::policy::{self, normalize_path, Decision, Policy, PolicyHandle, Verdict};
 use crate::telemetry::requests::PeerCounters;
 use crate::telemetry::DecisionRecord;
-use crate::tls::{self, PeerIdentity};
+use crate::tls::{self, PeerCheck, PeerIdentity};
 
 const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
@@ -44,6 +44,8 @@ pub struct InboundListener {
 struct ListenerState {
     name: String,
     acceptor: TlsAcceptor,
+    /// What a resumed session's client must still pass.
+    clients: PeerCheck,
     policy: PolicyHandle,
     upstream: Upstream,
     connector: Connector,
@@ -89,6 +91,7 @@ impl InboundListener {
                 ALPN,
                 config.session_resumption,
             )),
+            clients: PeerCheck::clients(shared.identity.clone()),
             policy: PolicyHandle::new(config.policy.clone()),
             upstream: Upstream::new(
                 connector.clone(),
@@ -157,7 +160,7 @@ impl ListenerState {
             }
         };
         let session = tls.get_ref().1;
-        let peer = match PeerIdentity::of_connection(session) {
+        let peer = match PeerIdentity::of_connection(session, &self.clients) {
             Ok(Some(peer)) => peer,
             Ok(None) => {
                 tracing::warn!("handshake completed without a usable peer certificate");

@@ -29,7 +29,7 @@ use crate::config::{Limits, Outbound, Protocol, Timeouts};
 use crate::policy::{Decision, Verdict};
 use crate::telemetry::requests::PeerCounters;
 use crate::telemetry::DecisionRecord;
-use crate::tls;
+use crate::tls::{self, PeerCheck};
 
 const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
@@ -62,9 +62,11 @@ impl OutboundListener {
             config.session_resumption,
         );
         let resumed = shared.tls.resumed(&config.name);
+        let servers = PeerCheck::servers(shared.identity.clone(), &config.server_ids);
         let connector = Connector::mtls(
             &config.target,
             client_config,
+            servers.clone(),
             config.timeouts.connect.0,
             resumed.clone(),
         );
@@ -78,6 +80,7 @@ impl OutboundListener {
         let upgrades = Connector::mtls(
             &config.target,
             h1_config,
+            servers,
             config.timeouts.connect.0,
             resumed,
         );

@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use super::coalesce::Coalesce;
 use crate::config::Target;
-use crate::tls::PeerIdentity;
+use crate::tls::{PeerCheck, PeerIdentity};
 
 /// A connected upstream byte stream.
 pub enum Stream {
@@ -138,6 +138,8 @@ pub struct Connector {
 struct MtlsDialer {
     connector: TlsConnector,
     server_name: ServerName<'static>,
+    /// What a resumed session's server must still pass.
+    servers: PeerCheck,
     /// Counts the connections that resumed a session.
     resumed: Counter,
 }
@@ -164,10 +166,12 @@ impl Connector {
         }
     }
 
-    /// An mTLS connector to a peer sidecar; `resumed` counts its resumed sessions.
+    /// An mTLS connector to a peer sidecar whose server `servers` checks again when a
+    /// session resumes; `resumed` counts its resumed sessions.
     pub fn mtls(
         target: &Target,
         config: Arc<rustls::ClientConfig>,
+        servers: PeerCheck,
         connect_timeout: Duration,
         resumed: Counter,
     ) -> Self {
@@ -179,6 +183,7 @@ impl Connector {
             tls: Some(MtlsDialer {
                 connector: TlsConnector::from(config),
                 server_name,
+                servers,
                 resumed,
             }),
             connect_timeout,
@@ -220,7 +225,7 @@ impl Connector {
             .map_err(|_| ConnectError::Timeout(label.clone(), self.connect_timeout))?
             .map_err(|e| ConnectError::Handshake(label.clone(), Arc::new(e)))?;
         let session = tls.get_ref().1;
-        let peer = PeerIdentity::of_connection(session)
+        let peer = PeerIdentity::of_connection(session, &dialer.servers)
             .map_err(|e| ConnectError::Handshake(label, Arc::new(e)))?;
         if session.handshake_kind() == Some(HandshakeKind::Resumed) {
             dialer.resumed.inc();

@@ -15,7 +15,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProt
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::resumption::{bounded_session_store, RecordsPeerExpiry};
-use super::verify::{verify_peer, PeerCertError, Usage};
+use super::verify::{check_server_id, verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
 
@@ -89,21 +89,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             Usage::Server,
         )?;
-        let id = peer.id;
-        if !self.server_ids.contains(&id) {
-            let expected = match &self.server_ids[..] {
-                [one] => one.to_string(),
-                ids => {
-                    let ids: Vec<&str> = ids.iter().map(SpiffeId::as_str).collect();
-                    format!("one of [{}]", ids.join(", "))
-                }
-            };
-            return Err(PeerCertError::UnexpectedServerId {
-                presented: id,
-                expected,
-            }
-            .into_rustls());
-        }
+        check_server_id(peer.id, &self.server_ids).map_err(PeerCertError::into_rustls)?;
         if let Some(sessions) = &self.sessions {
             sessions.peer_verified(peer.not_after);
         }

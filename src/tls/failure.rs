@@ -149,7 +149,8 @@ fn rustls_error(error: &io::Error) -> Option<&rustls::Error> {
     error.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
-fn tls_reason(error: &rustls::Error) -> &'static str {
+/// The reason label for a TLS error.
+pub(super) fn tls_reason(error: &rustls::Error) -> &'static str {
     match error {
         rustls::Error::InvalidCertificate(cert) => cert_reason(cert),
         rustls::Error::NoCertificatesPresented => "no_client_cert",

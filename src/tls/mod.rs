@@ -26,7 +26,7 @@ use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
 
 pub use failure::{describe, failure_reason, TlsMetrics};
-pub use peer::PeerIdentity;
+pub use peer::{PeerCheck, PeerIdentity};
 pub use verify::{spiffe_id_of, PeerCertError};
 
 /// The one crypto provider idgate uses (ring), with the cipher suites in idgate's order of
@@ -60,7 +60,8 @@ pub const CIPHER_SUITES: &[SupportedCipherSuite] = &[
 /// against the bundle of the client's trust domain, our current SVID, ALPN from `alpn`
 /// (e.g. `h2`, `http/1.1`), the cipher suite chosen by [`CIPHER_SUITES`]' order. With
 /// `resumption`, clients may resume sessions through bounded tickets (see
-/// [`PeerIdentity::of_connection`] for the check every connection still passes).
+/// [`PeerIdentity::of_connection`] and [`PeerCheck`] for the check every resumed
+/// connection still passes).
 pub fn server_config(
     identity: IdentityHandle,
     alpn: &[&[u8]],

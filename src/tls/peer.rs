@@ -1,18 +1,20 @@
-//! Who the peer of an established connection is, read from its (already verified)
-//! certificate chain: SPIFFE ID, leaf hash for XFCC, leaf expiry. Only chains that passed
-//! the handshake verifier reach it; it verifies nothing itself except that a resumed
-//! session's certificate has not expired since.
+//! Who the peer of an established connection is, read from its certificate chain: SPIFFE
+//! ID, leaf hash for XFCC, leaf expiry. A full handshake's verifier already checked that
+//! chain; a resumed session's handshake checked none, so its chain (kept in the session)
+//! is verified again here against the material in force now, as a full handshake would.
 
+use std::fmt;
 use std::io;
-use std::time::SystemTime;
+use std::sync::Arc;
 
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{CommonState, HandshakeKind};
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::verify::{spiffe_id_of, PeerCertError};
-use crate::identity::unix_seconds;
+use super::verify::{check_server_id, spiffe_id_of, verify_peer, PeerCertError, Usage};
+use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
 
 /// Who the peer of an established connection is.
@@ -26,21 +28,91 @@ pub struct PeerIdentity {
     pub not_after: i64,
 }
 
+/// What the peer of a resumed session must still pass, as at a full handshake of the
+/// same listener: its chain against the trust bundles in force now (a trust anchor
+/// removed since the session began, or a certificate expired since, refuses it) and, for
+/// a server, the outbound's expected SPIFFE IDs.
+#[derive(Clone)]
+pub struct PeerCheck {
+    identity: IdentityHandle,
+    algorithms: WebPkiSupportedAlgorithms,
+    /// `None` for clients (inbound); the expected server IDs (outbound).
+    server_ids: Option<Arc<[SpiffeId]>>,
+}
+
+impl PeerCheck {
+    /// For an inbound listener's clients.
+    pub fn clients(identity: IdentityHandle) -> Self {
+        Self::new(identity, None)
+    }
+
+    /// For an outbound's servers, which must present one of `server_ids`.
+    pub fn servers(identity: IdentityHandle, server_ids: &[SpiffeId]) -> Self {
+        Self::new(identity, Some(server_ids.into()))
+    }
+
+    fn new(identity: IdentityHandle, server_ids: Option<Arc<[SpiffeId]>>) -> Self {
+        Self {
+            identity,
+            algorithms: super::provider().signature_verification_algorithms,
+            server_ids,
+        }
+    }
+
+    /// Verifies a resumed session's chain (leaf first) as a full handshake would now.
+    fn verify_again(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let material = self
+            .identity
+            .current()
+            .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        let usage = match self.server_ids {
+            None => Usage::Client,
+            Some(_) => Usage::Server,
+        };
+        let peer = verify_peer(
+            &material,
+            &self.algorithms,
+            leaf,
+            intermediates,
+            UnixTime::now(),
+            usage,
+        )?;
+        match &self.server_ids {
+            Some(expected) => {
+                check_server_id(peer.id, expected).map_err(PeerCertError::into_rustls)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for PeerCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerCheck")
+            .field("identity", &self.identity.source())
+            .field("server_ids", &self.server_ids)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PeerIdentity {
-    /// The identity of the peer of an established connection. A resumed session verified
-    /// no certificate in this handshake, so its peer's leaf must also still be valid now.
-    /// `Ok(None)`: no usable leaf.
-    pub fn of_connection(connection: &CommonState) -> io::Result<Option<Self>> {
-        let Some(peer) = connection.peer_certificates().and_then(Self::from_certs) else {
+    /// The identity of the peer of an established connection, refusing a resumed session
+    /// whose peer no longer passes `check`. `Ok(None)`: no usable leaf.
+    pub fn of_connection(connection: &CommonState, check: &PeerCheck) -> io::Result<Option<Self>> {
+        let Some(chain) = connection.peer_certificates() else {
             return Ok(None);
         };
-        let resumed = connection.handshake_kind() == Some(HandshakeKind::Resumed);
-        if resumed && unix_seconds(SystemTime::now()) > peer.not_after {
-            let error = PeerCertError::SessionOutlivedCertificate(peer.not_after);
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                error.into_rustls(),
-            ));
+        let Some(peer) = Self::from_certs(chain) else {
+            return Ok(None);
+        };
+        if connection.handshake_kind() == Some(HandshakeKind::Resumed) {
+            check.verify_again(chain).map_err(|refused| {
+                let error = PeerCertError::ResumedSession(Box::new(refused));
+                io::Error::new(io::ErrorKind::InvalidData, error.into_rustls())
+            })?;
         }
         Ok(Some(peer))
     }

@@ -7,7 +7,10 @@
 //! must not ride a ticket), when the earliest peer certificate verified during the epoch
 //! expires, and at the latest [`MAX_EPOCH`] after it began. A ticket of an older epoch no
 //! longer decrypts (or is no longer found) and the peer goes through a full handshake.
-//! This file never verifies a certificate; verifiers report each peer's expiry to it.
+//! Epochs alone cannot bind a ticket to the material its handshake was verified under (a
+//! ticket made or read just after a change lands in the new epoch), so every resumed
+//! connection is also verified again ([`super::PeerCheck`]). This file never verifies a
+//! certificate; verifiers report each peer's expiry to it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -81,25 +81,28 @@ struct TestServer {
 
 impl TestServer {
     async fn start(identity: IdentityHandle) -> Self {
-        Self::with_config(server_config(identity, ALPN, true)).await
+        let check = PeerCheck::clients(identity.clone());
+        Self::with_config(server_config(identity, ALPN, true), check).await
     }
 
-    async fn with_config(config: Arc<ServerConfig>) -> Self {
+    /// A server with `config`, checking each connection's client with `check`.
+    async fn with_config(config: Arc<ServerConfig>, check: PeerCheck) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let acceptor = TlsAcceptor::from(config);
         let (tx, outcomes) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let (acceptor, tx, check) = (acceptor.clone(), tx.clone(), check.clone());
                 tokio::spawn(async move {
                     let mut tls = match acceptor.accept(tcp).await {
                         Ok(tls) => tls,
                         Err(e) => return drop(tx.send(Err(e))),
                     };
-                    let peer = PeerIdentity::of_connection(tls.get_ref().1).and_then(|peer| {
-                        peer.ok_or_else(|| io::Error::other("accepted a peer without identity"))
-                    });
+                    let peer =
+                        PeerIdentity::of_connection(tls.get_ref().1, &check).and_then(|peer| {
+                            peer.ok_or_else(|| io::Error::other("accepted a peer without identity"))
+                        });
                     let failed = peer.is_err();
                     let _ = tx.send(peer);
                     if failed {
@@ -129,13 +132,13 @@ impl TestServer {
 /// server refused their certificate only when they read).
 async fn connect(
     addr: SocketAddr,
-    config: Arc<ClientConfig>,
+    client: TestClient,
 ) -> io::Result<(PeerIdentity, TlsStream<TcpStream>)> {
     let attempt = async {
         let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::try_from("ignored.invalid").expect("name");
-        let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
-        let peer = PeerIdentity::of_connection(tls.get_ref().1)?
+        let mut tls = TlsConnector::from(client.config).connect(name, tcp).await?;
+        let peer = PeerIdentity::of_connection(tls.get_ref().1, &client.check)?
             .ok_or_else(|| io::Error::other("server without identity"))?;
         ping(&mut tls).await?;
         Ok((peer, tls))
@@ -165,13 +168,34 @@ async fn api_server() -> (DevCa, TestServer) {
     (ca, server)
 }
 
-fn client_for(
-    issued: &IssuedCert,
-    bundles: TrustBundles,
-    server_ids: &[&str],
-) -> Arc<ClientConfig> {
-    let ids = server_ids.iter().map(|s| id(s)).collect();
-    client_config(handle(raw_svid(issued), bundles), ids, ALPN, true)
+/// An outbound's client config and the check its connections' servers pass, as the
+/// outbound builds them.
+#[derive(Clone)]
+struct TestClient {
+    config: Arc<ClientConfig>,
+    check: PeerCheck,
+}
+
+impl TestClient {
+    /// A client of `identity` expecting `server_ids`, speaking `versions` of `provider`.
+    fn build(
+        identity: IdentityHandle,
+        server_ids: &[&str],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        provider: Arc<CryptoProvider>,
+        resumption: bool,
+    ) -> Self {
+        let ids: Vec<SpiffeId> = server_ids.iter().map(|s| id(s)).collect();
+        Self {
+            check: PeerCheck::servers(identity.clone(), &ids),
+            config: client::build(identity, ids, ALPN, versions, provider, resumption),
+        }
+    }
+}
+
+fn client_for(issued: &IssuedCert, bundles: TrustBundles, server_ids: &[&str]) -> TestClient {
+    let identity = handle(raw_svid(issued), bundles);
+    TestClient::build(identity, server_ids, &[&TLS13, &TLS12], provider(), true)
 }
 
 /// The server refuses a client presenting `spec` (issued by the server's own CA) with `reason`.
@@ -223,15 +247,14 @@ async fn tls12_and_intermediate_chains_work() {
     ))
     .await;
     let web = ca.issue_svid(&id(WEB)).expect("issue");
-    let config = client::build(
+    let client = TestClient::build(
         handle(web.svid().expect("svid"), bundles(&[(TD, &ca)])),
-        vec![id(API)],
-        ALPN,
+        &[API],
         &[&TLS12],
         provider(),
         true,
     );
-    let (seen, tls) = connect(server.addr, config).await.expect("handshake");
+    let (seen, tls) = connect(server.addr, client).await.expect("handshake");
     assert_eq!(seen.spiffe_id.as_str(), API);
     assert_eq!(
         tls.get_ref().1.protocol_version(),
@@ -265,15 +288,14 @@ async fn inbound_chooses_the_cipher_suite_by_its_own_order() {
             cipher_suites: offered.to_vec(),
             ..(*provider()).clone()
         };
-        let config = client::build(
+        let client = TestClient::build(
             handle(web.svid().expect("svid"), bundles(&[(TD, &ca)])),
-            vec![id(API)],
-            ALPN,
+            &[API],
             &[&TLS13],
             Arc::new(provider),
             true,
         );
-        let (_, tls) = connect(server.addr, config).await.expect("handshake");
+        let (_, tls) = connect(server.addr, client).await.expect("handshake");
         assert_eq!(
             tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
             Some(chosen.suite()),
@@ -299,11 +321,11 @@ impl ResolvesClientCert for NoCert {
 async fn refuses_client_without_certificate() {
     let (ca, mut server) = api_server().await;
     let web = ca.issue_svid(&id(WEB)).expect("issue");
-    let mut config = (*client_for(&web, bundles(&[(TD, &ca)]), &[API])).clone();
+    let mut client = client_for(&web, bundles(&[(TD, &ca)]), &[API]);
+    let mut config = (*client.config).clone();
     config.client_auth_cert_resolver = Arc::new(NoCert);
-    let client_err = connect(server.addr, Arc::new(config))
-        .await
-        .expect_err("refused");
+    client.config = Arc::new(config);
+    let client_err = connect(server.addr, client).await.expect_err("refused");
     let server_err = server.outcome().await.expect_err("refused");
     assert_eq!(failure_reason(&server_err), "no_client_cert");
     assert_eq!(failure_reason(&client_err), "peer_rejected");
@@ -549,9 +571,9 @@ fn peer_identity_needs_a_spiffe_leaf() {
 /// Connects and reports whether the session was resumed (with the peer each side saw).
 async fn connect_kind(
     server: &mut TestServer,
-    config: Arc<ClientConfig>,
+    client: TestClient,
 ) -> (HandshakeKind, PeerIdentity) {
-    let (_, tls) = connect(server.addr, config).await.expect("handshake");
+    let (_, tls) = connect(server.addr, client).await.expect("handshake");
     let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
     let seen = server.outcome().await.expect("server accepted");
     (kind, seen)
@@ -560,7 +582,7 @@ async fn connect_kind(
 /// Connects once more and checks whether the session was resumed.
 async fn assert_next_kind(
     server: &mut TestServer,
-    client: &Arc<ClientConfig>,
+    client: &TestClient,
     want: HandshakeKind,
     why: &str,
 ) {
@@ -574,17 +596,10 @@ fn resuming_client(
     ca: &DevCa,
     version: &'static rustls::SupportedProtocolVersion,
     resumption: bool,
-) -> (IdentityHandle, Arc<ClientConfig>) {
+) -> (IdentityHandle, TestClient) {
     let identity = handle(raw_svid(issued), bundles(&[(TD, ca)]));
-    let config = client::build(
-        identity.clone(),
-        vec![id(API)],
-        ALPN,
-        &[version],
-        provider(),
-        resumption,
-    );
-    (identity, config)
+    let client = TestClient::build(identity.clone(), &[API], &[version], provider(), resumption);
+    (identity, client)
 }
 
 #[tokio::test]
@@ -613,7 +628,8 @@ async fn resumption_switched_off_on_either_side_means_full_handshakes() {
     let api = ca.issue_svid(&id(API)).expect("issue");
     let server_identity = || handle(api.svid().expect("svid"), bundles(&[(TD, &ca)]));
     let server_off = server_config(server_identity(), ALPN, false);
-    let mut server = TestServer::with_config(server_off).await;
+    let mut server =
+        TestServer::with_config(server_off, PeerCheck::clients(server_identity())).await;
     let web = ca.issue_svid(&id(WEB)).expect("issue");
     let (_, client) = resuming_client(&web, &ca, &TLS13, true);
     for _ in 0..2 {
@@ -737,7 +753,8 @@ async fn no_ticket_outlives_the_client_certificate() {
 async fn no_session_outlives_the_server_certificate() {
     let ca = DevCa::new(TD).expect("ca");
     let short = short_lived(&ca, API);
-    let mut server = TestServer::with_config(forgetful_server(&ca, &short)).await;
+    let mut server =
+        TestServer::with_config(forgetful_server(&ca, &short), forgetful_check(&ca, &short)).await;
     let web = ca.issue_svid(&id(WEB)).expect("issue");
     let (_, client) = resuming_client(&web, &ca, &TLS13, true);
     assert_next_kind(&mut server, &client, HandshakeKind::Full, "").await;
@@ -759,7 +776,8 @@ async fn no_session_outlives_the_server_certificate() {
 async fn a_resumed_session_with_an_expired_peer_is_refused() {
     let ca = DevCa::new(TD).expect("ca");
     let api = ca.issue_svid(&id(API)).expect("issue");
-    let mut server = TestServer::with_config(forgetful_server(&ca, &api)).await;
+    let mut server =
+        TestServer::with_config(forgetful_server(&ca, &api), forgetful_check(&ca, &api)).await;
     let short = short_lived(&ca, WEB);
     let (_, client) = resuming_client(&short, &ca, &TLS13, true);
     assert_next_kind(&mut server, &client, HandshakeKind::Full, "").await;
@@ -771,6 +789,11 @@ async fn a_resumed_session_with_an_expired_peer_is_refused() {
         .expect_err("refused after resumption");
     assert!(describe(&refused).contains("resumed session"), "{refused}");
     assert_eq!(failure_reason(&refused), "expired");
+}
+
+/// The check idgate would make of a forgetful server's clients.
+fn forgetful_check(ca: &DevCa, svid: &IssuedCert) -> PeerCheck {
+    PeerCheck::clients(handle(raw_svid(svid), bundles(&[(TD, ca)])))
 }
 
 /// A plain rustls server (not idgate's config) presenting `svid`, checking client chains
@@ -791,4 +814,120 @@ fn forgetful_server(ca: &DevCa, svid: &IssuedCert) -> Arc<ServerConfig> {
     config.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
+}
+
+/// Everything `from` wants to send, delivered to and processed by `to` (in memory, so a
+/// test can publish new identity material between two flights of one handshake).
+fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) -> Result<(), rustls::Error> {
+    let mut flight = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut flight).expect("write_tls");
+    }
+    let mut unread = &flight[..];
+    while !unread.is_empty() {
+        to.read_tls(&mut unread).expect("read_tls");
+        to.process_new_packets()?;
+    }
+    Ok(())
+}
+
+/// A client and a server connection of `client` and `server`, in memory.
+fn in_memory(
+    client: &TestClient,
+    server: &Arc<ServerConfig>,
+) -> (rustls::Connection, rustls::Connection) {
+    let name = ServerName::try_from("ignored.invalid").expect("name");
+    let c = rustls::ClientConnection::new(client.config.clone(), name).expect("client");
+    let s = rustls::ServerConnection::new(server.clone()).expect("server");
+    (c.into(), s.into())
+}
+
+/// Runs the handshake to its end (or its first refusal).
+fn handshake(c: &mut rustls::Connection, s: &mut rustls::Connection) -> Result<(), rustls::Error> {
+    while c.is_handshaking() || s.is_handshaking() || c.wants_write() || s.wants_write() {
+        pump(c, s)?;
+        pump(s, c)?;
+    }
+    Ok(())
+}
+
+/// A trust anchor removed while a (resumed) handshake is under way must not ride the
+/// ticket that handshake ends with: the inbound verifies a resumed client's chain again
+/// against the current bundles and refuses it.
+#[test]
+fn a_ticket_issued_across_a_bundle_change_does_not_outlive_the_removed_ca() {
+    let (ca1, ca2) = (DevCa::new(TD).expect("ca1"), DevCa::new(TD).expect("ca2"));
+    let api = ca1.issue_svid(&id(API)).expect("api");
+    let server_identity = handle(api.svid().expect("svid"), bundles(&[(TD, &ca1)]));
+    let server = server_config(server_identity.clone(), ALPN, true);
+    let check = PeerCheck::clients(server_identity.clone());
+    let web = ca1.issue_svid(&id(WEB)).expect("web");
+    let (_, client) = resuming_client(&web, &ca1, &TLS13, true);
+    let (mut c, mut s) = in_memory(&client, &server);
+    handshake(&mut c, &mut s).expect("full handshake");
+    // A resumption whose client Finished arrives only after CA1 left the bundle: the
+    // ticket it gets is made under the new material.
+    let (mut c, mut s) = in_memory(&client, &server);
+    pump(&mut c, &mut s).expect("ClientHello");
+    pump(&mut s, &mut c).expect("server flight");
+    server_identity.publish(api.svid().expect("svid"), bundles(&[(TD, &ca2)]));
+    handshake(&mut c, &mut s).expect("client Finished, ticket");
+    assert_eq!(s.handshake_kind(), Some(HandshakeKind::Resumed));
+    let (mut c, mut s) = in_memory(&client, &server);
+    handshake(&mut c, &mut s).expect("handshake with the late ticket");
+    assert_eq!(s.handshake_kind(), Some(HandshakeKind::Resumed));
+    let refused = PeerIdentity::of_connection(&s, &check).expect_err("CA1 no longer trusted");
+    assert_eq!(failure_reason(&refused), "unknown_ca", "{refused}");
+    assert!(describe(&refused).contains("resumed session"), "{refused}");
+}
+
+/// The same on the outbound: a ticket read after the outbound's bundle lost the server's
+/// CA resumes, and the server is refused there.
+#[test]
+fn a_ticket_read_after_a_bundle_change_does_not_outlive_the_removed_ca() {
+    let (ca1, ca2) = (DevCa::new(TD).expect("ca1"), DevCa::new(TD).expect("ca2"));
+    let api = ca1.issue_svid(&id(API)).expect("api");
+    let server_identity = handle(api.svid().expect("svid"), bundles(&[(TD, &ca1)]));
+    let server = server_config(server_identity, ALPN, true);
+    let web = ca1.issue_svid(&id(WEB)).expect("web");
+    let (client_identity, client) = resuming_client(&web, &ca1, &TLS13, true);
+    let (mut c, mut s) = in_memory(&client, &server);
+    pump(&mut c, &mut s).expect("ClientHello");
+    pump(&mut s, &mut c).expect("server flight, verified under CA1");
+    pump(&mut c, &mut s).expect("client flight; the server queues its ticket");
+    client_identity.publish(raw_svid(&web), bundles(&[(TD, &ca2)]));
+    handshake(&mut c, &mut s).expect("ticket read under the new material");
+    let (mut c, mut s) = in_memory(&client, &server);
+    handshake(&mut c, &mut s).expect("handshake with the late ticket");
+    assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+    let refused =
+        PeerIdentity::of_connection(&c, &client.check).expect_err("CA1 no longer trusted");
+    assert_eq!(failure_reason(&refused), "unknown_ca", "{refused}");
+}
+
+/// A resumed session's server is held to the outbound's expected IDs as they are now.
+#[test]
+fn a_resumed_server_must_still_be_expected() {
+    let ca = DevCa::new(TD).expect("ca");
+    let api = ca.issue_svid(&id(API)).expect("api");
+    let server = server_config(
+        handle(api.svid().expect("svid"), bundles(&[(TD, &ca)])),
+        ALPN,
+        true,
+    );
+    let web = ca.issue_svid(&id(WEB)).expect("web");
+    let (identity, client) = resuming_client(&web, &ca, &TLS13, true);
+    let (mut c, mut s) = in_memory(&client, &server);
+    handshake(&mut c, &mut s).expect("full handshake");
+    let (mut c, mut s) = in_memory(&client, &server);
+    handshake(&mut c, &mut s).expect("resumed handshake");
+    assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+    PeerIdentity::of_connection(&c, &client.check).expect("still expected");
+    let other = PeerCheck::servers(identity, &[id(PARTNER)]);
+    let refused = PeerIdentity::of_connection(&c, &other).expect_err("not expected");
+    assert_eq!(
+        failure_reason(&refused),
+        "unexpected_server_id",
+        "{refused}"
+    );
 }

@@ -44,10 +44,11 @@ pub enum PeerCertError {
     /// No SVID and bundles loaded yet.
     #[error("no SVID loaded yet")]
     NoIdentity,
-    /// A resumed session's peer certificate expired after the full handshake that made it
-    /// (sessions are bounded to prevent this; this is the last check).
-    #[error("the resumed session's peer certificate expired at {0} (Unix seconds)")]
-    SessionOutlivedCertificate(i64),
+    /// A resumed session's peer, verified again after the handshake (which verified no
+    /// certificate), no longer passes against the current material: its certificate
+    /// expired, its trust anchor was removed, its server ID is no longer expected.
+    #[error("resumed session refused: {0}")]
+    ResumedSession(Box<rustls::Error>),
     /// Chain verification failed for a reason without a rustls variant.
     #[error("certificate chain refused: {0}")]
     Chain(String),
@@ -65,7 +66,7 @@ impl PeerCertError {
             Self::UnknownTrustDomain(_) => "unknown_trust_domain",
             Self::UnexpectedServerId { .. } => "unexpected_server_id",
             Self::NoIdentity => "no_identity",
-            Self::SessionOutlivedCertificate(_) => "expired",
+            Self::ResumedSession(refused) => super::failure::tls_reason(refused),
             Self::Chain(_) => "bad_certificate",
         }
     }
@@ -176,6 +177,24 @@ pub(crate) fn verify_peer(
     Ok(VerifiedPeer {
         id,
         not_after: leaf.validity().not_after.timestamp(),
+    })
+}
+
+/// Accepts a verified server whose ID is one of `server_ids` (an outbound's expected IDs).
+pub(crate) fn check_server_id(id: SpiffeId, server_ids: &[SpiffeId]) -> Result<(), PeerCertError> {
+    if server_ids.contains(&id) {
+        return Ok(());
+    }
+    let expected = match server_ids {
+        [one] => one.to_string(),
+        ids => {
+            let ids: Vec<&str> = ids.iter().map(SpiffeId::as_str).collect();
+            format!("one of [{}]", ids.join(", "))
+        }
+    };
+    Err(PeerCertError::UnexpectedServerId {
+        presented: id,
+        expected,
     })
 }
 
