@@ -117,10 +117,14 @@ fn list<T: Display>(items: &[T]) -> String {
 }
 
 impl Compiled {
-    /// Whether `source` may still get some request through: an enforced allow rule can
-    /// match it (or the default allows), and no enforced deny rule shuts it out whole.
-    /// Used to end long-lived connections after a reload; cost grows with the source's rules.
+    /// Whether `source` may still get some request through: in audit mode every request
+    /// does (a denial is only logged); otherwise an enforced allow rule can match it (or
+    /// the default allows), and no enforced deny rule shuts it out whole. Used to end
+    /// long-lived connections after a reload; cost grows with the source's rules.
     pub(super) fn admits(&self, source: &SpiffeId, now: SystemTime) -> bool {
+        if self.mode == Mode::Audit {
+            return true;
+        }
         let mut allowed = self.default == Action::Allow;
         let mut shut_out = false;
         self.index.for_each_match(source, &mut |bucket| {

@@ -493,6 +493,18 @@ fn audit_mode_passes_denials_but_enforced_evaluation_does_not() {
     assert_eq!(p.evaluate(&req).verdict, Verdict::AuditDeny);
 }
 
+/// A reload ends the connections of the peers a policy no longer admits; in audit mode
+/// every request passes, so every peer is still admitted.
+#[test]
+fn audit_mode_admits_every_peer_its_rules_would_deny() {
+    let rules =
+        "[[rule]]\nname = \"x\"\naction = \"allow\"\nfrom = [\"spiffe://example.org/ns/a/*\"]\n";
+    let other = SpiffeId::parse("spiffe://example.org/ns/b/sa/y").unwrap();
+    assert!(!policy(rules).admits(&other), "enforced: shut out");
+    let audit = policy(&format!("mode = \"audit\"\n{rules}"));
+    assert!(audit.admits(&other), "audit: its requests pass");
+}
+
 #[test]
 fn audit_rules_never_decide_but_are_reported() {
     let p = policy(
