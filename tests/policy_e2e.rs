@@ -205,3 +205,47 @@ async fn denied_grpc_calls_get_permission_denied() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.headers["grpc-status"], "7");
 }
+
+#[tokio::test]
+async fn raw_and_encoded_spellings_of_a_path_are_judged_alike() {
+    // hyper sends a raw UTF-8 (or `"`, `{`, `\`) path as it is, as other clients do.
+    let policy = r#"
+default = "allow"
+
+[[rule]]
+name = "no-cafe"
+action = "deny"
+paths = ["/caf%C3%A9/*"]
+"#;
+    let mesh = Mesh::start(policy).await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let cases = [
+        ("/caf%C3%A9/menu", 403, Some("no-cafe"), None),
+        ("/café/menu", 403, Some("no-cafe"), None),
+        ("/caf%c3%a9/menu", 403, Some("no-cafe"), None),
+        ("/x/../café/menu", 403, Some("no-cafe"), None),
+        ("/thé/menu", 200, None, Some("/th%C3%A9/menu")),
+        ("/{\"k\":1}?q=é", 200, None, Some("/%7B%22k%22:1%7D")),
+        ("/a\\b", 400, None, None),
+    ];
+    for (n, (path, status, rule, upstream_path)) in cases.into_iter().enumerate() {
+        let request_id = format!("spelling-{n}");
+        let reply = mtls_send(
+            mesh.server.inbound(),
+            config.clone(),
+            "GET",
+            path,
+            &[("x-request-id", &request_id)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(reply.status, status, "{path}: {}", reply.text());
+        if let Some(upstream_path) = upstream_path {
+            assert_eq!(reply.echoed()["path"], upstream_path, "{path}");
+        }
+        let line = mesh.server.decision(&request_id).await;
+        assert_eq!(line["rule"].as_str(), rule, "{path}: {line}");
+        assert_eq!(line["status"], status, "{path}: {line}");
+    }
+}

@@ -112,6 +112,9 @@ pub enum PathError {
     /// A `%` not followed by two hex digits.
     #[error("malformed percent-encoding")]
     BadEncoding,
+    /// A raw `\`, which some servers read as `/`.
+    #[error("'\\' in path (some servers read it as '/'); a path may not hold one, raw or encoded")]
+    Backslash,
 }
 
 /// A compiled policy, ready to judge requests.

@@ -1,8 +1,9 @@
 //! Request path normalisation and the path patterns of a rule.
 //!
 //! `normalize_path` is the one place that decides what a path means (the proxy forwards
-//! its output, the matcher judges it), so the two can never disagree. It must never
-//! allocate for a path that is already normal, and never decode `/`, `\` or NUL.
+//! its output, the matcher judges it), so the two can never disagree. Its output is
+//! canonical (one spelling per resource, a fixed point); it must never allocate for a path
+//! that is already normal, never decode `/`, `\` or NUL, and never let a raw `\` through.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -12,47 +13,95 @@ use super::PathError;
 /// Normalises a request path as SPEC.md says; returns the input unchanged when it is already normal.
 ///
 /// Anything from `?` on is dropped; unreserved `%HH` escapes are decoded and the others
-/// upper-cased; `.`/`..` segments are resolved (never above the root) and `//` merged; a
-/// trailing slash is kept. `%2F`, `%5C` and `%00` are refused.
+/// upper-cased; every byte RFC 3986 does not allow raw in a path (non-ASCII, space, `"`,
+/// `{`, control bytes, ...) is encoded as `%HH`; `.`/`..` segments are resolved (never
+/// above the root) and `//` merged; a trailing slash is kept. `%2F`, `%5C`, `%00` and a
+/// raw `\` are refused.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let path = raw.split_once('?').map_or(raw, |(p, _)| p);
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    let escapes_dirty = check_escapes(path.as_bytes())?;
-    if !escapes_dirty && segments_clean(path) {
+    let bytes_dirty = check_bytes(path.as_bytes())?;
+    if !bytes_dirty && segments_clean(path) {
         return Ok(Cow::Borrowed(path));
     }
-    let decoded = if escapes_dirty {
-        Cow::Owned(decode_unreserved(path))
+    let rewritten = if bytes_dirty {
+        Cow::Owned(rewrite_bytes(path)?)
     } else {
         Cow::Borrowed(path)
     };
-    Ok(Cow::Owned(resolve_segments(&decoded)))
+    Ok(Cow::Owned(resolve_segments(&rewritten)))
 }
 
-/// Validates every `%HH`; true when one must be rewritten (unreserved, or lowercase hex).
-fn check_escapes(bytes: &[u8]) -> Result<bool, PathError> {
+/// What normalisation does with one raw byte of a path.
+#[derive(Clone, Copy)]
+enum Class {
+    /// Allowed raw by RFC 3986: unreserved, sub-delims, `:`, `@` and `/`.
+    Keep,
+    /// `%`, the start of an escape.
+    Escape,
+    /// Not allowed raw: written as `%HH`.
+    Encode,
+    /// `\`: refused, since some servers read it as `/`.
+    Refuse,
+}
+
+/// The class of every byte, so checking a path is one lookup per byte.
+const CLASSES: [Class; 256] = classes();
+
+const fn classes() -> [Class; 256] {
+    let mut table = [Class::Encode; 256];
+    let mut i = 0;
+    while i < table.len() {
+        table[i] = match i as u8 {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => Class::Keep,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {
+                Class::Keep
+            }
+            b':' | b'@' | b'/' => Class::Keep,
+            b'%' => Class::Escape,
+            b'\\' => Class::Refuse,
+            _ => Class::Encode,
+        };
+        i += 1;
+    }
+    table
+}
+
+/// Validates every byte and `%HH`; true when one must be rewritten (an unreserved or
+/// lower-case escape, or a byte to encode).
+fn check_bytes(bytes: &[u8]) -> Result<bool, PathError> {
     let mut dirty = false;
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] != b'%' {
-            i += 1;
-            continue;
+        match CLASSES[usize::from(bytes[i])] {
+            Class::Keep => i += 1,
+            Class::Encode => {
+                dirty = true;
+                i += 1;
+            }
+            Class::Refuse => return Err(PathError::Backslash),
+            Class::Escape => {
+                let (value, upper) = escape_at(bytes, i)?;
+                dirty |= is_unreserved(value) || !upper;
+                i += 3;
+            }
         }
-        let (Some(&hi), Some(&lo)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
-            return Err(PathError::BadEncoding);
-        };
-        let value = hex_pair(hi, lo).ok_or(PathError::BadEncoding)?;
-        if matches!(value, b'/' | b'\\' | 0) {
-            return Err(PathError::ForbiddenEncoding);
-        }
-        if is_unreserved(value) || hi.is_ascii_lowercase() || lo.is_ascii_lowercase() {
-            dirty = true;
-        }
-        i += 3;
     }
     Ok(dirty)
+}
+
+/// The `%HH` at `bytes[i]`: the byte it stands for, and whether its hex is upper-case.
+fn escape_at(bytes: &[u8], i: usize) -> Result<(u8, bool), PathError> {
+    let Some(&[hi, lo]) = bytes.get(i + 1..i + 3) else {
+        return Err(PathError::BadEncoding);
+    };
+    let value = hex_pair(hi, lo).ok_or(PathError::BadEncoding)?;
+    if matches!(value, b'/' | b'\\' | 0) {
+        return Err(PathError::ForbiddenEncoding);
+    }
+    Ok((value, !hi.is_ascii_lowercase() && !lo.is_ascii_lowercase()))
 }
 
 /// True when no segment is empty (except a trailing one), `.` or `..`.
@@ -67,34 +116,44 @@ fn segments_clean(path: &str) -> bool {
     true
 }
 
-/// Decodes unreserved escapes and upper-cases the hex of the others (escapes already checked).
-fn decode_unreserved(path: &str) -> String {
+/// Decodes unreserved escapes, upper-cases the others and encodes the bytes not allowed
+/// raw; the result is ASCII.
+fn rewrite_bytes(path: &str) -> Result<String, PathError> {
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut copied = 0;
+    let mut out = String::with_capacity(path.len() + 8);
     let mut i = 0;
     while i < bytes.len() {
-        let escape = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&hi), Some(&lo)) => hex_pair(hi, lo).map(|v| (hi, lo, v)),
-            _ => None,
+        let byte = bytes[i];
+        i += match CLASSES[usize::from(byte)] {
+            Class::Keep => {
+                out.push(char::from(byte));
+                1
+            }
+            Class::Encode => {
+                push_escape(&mut out, byte);
+                1
+            }
+            Class::Refuse => return Err(PathError::Backslash),
+            Class::Escape => {
+                let (value, _) = escape_at(bytes, i)?;
+                if is_unreserved(value) {
+                    out.push(char::from(value));
+                } else {
+                    push_escape(&mut out, value);
+                }
+                3
+            }
         };
-        let Some((hi, lo, value)) = escape else {
-            i += 1;
-            continue;
-        };
-        out.push_str(&path[copied..i]);
-        if is_unreserved(value) {
-            out.push(char::from(value));
-        } else {
-            out.push('%');
-            out.push(char::from(hi.to_ascii_uppercase()));
-            out.push(char::from(lo.to_ascii_uppercase()));
-        }
-        i += 3;
-        copied = i;
     }
-    out.push_str(&path[copied..]);
-    out
+    Ok(out)
+}
+
+/// Appends `%HH` with upper-case hex.
+fn push_escape(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(byte >> 4)]));
+    out.push(char::from(HEX[usize::from(byte & 0x0F)]));
 }
 
 /// RFC 3986 `remove_dot_segments` plus `//` merging; keeps a trailing slash.
@@ -158,6 +217,15 @@ impl PathPattern {
             if !ext.starts_with('.') || ext.len() < 2 || ext.contains(['*', '/', '?']) {
                 return Err(format!(
                     "{pattern:?}: a leading '*' must be followed by an extension such as \"*.json\""
+                ));
+            }
+            // The extension as it ends a normalised path.
+            let probe = format!("/x{ext}");
+            let normal = normalize_path(&probe).map_err(|e| format!("{pattern:?}: {e}"))?;
+            if normal != probe {
+                let fixed = format!("*{}", normal.strip_prefix("/x").unwrap_or(&normal));
+                return Err(format!(
+                    "{pattern:?} is not a normalised extension (requests are normalised before matching); write {fixed:?}"
                 ));
             }
             return Ok(Self::Suffix(ext.into()));

@@ -624,18 +624,101 @@ fn path_normalisation() {
     assert_eq!(normalize_path(""), Err(PathError::NotAbsolute));
     assert_eq!(normalize_path("http://x/a"), Err(PathError::NotAbsolute));
     // Output is a fixed point.
-    for raw in ["/a/./b//c/../d", "/api/%2e%2e/admin", "/a%3ab", "//x/"] {
+    for raw in [
+        "/a/./b//c/../d",
+        "/api/%2e%2e/admin",
+        "/a%3ab",
+        "//x/",
+        "/café/./menu",
+        "/caf%c3%a9/%7e/..",
+        "/a b/../{\"k\":[1]}",
+        "/%2e%2E/\u{7f}\t/é%25e9/",
+        "/x/%41%20é ~/.%2e",
+    ] {
         let once = normalize_path(raw).unwrap().into_owned();
         assert_eq!(normalize_path(&once).unwrap(), once, "{raw}");
     }
 }
 
 #[test]
+fn bytes_not_allowed_raw_are_percent_encoded() {
+    let cases = [
+        // one resource, three spellings, one normal form
+        ("/café", "/caf%C3%A9"),
+        ("/caf%C3%A9", "/caf%C3%A9"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+        ("/café/../thé/", "/th%C3%A9/"),
+        ("/my report", "/my%20report"),
+        ("/a\"b", "/a%22b"),
+        ("/{\"k\":1}", "/%7B%22k%22:1%7D"),
+        ("/a<b>c", "/a%3Cb%3Ec"),
+        ("/a^b`c|d", "/a%5Eb%60c%7Cd"),
+        ("/a[0]", "/a%5B0%5D"),
+        ("/a#b", "/a%23b"),
+        ("/a\tb\u{7f}", "/a%09b%7F"),
+        // an encoded '%' stays encoded: nothing is decoded twice
+        ("/100%25", "/100%25"),
+        // allowed raw: unreserved, sub-delims, ':' and '@'
+        ("/a-._~!$&'()*+,;=:@z", "/a-._~!$&'()*+,;=:@z"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw:?}");
+    }
+    for raw in ["/a\\b", "/a/..\\..\\etc", "/\\", "/é\\"] {
+        assert_eq!(normalize_path(raw), Err(PathError::Backslash), "{raw:?}");
+    }
+    // The query is not part of the path: whatever it holds is left alone.
+    assert_eq!(normalize_path("/a?q=\\é"), Ok(Cow::Borrowed("/a")));
+}
+
+#[test]
+fn raw_and_encoded_spellings_are_judged_alike() {
+    let p = policy(
+        r#"
+default = "allow"
+[[rule]]
+name = "no-cafe"
+action = "deny"
+paths = ["/caf%C3%A9/*"]
+"#,
+    );
+    for raw in [
+        "/caf%C3%A9/menu",
+        "/café/menu",
+        "/caf%c3%a9/menu",
+        "/café/./x/../menu",
+    ] {
+        let path = normalize_path(raw).unwrap();
+        assert_eq!(
+            judge(&p, TD_ID, "GET", &path),
+            (Verdict::Deny, Some("no-cafe".into())),
+            "{raw}"
+        );
+    }
+    assert_eq!(
+        judge(&p, TD_ID, "GET", &normalize_path("/thé/menu").unwrap()).0,
+        Verdict::Allow
+    );
+}
+
+#[test]
 fn normal_paths_are_borrowed() {
-    for raw in ["/", "/a/b", "/p/", "/a%20b", "/a.b/c..d/.e", "/a?x=1"] {
+    for raw in [
+        "/",
+        "/a/b",
+        "/p/",
+        "/a%20b",
+        "/a.b/c..d/.e",
+        "/a?x=1",
+        "/caf%C3%A9/menu",
+        "/a-._~!$&'()*+,;=:@z",
+        "/x.json?q=é",
+    ] {
         assert!(matches!(normalize_path(raw), Ok(Cow::Borrowed(_))), "{raw}");
     }
-    assert!(matches!(normalize_path("/a//b"), Ok(Cow::Owned(_))));
+    for raw in ["/a//b", "/café", "/a b", "/caf%c3%a9"] {
+        assert!(matches!(normalize_path(raw), Ok(Cow::Owned(_))), "{raw}");
+    }
 }
 
 #[test]
@@ -648,11 +731,40 @@ fn path_pattern_parsing() {
         PathPattern::parse("*.json"),
         Ok(PathPattern::Suffix(".json".into()))
     );
+    assert_eq!(
+        PathPattern::parse("*.caf%C3%A9"),
+        Ok(PathPattern::Suffix(".caf%C3%A9".into()))
+    );
     for bad in [
         "/p*", "/a/*/b", "*json", "api", "/a/../b", "/a//b", "/a%2fb", "/a?x", "**",
     ] {
         assert!(PathPattern::parse(bad).is_err(), "{bad}");
     }
+    // A pattern no normalised request path can equal is refused, with the spelling to use.
+    let hints = [
+        ("/café", "write \"/caf%C3%A9\""),
+        ("/café/*", "write \"/caf%C3%A9/*\""),
+        ("/caf%c3%a9", "write \"/caf%C3%A9\""),
+        ("/my report", "write \"/my%20report\""),
+        ("/{id}", "write \"/%7Bid%7D\""),
+        ("*.b%61k", "write \"*.bak\""),
+        ("*.café", "write \"*.caf%C3%A9\""),
+        ("*.a b", "write \"*.a%20b\""),
+    ];
+    for (bad, hint) in hints {
+        let error = PathPattern::parse(bad).unwrap_err();
+        assert!(error.contains("is not a normalised"), "{bad}: {error}");
+        assert!(error.ends_with(hint), "{bad}: {error}");
+    }
+    for bad in ["/a\\b", "/a\\b/*", "*.a\\b", "*.a%5cb", "*.a%2Fb"] {
+        assert!(PathPattern::parse(bad).is_err(), "{bad}");
+    }
+    assert!(PathPattern::parse("/a\\b")
+        .unwrap_err()
+        .contains("some servers read it as '/'"));
+    // A suffix pattern that loads matches what normalisation makes of the request.
+    let bak = PathPattern::parse("*.bak").unwrap();
+    assert!(bak.matches(&normalize_path("/x.b%61k").unwrap()));
 }
 
 #[test]
@@ -673,6 +785,8 @@ fn load_errors_name_file_line_and_field() {
         (format!("{rule}from = [\"spiffe://*.org/a\"]\n"), "p.toml:4: rule[0].from[0]: \"spiffe://*.org/a\": the trust domain is always literal"),
         (format!("{rule}paths = [\"/ok\",\n  \"/p*\"]\n"), "p.toml:5: rule[0].paths[1]: \"/p*\": '*' may only be"),
         (format!("{rule}not_paths = [\"/a/../b\"]\n"), "p.toml:4: rule[0].not_paths[0]: \"/a/../b\" is not a normalised path"),
+        (format!("{rule}paths = [\"/ok\", \"/café\"]\n"), "p.toml:4: rule[0].paths[1]: \"/café\" is not a normalised path (requests are normalised before matching); write \"/caf%C3%A9\""),
+        (format!("{rule}paths = [\"*.b%61k\"]\n"), "p.toml:4: rule[0].paths[0]: \"*.b%61k\" is not a normalised extension (requests are normalised before matching); write \"*.bak\""),
         (format!("{rule}methods = [\"get\"]\n"), "p.toml:4: rule[0].methods[0]: methods are case-sensitive; write \"GET\""),
         (format!("{rule}methods = [\"\"]\n"), "p.toml:4: rule[0].methods[0]: \"\" is not an HTTP method name"),
         (format!("{rule}headers = {{ \"bad name\" = \"x\" }}\n"), "p.toml:4: rule[0].headers.bad name: \"bad name\" is not a valid header name"),
