@@ -1,0 +1,122 @@
+//! The header rules of the data path, over any headers a client can send: hop-by-hop
+//! removal (`Connection` and everything it names, any `TE` but `trailers`), HTTP/2
+//! preparation (changes no name or value), request IDs (kept when usable, else one fresh
+//! one) and XFCC (exactly idgate's one value).
+#![no_main]
+
+use arbitrary::Arbitrary;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE};
+use idgate::proxy::headers::{prepare_for_hpack, set_xfcc, strip_hop_by_hop, XFCC};
+use idgate::proxy::request_id::{ensure_request_id, REQUEST_ID};
+use libfuzzer_sys::fuzz_target;
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+#[derive(Arbitrary, Debug)]
+struct Input<'a> {
+    headers: Vec<(&'a [u8], &'a [u8])>,
+    /// Also give a few headers a name the rules know, to reach them more often.
+    known: Vec<(u8, &'a [u8])>,
+}
+
+const KNOWN: [&str; 6] = [
+    "connection",
+    "te",
+    "x-request-id",
+    "x-forwarded-client-cert",
+    "upgrade",
+    "keep-alive",
+];
+
+fuzz_target!(|input: Input<'_>| {
+    let mut headers = HeaderMap::new();
+    let named = input
+        .headers
+        .iter()
+        .map(|&(n, v)| (HeaderName::from_bytes(n).ok(), v));
+    let known = input.known.iter().map(|&(i, v)| {
+        let name = KNOWN[usize::from(i) % KNOWN.len()];
+        (Some(HeaderName::from_static(name)), v)
+    });
+    for (name, value) in named.chain(known) {
+        if let (Some(name), Ok(value)) = (name, HeaderValue::from_bytes(value)) {
+            headers.append(name, value);
+        }
+    }
+    check_request_id(headers.clone());
+    check_hpack(headers.clone());
+    check_strip(headers.clone());
+    let xfcc = HeaderValue::from_static("By=spiffe://a/b;Hash=00;URI=spiffe://c/d");
+    set_xfcc(&mut headers, xfcc.clone());
+    assert_eq!(headers.get_all(XFCC).iter().collect::<Vec<_>>(), [&xfcc]);
+});
+
+fn check_strip(mut headers: HeaderMap) {
+    let before = headers.clone();
+    strip_hop_by_hop(&mut headers);
+    let named_by_connection: Vec<HeaderName> = before
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .map(|n| HeaderName::from_static(n))
+        .chain(named_by_connection.clone())
+    {
+        assert!(!headers.contains_key(&name), "{name} left in {headers:?}");
+    }
+    for value in headers.get_all(TE) {
+        assert!(
+            value.as_bytes().eq_ignore_ascii_case(b"trailers"),
+            "TE {value:?} left"
+        );
+    }
+    for (name, _) in &before {
+        let hop =
+            HOP_BY_HOP.contains(&name.as_str()) || named_by_connection.contains(name) || name == TE;
+        if !hop {
+            let kept: Vec<_> = headers.get_all(name).iter().collect();
+            let sent: Vec<_> = before.get_all(name).iter().collect();
+            assert_eq!(kept, sent, "end-to-end header {name} changed");
+        }
+    }
+}
+
+fn check_hpack(mut headers: HeaderMap) {
+    let before = headers.clone();
+    prepare_for_hpack(&mut headers);
+    assert_eq!(headers, before);
+    for value in headers.get_all(REQUEST_ID) {
+        assert!(value.is_sensitive());
+    }
+}
+
+fn check_request_id(mut headers: HeaderMap) {
+    let sent = headers.get(REQUEST_ID).cloned();
+    let id = ensure_request_id(&mut headers);
+    let value = id.to_header_value();
+    assert_eq!(
+        id.as_str(),
+        std::str::from_utf8(value.as_bytes()).unwrap_or("")
+    );
+    match sent {
+        Some(sent) if !sent.is_empty() && sent.len() <= 128 => assert_eq!(value, sent),
+        _ => {
+            assert_eq!(
+                headers.get_all(REQUEST_ID).iter().collect::<Vec<_>>(),
+                [&value]
+            );
+            assert!(!value.is_empty() && value.len() <= 128);
+        }
+    }
+}
