@@ -13,6 +13,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::ServerName;
 use rustls::HandshakeKind;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
@@ -219,6 +220,7 @@ impl Connector {
             (Some(dialer), Stream::Tcp(tcp)) => (dialer, tcp),
             (_, plain) => return Ok(plain),
         };
+        give_up_on_a_silent_peer(&tcp).map_err(|e| ConnectError::Io(label.clone(), Arc::new(e)))?;
         let handshake = dialer.connector.connect(dialer.server_name, tcp);
         let tls = tokio::time::timeout(self.connect_timeout, handshake)
             .await
@@ -231,5 +233,52 @@ impl Connector {
             dialer.resumed.inc();
         }
         Ok(Stream::Tls(Box::new(Coalesce::new(tls)), peer))
+    }
+}
+
+/// How long a peer sidecar may leave sent data unacknowledged, or keepalive probes
+/// unanswered, before its connection is given up.
+const PEER_SILENCE: Duration = Duration::from_secs(30);
+
+/// Idle time before the first keepalive probe on a connection to a peer sidecar, and
+/// the time between probes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A peer whose node crashed or lost its network sends no FIN or RST: without these, the
+/// pooled connection to it would take every request (each ending in a timeout) until the
+/// kernel gave up retransmitting, about 15 minutes. With them it ends within
+/// [`PEER_SILENCE`] of going silent, busy or idle, and the next request dials afresh.
+/// Probes are answered by the peer's kernel: they cost neither side's process anything.
+fn give_up_on_a_silent_peer(tcp: &TcpStream) -> io::Result<()> {
+    let socket = SockRef::from(tcp);
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(PEER_SILENCE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_to_a_peer_gives_up_on_silence() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let tcp = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        give_up_on_a_silent_peer(&tcp).expect("socket options");
+        let socket = SockRef::from(&tcp);
+        assert_eq!(socket.tcp_user_timeout().expect("get"), Some(PEER_SILENCE));
+        assert!(socket.keepalive().expect("get"));
+        assert_eq!(socket.tcp_keepalive_time().expect("get"), KEEPALIVE_IDLE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().expect("get"),
+            KEEPALIVE_INTERVAL
+        );
     }
 }
