@@ -6,6 +6,8 @@
 mod check;
 mod model;
 mod source;
+#[cfg(test)]
+mod tests;
 
 pub use model::{
     AdminConfig, IdentitySourceKind, Limits, LogConfig, LogFormat, Protocol, RuntimeConfig,

@@ -70,7 +70,7 @@ pub struct RawIdentity {
     /// files: our trust domain's bundle.
     pub bundle: Option<Spanned<PathBuf>>,
     /// files: other trust domains' bundles.
-    pub federation: Option<BTreeMap<String, Spanned<PathBuf>>>,
+    pub federation: Option<Spanned<BTreeMap<String, Spanned<PathBuf>>>>,
 }
 
 /// Application protocol of a listener.
@@ -89,11 +89,11 @@ pub enum Protocol {
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
     /// Name used in logs and metrics.
-    pub name: String,
+    pub name: Spanned<String>,
     /// Address to accept mTLS on.
-    pub listen: SocketAddr,
+    pub listen: Spanned<SocketAddr>,
     /// The local app.
-    pub upstream: Upstream,
+    pub upstream: Spanned<Upstream>,
     /// `http` or `tcp`.
     #[serde(default)]
     pub protocol: Protocol,
@@ -115,13 +115,13 @@ pub struct InboundConfig {
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Name used in logs and metrics.
-    pub name: String,
+    pub name: Spanned<String>,
     /// Address the local app connects to (plain).
-    pub listen: SocketAddr,
+    pub listen: Spanned<SocketAddr>,
     /// The peer sidecar, `host:port`.
     pub target: Target,
     /// SPIFFE IDs the server may present.
-    pub server_ids: Vec<SpiffeId>,
+    pub server_ids: Spanned<Vec<SpiffeId>>,
     /// `http` or `tcp`.
     #[serde(default)]
     pub protocol: Protocol,
