@@ -309,6 +309,84 @@ fn zero_workers_is_refused_with_file_line_and_field() {
     );
 }
 
+/// `idgate ARGS`, killed if it has not exited within `limit` (its output up to then).
+fn idgate_within(args: &[&str], limit: Duration) -> (Output, bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("IDGATE_CONFIG")
+        .env_remove("IDGATE_CONFIG_TOML")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run idgate");
+    let deadline = std::time::Instant::now() + limit;
+    let mut exited = false;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().expect("wait").is_some() {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !exited {
+        let _ = child.kill();
+    }
+    (child.wait_with_output().expect("output"), exited)
+}
+
+#[test]
+fn values_that_would_crash_a_connection_are_refused_before_binding() {
+    // Each loaded and bound, then panicked (an abort in release) on the first connection,
+    // or (max_connections) when the listener started accepting.
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "limits = { max_connections = 9223372036854775807 }",
+            "inbound[0].limits.max_connections: expected 1 to 1048576",
+        ),
+        (
+            "limits = { max_connection_age = \"18446744073709551615s\" }",
+            "inbound[0].limits.max_connection_age: \"18446744073709551615s\" is too long: at most 365 days",
+        ),
+        (
+            "timeouts = { idle = \"307445734561825861m\" }",
+            "inbound[0].timeouts.idle: \"307445734561825861m\" is too long: at most 365 days",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let path = broken_config(
+            dir.path(),
+            "protocol = \"http\"",
+            &format!("protocol = \"http\"\n{extra}"),
+        );
+        // Port 0 everywhere, in case the sidecar starts after all.
+        let text = ["127.0.0.1:8443", "127.0.0.1:15002", "127.0.0.1:15000"]
+            .iter()
+            .fold(std::fs::read_to_string(&path).unwrap(), |text, addr| {
+                text.replace(addr, "127.0.0.1:0")
+            });
+        std::fs::write(&path, text).unwrap();
+        for command in ["validate", "run"] {
+            let (out, exited) =
+                idgate_within(&[command, "--config", &path], Duration::from_secs(20));
+            assert!(exited, "{command} {extra}: still running: {}", stderr(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command} {extra}: {}",
+                stderr(&out)
+            );
+            let err = stderr(&out);
+            assert!(
+                err.starts_with(&format!("error: {path}:16: {expected}"))
+                    && err.lines().count() == 1,
+                "{command} {extra}: {err}"
+            );
+        }
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn run_drains_and_exits_zero_on_sigterm() {

@@ -1,7 +1,8 @@
 //! Checks that need more than one value or a look at the disk: identity sources, listener
 //! names and addresses, files that must be readable, policies that must compile.
 //!
-//! Every error names file, line and field. Nothing here opens a socket.
+//! Every error names file, line and field: the line of the key at fault, or of its table
+//! when the key is missing. Nothing here opens a socket.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -30,22 +31,23 @@ impl Names {
     fn claim(
         &mut self,
         source: &SourceFile,
-        listener: &Spanned<impl Listener>,
+        listener: &impl Listener,
         field: &str,
     ) -> Result<(), FileError> {
-        let l = listener.get_ref();
-        if !self.names.insert(l.name().to_string()) {
+        let (name, listen) = (listener.name(), listener.listen());
+        if !self.names.insert(name.get_ref().clone()) {
             return Err(source.error_at(
-                listener.span(),
+                name.span(),
                 &format!("{field}.name"),
-                format!("duplicate listener name {:?}", l.name()),
+                format!("duplicate listener name {:?}", name.get_ref()),
             ));
         }
-        if l.listen().port() != 0 && !self.addrs.insert(l.listen()) {
+        let addr = *listen.get_ref();
+        if addr.port() != 0 && !self.addrs.insert(addr) {
             return Err(source.error_at(
-                listener.span(),
+                listen.span(),
                 &format!("{field}.listen"),
-                format!("{} is used by another listener", l.listen()),
+                format!("{addr} is used by another listener"),
             ));
         }
         Ok(())
@@ -53,25 +55,25 @@ impl Names {
 }
 
 trait Listener {
-    fn name(&self) -> &str;
-    fn listen(&self) -> SocketAddr;
+    fn name(&self) -> &Spanned<String>;
+    fn listen(&self) -> &Spanned<SocketAddr>;
 }
 
 impl Listener for InboundConfig {
-    fn name(&self) -> &str {
+    fn name(&self) -> &Spanned<String> {
         &self.name
     }
-    fn listen(&self) -> SocketAddr {
-        self.listen
+    fn listen(&self) -> &Spanned<SocketAddr> {
+        &self.listen
     }
 }
 
 impl Listener for OutboundConfig {
-    fn name(&self) -> &str {
+    fn name(&self) -> &Spanned<String> {
         &self.name
     }
-    fn listen(&self) -> SocketAddr {
-        self.listen
+    fn listen(&self) -> &Spanned<SocketAddr> {
+        &self.listen
     }
 }
 
@@ -119,7 +121,7 @@ pub(super) fn check_identity(
             let federation = raw
                 .federation
                 .iter()
-                .flatten()
+                .flat_map(|f| f.get_ref())
                 .map(|(td, path)| {
                     let field = format!("identity.federation.{td}");
                     TrustDomain::new(td)
@@ -148,9 +150,10 @@ pub(super) fn check_identity(
                     ));
                 }
             }
-            if raw.federation.is_some() {
-                return Err(refuse(
-                    "federation",
+            if let Some(f) = &raw.federation {
+                return Err(source.error_at(
+                    f.span(),
+                    "identity.federation",
                     "only for source = \"files\" (the agent sends federated bundles)",
                 ));
             }
@@ -214,9 +217,9 @@ pub(super) fn check_inbound(
     names: &mut Names,
 ) -> Result<Inbound, FileError> {
     let field = format!("inbound[{index}]");
-    names.claim(source, listener, &field)?;
     let l = listener.get_ref();
-    let upstream_fits = match (&l.upstream, l.protocol) {
+    names.claim(source, l, &field)?;
+    let upstream_fits = match (l.upstream.get_ref(), l.protocol) {
         (Upstream::Unix(_), _) => true,
         (Upstream::Tcp { scheme, .. }, Protocol::Http) => *scheme == "http",
         (Upstream::Tcp { scheme, .. }, Protocol::Tcp) => *scheme == "tcp",
@@ -226,7 +229,7 @@ pub(super) fn check_inbound(
             Protocol::Http => "expected http://host:port or unix:///path",
             Protocol::Tcp => "expected tcp://host:port or unix:///path for protocol = \"tcp\"",
         };
-        return Err(source.error_at(listener.span(), &format!("{field}.upstream"), expected));
+        return Err(source.error_at(l.upstream.span(), &format!("{field}.upstream"), expected));
     }
     let policy_path = readable_file(source, &l.policy, &format!("{field}.policy"))?;
     let policy = Policy::load(&policy_path)?;
@@ -234,9 +237,9 @@ pub(super) fn check_inbound(
         policy.check_tcp_only()?;
     }
     Ok(Inbound {
-        name: l.name.clone(),
-        listen: l.listen,
-        upstream: l.upstream.clone(),
+        name: l.name.get_ref().clone(),
+        listen: *l.listen.get_ref(),
+        upstream: l.upstream.get_ref().clone(),
         protocol: l.protocol,
         policy_path,
         policy: Arc::new(policy),
@@ -253,20 +256,20 @@ pub(super) fn check_outbound(
     names: &mut Names,
 ) -> Result<Outbound, FileError> {
     let field = format!("outbound[{index}]");
-    names.claim(source, listener, &field)?;
     let l = listener.get_ref();
-    if l.server_ids.is_empty() {
+    names.claim(source, l, &field)?;
+    if l.server_ids.get_ref().is_empty() {
         return Err(source.error_at(
-            listener.span(),
+            l.server_ids.span(),
             &format!("{field}.server_ids"),
             "list at least one SPIFFE ID the server may present",
         ));
     }
     Ok(Outbound {
-        name: l.name.clone(),
-        listen: l.listen,
+        name: l.name.get_ref().clone(),
+        listen: *l.listen.get_ref(),
         target: l.target.clone(),
-        server_ids: l.server_ids.clone(),
+        server_ids: l.server_ids.get_ref().clone(),
         protocol: l.protocol,
         session_resumption: l.session_resumption,
         timeouts: l.timeouts,

@@ -3,13 +3,20 @@
 //! Everything a listener needs is checked here, before anything binds: a config that
 //! loads is one the sidecar can run. This room never opens sockets.
 
+mod bounds;
 mod check;
 mod model;
 mod source;
+#[cfg(test)]
+mod tests;
 
+pub use bounds::{
+    Seconds, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS, MAX_DURATION, MAX_HEADER_BYTES, MAX_WORKERS,
+    MIN_HEADER_BYTES,
+};
 pub use model::{
-    AdminConfig, IdentitySourceKind, Limits, LogConfig, LogFormat, Protocol, RuntimeConfig,
-    Seconds, Target, Timeouts, Upstream,
+    AdminConfig, IdentitySourceKind, Limits, LogConfig, LogFormat, Protocol, RuntimeConfig, Target,
+    Timeouts, Upstream,
 };
 pub use source::{FileError, SourceFile};
 

@@ -1,7 +1,8 @@
 //! The sidecar config as written in TOML: serde types only, every table `deny_unknown_fields`.
 //!
-//! Values that can be checked alone (addresses, URLs, SPIFFE IDs, durations) are checked
-//! while deserialising, so their errors carry file, line and field for free.
+//! Values that can be checked alone (addresses, URLs, SPIFFE IDs, durations, the ranges of
+//! numbers, the last two in [`super::bounds`]) are checked while deserialising, so their
+//! errors carry file, line and field for free.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+use super::bounds::{self, Seconds};
 use crate::spiffe_id::SpiffeId;
 
 /// The whole config file.
@@ -70,7 +72,7 @@ pub struct RawIdentity {
     /// files: our trust domain's bundle.
     pub bundle: Option<Spanned<PathBuf>>,
     /// files: other trust domains' bundles.
-    pub federation: Option<BTreeMap<String, Spanned<PathBuf>>>,
+    pub federation: Option<Spanned<BTreeMap<String, Spanned<PathBuf>>>>,
 }
 
 /// Application protocol of a listener.
@@ -89,11 +91,11 @@ pub enum Protocol {
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
     /// Name used in logs and metrics.
-    pub name: String,
+    pub name: Spanned<String>,
     /// Address to accept mTLS on.
-    pub listen: SocketAddr,
+    pub listen: Spanned<SocketAddr>,
     /// The local app.
-    pub upstream: Upstream,
+    pub upstream: Spanned<Upstream>,
     /// `http` or `tcp`.
     #[serde(default)]
     pub protocol: Protocol,
@@ -115,13 +117,13 @@ pub struct InboundConfig {
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Name used in logs and metrics.
-    pub name: String,
+    pub name: Spanned<String>,
     /// Address the local app connects to (plain).
-    pub listen: SocketAddr,
+    pub listen: Spanned<SocketAddr>,
     /// The peer sidecar, `host:port`.
     pub target: Target,
     /// SPIFFE IDs the server may present.
-    pub server_ids: Vec<SpiffeId>,
+    pub server_ids: Spanned<Vec<SpiffeId>>,
     /// `http` or `tcp`.
     #[serde(default)]
     pub protocol: Protocol,
@@ -140,21 +142,27 @@ fn enabled() -> bool {
     true
 }
 
-/// Per-listener timeouts; each key is optional and written like `"10s"` or `"500ms"`.
+/// Per-listener timeouts; each key is optional and written like `"10s"` or `"500ms"`, at
+/// most 365 days; all but `drain` more than zero (zero would fail every connection).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// TLS handshake (default 10 s).
+    #[serde(deserialize_with = "bounds::timeout")]
     pub handshake: Seconds,
     /// Reading a request's headers (default 30 s).
+    #[serde(deserialize_with = "bounds::timeout")]
     pub header: Seconds,
     /// Idle keep-alive connection (default 90 s).
+    #[serde(deserialize_with = "bounds::timeout")]
     pub idle: Seconds,
     /// Connecting to the upstream (default 5 s).
+    #[serde(deserialize_with = "bounds::timeout")]
     pub connect: Seconds,
     /// Waiting for the upstream's response headers (default 60 s, then 504).
+    #[serde(deserialize_with = "bounds::timeout")]
     pub response: Seconds,
-    /// Finishing in-flight requests on SIGTERM (default 30 s).
+    /// Finishing in-flight requests on SIGTERM (default 30 s; zero closes them at once).
     pub drain: Seconds,
 }
 
@@ -172,17 +180,23 @@ impl Default for Timeouts {
     }
 }
 
-/// Per-listener resource limits; each key is optional.
+/// Per-listener resource limits; each key is optional, and bounded (see the constants).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Open client connections at once; more are accepted and closed at once (default 10,000).
+    /// Open client connections at once; more are accepted and closed at once (default
+    /// 10,000; 1 to 2^20).
+    #[serde(deserialize_with = "bounds::max_connections")]
     pub max_connections: usize,
-    /// Bytes of request headers (default 64 KiB; HTTP/1.1 at least 8 KiB).
+    /// Bytes of request headers (default 64 KiB; HTTP/1.1 at least 8 KiB; 1 KiB to 8 MiB).
+    #[serde(deserialize_with = "bounds::max_header_bytes")]
     pub max_header_bytes: usize,
-    /// Concurrent HTTP/2 streams per connection (default 256).
+    /// Concurrent HTTP/2 streams per connection (default 256; 1 to 2^31 - 1).
+    #[serde(deserialize_with = "bounds::max_concurrent_streams")]
     pub max_concurrent_streams: u32,
-    /// Close (gracefully) any connection older than this (default: no limit).
+    /// Close (gracefully) any connection older than this (default: no limit; more than
+    /// zero, at most 365 days).
+    #[serde(deserialize_with = "bounds::max_connection_age")]
     pub max_connection_age: Option<Seconds>,
 }
 
@@ -194,29 +208,6 @@ impl Default for Limits {
             max_concurrent_streams: 256,
             max_connection_age: None,
         }
-    }
-}
-
-/// A duration written as a number with a unit: `ms`, `s`, `m` or `h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seconds(pub Duration);
-
-impl FromStr for Seconds {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("expected a duration such as \"10s\" or \"500ms\", got {s:?}"))?;
-        let duration = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            _ => return Err(format!("unknown duration unit in {s:?}: use ms, s, m or h")),
-        };
-        Ok(Self(duration))
     }
 }
 
@@ -321,7 +312,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(Seconds, Upstream, Target);
+deserialize_from_str!(Upstream, Target);
 
 /// `[admin]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -385,7 +376,9 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Worker threads (default 1, as a Linkerd proxy runs: one thread has no cross-thread
-    /// wake-ups and costs the least CPU per request; raise it for a busy standalone proxy).
+    /// wake-ups and costs the least CPU per request; raise it for a busy standalone proxy;
+    /// at most 1,024).
+    #[serde(deserialize_with = "bounds::workers")]
     pub workers: NonZeroUsize,
 }
 

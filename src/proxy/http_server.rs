@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::coalesce::FlushAtEnd;
 use super::respond::Body;
 use super::serve::{Lifetime, Revoked};
-use crate::config::{Limits, Timeouts};
+use crate::config::{Limits, Timeouts, MAX_DURATION};
 
 /// An error as hyper's services and bodies box them.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,7 +45,9 @@ impl HttpServer {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(timeouts.header.0)
+            // hyper adds it to the current time, which panics on overflow; the config
+            // already refuses anything longer.
+            .header_read_timeout(timeouts.header.0.min(MAX_DURATION))
             .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUFFER))
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
@@ -287,10 +289,8 @@ impl<'a> Watch<'a> {
                 },
         } = self;
         let idle = lifetime.idle;
-        let mut deadline = started + idle;
-        let close_at = lifetime
-            .close_at
-            .unwrap_or(started + Duration::from_secs(100 * 365 * 86_400));
+        let mut deadline = later(started, idle);
+        let close_at = lifetime.close_at.unwrap_or_else(|| later(started, NEVER));
         let mut ending = false;
         let result = loop {
             // One timer serves both ends of the connection's life, whichever comes first:
@@ -317,12 +317,12 @@ impl<'a> Watch<'a> {
                         tracing::info!("closing connection: maximum age or peer certificate expiry reached");
                         connection.inner().end_gracefully();
                         ending = true;
-                    } else if last + idle <= now {
+                    } else if later(last, idle) <= now {
                         tracing::debug!(?idle, "closing idle connection");
                         connection.inner().end_gracefully();
                         ending = true;
                     } else {
-                        deadline = last + idle;
+                        deadline = later(last, idle);
                     }
                 }
             }
@@ -333,6 +333,15 @@ impl<'a> Watch<'a> {
     }
 }
 
+/// Far enough ahead to never come.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `from + after`, or [`NEVER`] from then when that does not fit in an `Instant` (the
+/// config bounds every duration well below that; this keeps a connection from panicking).
+fn later(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after).unwrap_or_else(|| from + NEVER)
+}
+
 fn millis_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -340,6 +349,16 @@ fn millis_since(start: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_past_what_an_instant_holds_is_never_and_no_panic() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(90)),
+            now + Duration::from_secs(90)
+        );
+        assert_eq!(later(now, Duration::MAX), now + NEVER);
+    }
 
     #[test]
     fn first_bytes_tell_the_protocol_once_they_leave_the_http2_preface() {

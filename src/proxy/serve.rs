@@ -38,15 +38,19 @@ impl Lifetime {
     /// the latest when `expires` (a peer certificate's notAfter, Unix seconds) passes.
     pub fn new(timeouts: &Timeouts, limits: &Limits, expires: Option<i64>) -> Self {
         let now = Instant::now();
-        let age_limit = limits.max_connection_age.map(|age| now + age.0);
-        let expiry = expires.map(|not_after| {
+        // The config bounds the age (a year), so the sum fits; were it ever not to, the
+        // connection would have no age limit rather than panic.
+        let age_limit = limits
+            .max_connection_age
+            .and_then(|age| now.checked_add(age.0));
+        let expiry = expires.and_then(|not_after| {
             let unix_now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let left = u64::try_from(not_after)
                 .unwrap_or(0)
                 .saturating_sub(unix_now);
-            now + Duration::from_secs(left)
+            now.checked_add(Duration::from_secs(left))
         });
         Self {
             idle: timeouts.idle.0,
@@ -70,7 +74,9 @@ pub async fn accept_loop<F, Fut>(
 {
     let handle = Arc::new(handle);
     let listener_name: Arc<str> = Arc::from(name);
-    let slots = Arc::new(Semaphore::new(max_connections));
+    // The config allows at most `config::MAX_CONNECTIONS`; tokio panics above its own
+    // ceiling, so never ask for more than that.
+    let slots = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -150,4 +156,24 @@ fn hand_over<F, Fut>(
     shared
         .workers
         .spawn(worker, shared.tasks.track_future(connection));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Seconds;
+
+    #[test]
+    fn a_lifetime_past_what_an_instant_holds_has_no_hard_end_and_no_panic() {
+        // The config refuses such an age; this is the second line behind it.
+        let limits = Limits {
+            max_connection_age: Some(Seconds(Duration::MAX)),
+            ..Limits::default()
+        };
+        let lifetime = Lifetime::new(&Timeouts::default(), &limits, None);
+        assert_eq!(lifetime.close_at, None);
+        // The latest notAfter a certificate can carry fits: the certificate ends it.
+        let lifetime = Lifetime::new(&Timeouts::default(), &limits, Some(i64::MAX));
+        assert!(lifetime.close_at.is_some());
+    }
 }
