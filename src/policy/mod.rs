@@ -115,6 +115,9 @@ pub enum PathError {
     /// A raw `\`, which some servers read as `/`.
     #[error("'\\' in path (some servers read it as '/'); a path may not hold one, raw or encoded")]
     Backslash,
+    /// A raw NUL byte (`%00` is [`PathError::ForbiddenEncoding`]).
+    #[error("NUL byte in path")]
+    Nul,
 }
 
 /// A compiled policy, ready to judge requests.

@@ -3,7 +3,7 @@
 //! `normalize_path` is the one place that decides what a path means (the proxy forwards
 //! its output, the matcher judges it), so the two can never disagree. Its output is
 //! canonical (one spelling per resource, a fixed point); it must never allocate for a path
-//! that is already normal, never decode `/`, `\` or NUL, and never let a raw `\` through.
+//! that is already normal, never decode `/`, `\` or NUL, and never let a raw `\` or NUL through.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -16,7 +16,7 @@ use super::PathError;
 /// upper-cased; every byte RFC 3986 does not allow raw in a path (non-ASCII, space, `"`,
 /// `{`, control bytes, ...) is encoded as `%HH`; `.`/`..` segments are resolved (never
 /// above the root) and `//` merged; a trailing slash is kept. `%2F`, `%5C`, `%00` and a
-/// raw `\` are refused.
+/// raw `\` or NUL are refused.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let path = raw.split_once('?').map_or(raw, |(p, _)| p);
     if !path.starts_with('/') {
@@ -43,7 +43,8 @@ enum Class {
     Escape,
     /// Not allowed raw: written as `%HH`.
     Encode,
-    /// `\`: refused, since some servers read it as `/`.
+    /// `\` (some servers read it as `/`) and NUL (C strings end there): refused, raw
+    /// as well as encoded.
     Refuse,
 }
 
@@ -61,7 +62,7 @@ const fn classes() -> [Class; 256] {
             }
             b':' | b'@' | b'/' => Class::Keep,
             b'%' => Class::Escape,
-            b'\\' => Class::Refuse,
+            b'\\' | 0 => Class::Refuse,
             _ => Class::Encode,
         };
         i += 1;
@@ -81,7 +82,7 @@ fn check_bytes(bytes: &[u8]) -> Result<bool, PathError> {
                 dirty = true;
                 i += 1;
             }
-            Class::Refuse => return Err(PathError::Backslash),
+            Class::Refuse => return Err(refusal(bytes[i])),
             Class::Escape => {
                 let (value, upper) = escape_at(bytes, i)?;
                 dirty |= is_unreserved(value) || !upper;
@@ -90,6 +91,14 @@ fn check_bytes(bytes: &[u8]) -> Result<bool, PathError> {
         }
     }
     Ok(dirty)
+}
+
+/// Why a raw byte of class [`Class::Refuse`] is refused.
+fn refusal(byte: u8) -> PathError {
+    match byte {
+        b'\\' => PathError::Backslash,
+        _ => PathError::Nul,
+    }
 }
 
 /// The `%HH` at `bytes[i]`: the byte it stands for, and whether its hex is upper-case.
@@ -133,7 +142,7 @@ fn rewrite_bytes(path: &str) -> Result<String, PathError> {
                 push_escape(&mut out, byte);
                 1
             }
-            Class::Refuse => return Err(PathError::Backslash),
+            Class::Refuse => return Err(refusal(bytes[i])),
             Class::Escape => {
                 let (value, _) = escape_at(bytes, i)?;
                 if is_unreserved(value) {

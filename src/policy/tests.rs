@@ -585,7 +585,7 @@ expires = 2030-01-01T00:00:00+02:00
 
 #[test]
 fn path_normalisation() {
-    let cases: [(&str, Result<&str, PathError>); 27] = [
+    let cases: [(&str, Result<&str, PathError>); 29] = [
         ("/", Ok("/")),
         ("/a/b", Ok("/a/b")),
         ("/p/", Ok("/p/")),
@@ -609,6 +609,8 @@ fn path_normalisation() {
         ("/a%5cb", Err(PathError::ForbiddenEncoding)),
         ("/a%5Cb", Err(PathError::ForbiddenEncoding)),
         ("/a%00b", Err(PathError::ForbiddenEncoding)),
+        ("/a\0b", Err(PathError::Nul)),
+        ("/\0/\0/", Err(PathError::Nul)),
         ("/a%zz", Err(PathError::BadEncoding)),
         ("/a%2", Err(PathError::BadEncoding)),
         ("a/b", Err(PathError::NotAbsolute)),
