@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -19,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use super::copy;
-use super::headers::{prepare_for_hpack, strip_hop_by_hop};
+use super::headers::{keep_upgrade, prepare_for_hpack, strip_hop_by_hop, upgrade_protocol};
 use super::pool::{Peer, Pool, PoolError};
 use super::respond::{is_grpc, Body, Refusal};
 use super::serve::{never_revoked, Revoked};
@@ -132,8 +131,12 @@ impl Upstream {
         }
     }
 
-    /// Rewrites the request for the upstream (URI, version, hop-by-hop headers), sends it
-    /// and returns the response with its hop-by-hop headers removed.
+    /// Rewrites the request for the upstream (URI, version), sends it and returns the
+    /// response with its hop-by-hop headers removed. The request's own hop-by-hop headers
+    /// must be gone already ([`strip_request_hop_by_hop`], before idgate added any
+    /// header): what is left of `Connection` is an upgrade's.
+    ///
+    /// [`strip_request_hop_by_hop`]: super::headers::strip_request_hop_by_hop
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
@@ -158,10 +161,6 @@ impl Upstream {
             (None, _, Some(pool)) if is_grpc(request.headers()) => pool,
             _ => &pools.default,
         };
-        strip_hop_by_hop(request.headers_mut());
-        if let Some(protocol) = &upgrade {
-            keep_upgrade(request.headers_mut(), protocol.clone());
-        }
         let (mut response, peer) = tokio::time::timeout(self.response_timeout, pool.send(request))
             .await
             .map_err(|_| ForwardError {
@@ -215,24 +214,6 @@ impl Upstream {
             reason: format!("cannot build upstream URI: {e}"),
         })
     }
-}
-
-/// The `Upgrade` value of a message that asks for (or agrees to) an upgrade.
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// Puts back the two headers an upgrade needs after hop-by-hop removal.
-fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, protocol);
 }
 
 /// Relays bytes between the client's and the upstream's upgraded connections, until both

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::coalesce::Coalesce;
 use super::forward::{Forwarded, Upstream};
-use super::headers::{set_xfcc, xfcc_value};
+use super::headers::{set_xfcc, strip_request_hop_by_hop, xfcc_value};
 use super::http_server::{Agreed, Ending, HttpServer};
 use super::request_id::{ensure_request_id, RequestId};
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
@@ -238,6 +238,8 @@ impl ListenerState {
 impl Connection {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        // First: the client's `Connection` may name the headers idgate adds.
+        strip_request_hop_by_hop(request.headers_mut());
         let request_id = ensure_request_id(request.headers_mut());
         let grpc = is_grpc(request.headers());
         let uri = request.uri().clone();

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::forward::{Forwarded, Upstream};
+use super::headers::strip_request_hop_by_hop;
 use super::http_server::{Ending, HttpServer};
 use super::request_id::ensure_request_id;
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body};
@@ -210,6 +211,8 @@ impl ListenerState {
 impl Connection {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        // First: the app's `Connection` may name the `x-request-id` idgate adds.
+        strip_request_hop_by_hop(request.headers_mut());
         let request_id = ensure_request_id(request.headers_mut());
         let grpc = is_grpc(request.headers());
         let uri = request.uri().clone();
