@@ -117,6 +117,28 @@ async fn http2_from_the_app_reaches_the_upstream() {
         .ends_with(&format!("URI={FRONTEND_ID}")));
 }
 
+#[tokio::test]
+async fn the_app_gets_the_host_its_client_named_through_both_sidecars() {
+    // Between the sidecars (HTTP/2) the host travels as `:authority`, which the inbound
+    // takes as the host: the outbound must name the client's host there.
+    let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let url = client.url("/h");
+    let host = [("host", "billing.example")];
+    let reply = send(&plain_client(), "GET", &url, &host, Bytes::new()).await;
+    assert_eq!(
+        reply.echoed()["headers"]["host"],
+        serde_json::json!(["billing.example"])
+    );
+    // An HTTP/2 client names it in `:authority`.
+    let reply = send(&h2c_client(), "GET", &url, &[], Bytes::new()).await;
+    let outbound = client.outbound().to_string();
+    assert_eq!(
+        reply.echoed()["headers"]["host"],
+        serde_json::json!([outbound])
+    );
+}
+
 /// Writes `pieces` to a new connection to `addr` with a pause between them and returns
 /// what the server has sent once it has sent something.
 async fn first_reply_to_pieces(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> Vec<u8> {

@@ -134,22 +134,17 @@ impl Upstream {
     /// Rewrites the request for the upstream (URI, version), sends it and returns the
     /// response with its hop-by-hop headers removed. The request's own hop-by-hop headers
     /// must be gone already ([`strip_request_hop_by_hop`], before idgate added any
-    /// header): what is left of `Connection` is an upgrade's.
+    /// header): what is left of `Connection` is an upgrade's; and its `Host` settled
+    /// ([`settle_host`]): the target's authority is replaced by the upstream's.
     ///
     /// [`strip_request_hop_by_hop`]: super::headers::strip_request_hop_by_hop
+    /// [`settle_host`]: super::headers::settle_host
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         path: &str,
         revoked: Option<Revoked>,
     ) -> Result<Forwarded, ForwardError> {
-        if !request.headers().contains_key(http::header::HOST) {
-            if let Some(authority) = request.uri().authority() {
-                if let Ok(host) = authority.as_str().parse() {
-                    request.headers_mut().insert(http::header::HOST, host);
-                }
-            }
-        }
         *request.uri_mut() = self.uri_for(request.uri(), path)?;
         let answer_over_http2 = request.version() == Version::HTTP_2;
         *request.version_mut() = Version::HTTP_11;

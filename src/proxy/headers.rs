@@ -1,10 +1,11 @@
-//! Header rules of a forwarding proxy: hop-by-hop removal (keeping an upgrade's), XFCC,
-//! HTTP/2 readiness.
+//! Header rules of a forwarding proxy: hop-by-hop removal (keeping an upgrade's), the
+//! Host the upstream receives, XFCC, HTTP/2 readiness.
 //!
 //! Pure functions over `HeaderMap`s, shared by inbound and outbound. Never reads bodies.
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Uri;
 
 /// Envoy's client-certificate forwarding header.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -134,6 +135,42 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
+}
+
+/// A request with more than one `Host` header: a server must answer it with 400
+/// (RFC 9112 3.2).
+#[derive(Debug, thiserror::Error)]
+#[error("more than one Host header")]
+pub struct SeveralHosts;
+
+/// Makes a request's `Host` the one the upstream will receive, so the policy judges that
+/// one: the target's authority when the request has one (an HTTP/1.1 absolute-form
+/// target, an HTTP/2 `:authority`), replacing any `Host` received (RFC 9112 3.2.2,
+/// RFC 9113 8.3.1), else the `Host` received. Refuses a request with several.
+pub fn settle_host(uri: &Uri, headers: &mut HeaderMap) -> Result<(), SeveralHosts> {
+    let mut received = headers.get_all(header::HOST).iter();
+    let first = received.next();
+    if received.next().is_some() {
+        return Err(SeveralHosts);
+    }
+    let Some(authority) = uri.authority() else {
+        return Ok(());
+    };
+    // A Host names no user (userinfo is deprecated in http(s) URIs, RFC 9110 4.2.4).
+    let host = match authority.as_str().rsplit_once('@') {
+        Some((_, host)) => host,
+        None => authority.as_str(),
+    };
+    if first.is_some_and(|value| value.as_bytes() == host.as_bytes()) {
+        // The usual HTTP/2 request from a peer sidecar, which sends both.
+        return Ok(());
+    }
+    match HeaderValue::from_str(host) {
+        Ok(value) => headers.insert(header::HOST, value),
+        // Cannot happen (an authority is a valid value); the received one must not stay.
+        Err(_) => headers.remove(header::HOST),
+    };
+    Ok(())
 }
 
 /// Values longer than this stay where they are: an HPACK table of the default 4 KiB never
@@ -427,6 +464,54 @@ mod tests {
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         strip_request_hop_by_hop(&mut h);
         assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn the_host_is_the_targets_authority_when_it_has_one() {
+        /// Target, Host headers received, Host left (`None`: refused).
+        type Case = (
+            &'static str,
+            &'static [&'static str],
+            Option<&'static [&'static str]>,
+        );
+        let cases: [Case; 8] = [
+            ("/x", &["api"], Some(&["api"])),
+            ("/x", &[], Some(&[])),
+            ("https://admin.example/x", &[], Some(&["admin.example"])),
+            (
+                "https://admin.example/x",
+                &["public"],
+                Some(&["admin.example"]),
+            ),
+            (
+                "https://admin.example:8443/x",
+                &["admin.example:8443"],
+                Some(&["admin.example:8443"]),
+            ),
+            (
+                "https://user:pw@admin.example/x",
+                &[],
+                Some(&["admin.example"]),
+            ),
+            ("/x", &["a", "b"], None),
+            ("https://admin.example/x", &["a", "a"], None),
+        ];
+        for (target, received, expected) in cases {
+            let uri: Uri = target.parse().unwrap();
+            let mut h = HeaderMap::new();
+            for host in received {
+                h.append(header::HOST, host.parse().unwrap());
+            }
+            let settled = settle_host(&uri, &mut h);
+            let left: Vec<_> = h.get_all(header::HOST).iter().collect();
+            match expected {
+                Some(expected) => {
+                    assert!(settled.is_ok(), "{target} {received:?}");
+                    assert_eq!(left, expected, "{target} {received:?}");
+                }
+                None => assert!(settled.is_err(), "{target} {received:?}"),
+            }
+        }
     }
 
     #[test]

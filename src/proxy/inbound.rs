@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::coalesce::Coalesce;
 use super::forward::{Forwarded, Upstream};
-use super::headers::{set_xfcc, strip_request_hop_by_hop, xfcc_value};
+use super::headers::{set_xfcc, settle_host, strip_request_hop_by_hop, xfcc_value};
 use super::http_server::{Agreed, Ending, HttpServer};
 use super::request_id::{ensure_request_id, RequestId};
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
@@ -254,17 +254,26 @@ impl Connection {
         let path = match normalize_path(uri.path()) {
             Ok(path) => path,
             Err(error) => {
-                let refused = Decision {
-                    verdict: Verdict::Deny,
-                    rule: None,
-                    audit_rule: None,
-                    break_glass: false,
-                };
-                log.write(&refused, 400, Some(&error.to_string()), None);
+                log.write(
+                    &refused_before_policy(),
+                    400,
+                    Some(&error.to_string()),
+                    None,
+                );
                 return refusal(Refusal::BadPath, &request_id, grpc);
             }
         };
         log.path = &path;
+        // The policy judges the Host the app will receive.
+        if let Err(error) = settle_host(&uri, request.headers_mut()) {
+            log.write(
+                &refused_before_policy(),
+                400,
+                Some(&error.to_string()),
+                None,
+            );
+            return refusal(Refusal::BadHost, &request_id, grpc);
+        }
         let policy = self.state.policy.load();
         let judged = policy::Request {
             source: &self.peer.spiffe_id,
@@ -352,6 +361,16 @@ fn revocation(
         }
         std::future::pending().await
     })
+}
+
+/// The decision line of a request refused before the policy judged it (400).
+fn refused_before_policy() -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        rule: None,
+        audit_rule: None,
+        break_glass: false,
+    }
 }
 
 /// Whether a request asks to switch protocols (WebSocket and the like).

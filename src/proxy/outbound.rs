@@ -18,10 +18,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::forward::{Forwarded, Upstream};
-use super::headers::strip_request_hop_by_hop;
+use super::headers::{settle_host, strip_request_hop_by_hop};
 use super::http_server::{Ending, HttpServer};
 use super::request_id::ensure_request_id;
-use super::respond::{is_grpc, log_if_abandoned, refusal, Body};
+use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
 use super::serve::{accept_loop, never_revoked, Lifetime};
 use super::stream::Connector;
 use super::tcp;
@@ -240,6 +240,12 @@ impl Connection {
                 bytes_out: None,
             });
         };
+        // As the inbound does, so the peer's policy judges the Host the app sent.
+        if let Err(error) = settle_host(&uri, request.headers_mut()) {
+            let response = refusal(Refusal::BadHost, &request_id, grpc);
+            line(response.status().as_u16(), None, Some(&error.to_string()));
+            return response;
+        }
         let abandoned = log_if_abandoned(|status, reason| line(status, None, Some(reason)));
         let forwarded = self.state.peer.forward(request, uri.path(), None).await;
         ScopeGuard::into_inner(abandoned);
