@@ -1,4 +1,5 @@
-//! Traffic beyond plain request/response: WebSocket upgrades and gRPC-style HTTP/2 with trailers.
+//! Traffic beyond plain request/response: WebSocket upgrades, gRPC-style HTTP/2 with
+//! trailers, and HTTP/1.1 trailers.
 
 mod support;
 
@@ -7,7 +8,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -138,6 +140,110 @@ async fn grpc_over_http2_keeps_trailers_end_to_end() {
     let response = h2c_client().request(denied).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["grpc-status"], "7");
+}
+
+/// `data`, then `trailers`.
+fn with_trailers(data: &'static [u8], trailers: HeaderMap) -> BoxBody<Bytes, Infallible> {
+    let frames = vec![
+        Ok(Frame::data(Bytes::from_static(data))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+}
+
+/// An HTTP/1.1 app answering `hello` and two trailers, declared in `Trailer` as HTTP/1.1
+/// requires: `x-checksum: abc`, and `x-got` with the request's `x-sent` trailer.
+async fn trailers_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let received = request.into_body().collect().await.ok();
+                    let sent = received.and_then(|body| body.trailers()?.get("x-sent").cloned());
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+                    trailers.insert("x-got", sent.unwrap_or(HeaderValue::from_static("none")));
+                    let response = Response::builder()
+                        .header("trailer", "x-checksum, x-got")
+                        .body(with_trailers(b"hello", trailers))
+                        .unwrap();
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a request with an `x-sent: 123` trailer on `io` (HTTP/2 or HTTP/1.1); the
+/// response's body and its trailers.
+async fn exchange_trailers<IO>(io: IO, http2: bool) -> (Bytes, HeaderMap)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut sent = HeaderMap::new();
+    sent.insert("x-sent", HeaderValue::from_static("123"));
+    let request = Request::post("https://localhost/t")
+        .header("te", "trailers")
+        .header("trailer", "x-sent")
+        .body(with_trailers(b"ping", sent))
+        .unwrap();
+    let io = TokioIo::new(io);
+    let response = if http2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    };
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    (collected.to_bytes(), trailers)
+}
+
+#[tokio::test]
+async fn http1_trailers_pass_both_ways() {
+    // HTTP/1.1 sends only the trailers its `Trailer` header declares, so that header must
+    // reach the app (request) and the client (response).
+    let app = trailers_app().await;
+    let mesh = Mesh::start_upstream(ALLOW_ALL_FRONTEND, &format!("http://{app}"), "").await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let expect = |(body, trailers): (Bytes, HeaderMap), what: &str| {
+        assert_eq!(body, "hello", "{what}");
+        assert_eq!(
+            trailers.get("x-checksum").map(|v| v.as_bytes()),
+            Some(&b"abc"[..]),
+            "{what}: {trailers:?}"
+        );
+        assert_eq!(
+            trailers.get("x-got").map(|v| v.as_bytes()),
+            Some(&b"123"[..]),
+            "{what}: {trailers:?}"
+        );
+    };
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[alpn]);
+        let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+        let what = String::from_utf8_lossy(alpn);
+        expect(exchange_trailers(tls, alpn == b"h2").await, &what);
+    }
+    // Through both sidecars (HTTP/2 between them), from an HTTP/1.1 app client.
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let tcp = tokio::net::TcpStream::connect(client.outbound())
+        .await
+        .unwrap();
+    expect(exchange_trailers(tcp, false).await, "through the outbound");
 }
 
 #[tokio::test]

@@ -11,12 +11,13 @@ use http::Uri;
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Headers that describe one connection and never travel past a proxy (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// `Trailer` is not one: it is end to end, and HTTP/1.1 (hyper's encoder) sends only the
+/// trailers it declares. HTTP/2 allows it too.
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -518,6 +519,8 @@ mod tests {
     fn end_to_end_headers_pass_untouched() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, "api".parse().unwrap());
+        // End to end (RFC 9110 6.6.2), and HTTP/1.1 sends only the trailers it declares.
+        h.insert(header::TRAILER, "x-checksum".parse().unwrap());
         h.append("x-many", "1".parse().unwrap());
         h.append("x-many", "2".parse().unwrap());
         let before = h.clone();
