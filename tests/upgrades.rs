@@ -5,6 +5,7 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -13,6 +14,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use idgate::devpki::LeafSpec;
+use idgate::spiffe_id::SpiffeId;
 use support::*;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -269,7 +272,18 @@ async fn a_reload_closes_websockets_it_no_longer_allows() {
     let tmp = policy.with_extension("tmp");
     std::fs::write(&tmp, POLICY.replace("\"/ws\", ", "")).unwrap();
     std::fs::rename(&tmp, &policy).unwrap();
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+    assert!(
+        ends_within(&mut ws, Duration::from_secs(3)).await,
+        "the WebSocket must be closed once the policy no longer allows /ws"
+    );
+}
+
+/// Whether `ws` ends (closed, reset or a close frame) within `within`.
+async fn ends_within<S>(ws: &mut S, within: Duration) -> bool
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let ended = tokio::time::timeout(within, async {
         loop {
             match ws.next().await {
                 None | Some(Err(_)) => return,
@@ -277,10 +291,97 @@ async fn a_reload_closes_websockets_it_no_longer_allows() {
                 Some(Ok(_)) => {}
             }
         }
-    })
-    .await;
+    });
+    ended.await.is_ok()
+}
+
+/// Sends `text` on `ws` and checks it comes back: the tunnel is running.
+async fn round_trip<S>(ws: &mut S, text: &str)
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    ws.send(Message::text(text)).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), text);
+}
+
+#[tokio::test]
+async fn a_websocket_keeps_its_connection_slot_and_ends_at_the_maximum_age() {
+    let echo = ws_echo().await;
+    let limits = "limits = { max_connection_age = \"1s\", max_connections = 1 }";
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), limits).await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let tls = mtls_connect(mesh.server.inbound(), config.clone())
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/ws", tls)
+        .await
+        .expect("WebSocket handshake");
+    round_trip(&mut ws, "hello").await;
+    // The HTTP server is done with the connection, but the tunnel is still it.
+    let second = mtls_send(mesh.server.inbound(), config.clone(), "GET", "/ws", &[]).await;
+    assert!(second.is_err(), "a second connection got in: {second:?}");
     assert!(
-        ended.is_ok(),
-        "the WebSocket must be closed once the policy no longer allows /ws"
+        ends_within(&mut ws, Duration::from_secs(3)).await,
+        "the tunnel outlived max_connection_age"
+    );
+    assert!(
+        opened.elapsed() > Duration::from_millis(800),
+        "{:?}",
+        opened.elapsed()
+    );
+    let mut admitted = false;
+    for _ in 0..40 {
+        if mtls_send(mesh.server.inbound(), config.clone(), "GET", "/ws", &[])
+            .await
+            .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the tunnel's slot frees up when it ends");
+}
+
+#[tokio::test]
+async fn a_websocket_ends_when_the_peer_certificate_expires() {
+    let echo = ws_echo().await;
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), "").await;
+    let mut spec = LeafSpec::svid(&SpiffeId::parse(FRONTEND_ID).unwrap());
+    spec.dns = vec!["localhost".into()];
+    spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let cert = mesh.pki.ca.issue(&spec).unwrap();
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/ws", tls)
+        .await
+        .expect("WebSocket handshake");
+    round_trip(&mut ws, "hello").await;
+    assert!(
+        ends_within(&mut ws, Duration::from_secs(5)).await,
+        "the tunnel outlived the peer certificate"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_through_the_outbound_ends_at_its_maximum_age() {
+    let echo = ws_echo().await;
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), "").await;
+    let age = "limits = { max_connection_age = \"1s\" }";
+    let client = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], age)
+        .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", client.outbound()))
+        .await
+        .expect("WebSocket handshake through the sidecars");
+    round_trip(&mut ws, "hello").await;
+    assert!(
+        ends_within(&mut ws, Duration::from_secs(3)).await,
+        "the tunnel outlived the outbound's max_connection_age"
     );
 }

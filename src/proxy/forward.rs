@@ -3,7 +3,7 @@
 //! Shared by inbound (to the local app) and outbound (to the peer sidecar). Bodies are
 //! streamed both ways; nothing here buffers a whole body. gRPC calls may take an HTTP/2
 //! client and upgrade requests (WebSocket) an HTTP/1.1 one; an accepted upgrade becomes
-//! a byte tunnel between the two upgraded connections.
+//! a [`Tunnel`] between the two upgraded connections, which the caller's connection runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,16 +13,13 @@ use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio_util::task::TaskTracker;
 
-use super::copy;
 use super::headers::{keep_upgrade, prepare_for_hpack, strip_hop_by_hop, upgrade_protocol};
 use super::pool::{Peer, Pool, PoolError};
 use super::respond::{is_grpc, Body, Refusal};
-use super::serve::{never_revoked, Revoked};
+use super::serve::Revoked;
 use super::stream::{ConnectError, Connector};
+use super::tunnel::Tunnel;
 use crate::per_worker;
 
 /// Idle pooled connections are closed after this long.
@@ -37,7 +34,6 @@ pub struct Upstream {
     pools: Arc<[ArcSwap<Pools>]>,
     base: Uri,
     response_timeout: Duration,
-    tunnels: TaskTracker,
 }
 
 /// What the pools connect with: the default, and optional ones for gRPC and upgrades.
@@ -71,6 +67,9 @@ pub struct Forwarded {
     pub response: Response<Body>,
     /// The identity the upstream presented in its handshake.
     pub peer: Peer,
+    /// The tunnel an accepted upgrade (a `101`) becomes, for the client's connection to run
+    /// once its HTTP server hands the connection over.
+    pub tunnel: Option<Tunnel>,
 }
 
 /// Why a forward failed, for the status and the log.
@@ -84,13 +83,11 @@ pub struct ForwardError {
 
 impl Upstream {
     /// A client that sends every request to `connector`, naming `base` (scheme and
-    /// authority) in URIs, with pools for `workers` threads; WebSocket tunnels run on
-    /// `tunnels` so a drain waits for them.
+    /// authority) in URIs, with pools for `workers` threads.
     pub fn new(
         connector: Connector,
         base: Uri,
         response_timeout: Duration,
-        tunnels: TaskTracker,
         workers: usize,
     ) -> Self {
         let connectors = Connectors {
@@ -105,7 +102,6 @@ impl Upstream {
             connectors,
             base,
             response_timeout,
-            tunnels,
         }
     }
 
@@ -168,11 +164,13 @@ impl Upstream {
         let server_protocol = switched
             .then(|| upgrade_protocol(response.headers()))
             .flatten();
-        if let (Some(client_side), Some(_)) = (client_side, &server_protocol) {
-            let server_side = hyper::upgrade::on(&mut response);
-            self.tunnels
-                .spawn(tunnel(client_side, server_side, revoked));
-        }
+        let tunnel = match (client_side, &server_protocol) {
+            (Some(client_side), Some(_)) => {
+                let server_side = hyper::upgrade::on(&mut response);
+                Some(Tunnel::new(client_side, server_side, revoked))
+            }
+            _ => None,
+        };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(protocol) = server_protocol {
@@ -184,6 +182,7 @@ impl Upstream {
         Ok(Forwarded {
             response: Response::from_parts(parts, Either::Left(body)),
             peer,
+            tunnel,
         })
     }
 
@@ -208,27 +207,6 @@ impl Upstream {
             refusal: Refusal::BadPath,
             reason: format!("cannot build upstream URI: {e}"),
         })
-    }
-}
-
-/// Relays bytes between the client's and the upstream's upgraded connections, until both
-/// are done or a policy reload revokes the tunnel.
-async fn tunnel(client: OnUpgrade, server: OnUpgrade, revoked: Option<Revoked>) {
-    let (client, server) = match tokio::try_join!(client, server) {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::debug!(%error, "upgrade did not complete");
-            return;
-        }
-    };
-    let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-    let revoked = revoked.unwrap_or_else(never_revoked);
-    tokio::select! {
-        copied = copy::both_ways(&mut client, &mut server) => match copied {
-            Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-            Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
-        },
-        reason = revoked => tracing::info!("closing upgraded connection: {reason}"),
     }
 }
 

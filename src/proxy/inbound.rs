@@ -26,6 +26,7 @@ use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
 use super::serve::{accept_loop, Lifetime, Revoked};
 use super::stream::{Connector, Endpoint};
 use super::tcp;
+use super::tunnel::TunnelSlot;
 use super::Shared;
 use crate::config::{self, Inbound, Limits, Protocol, Timeouts};
 use crate::policy::{self, normalize_path, Decision, Policy, PolicyHandle, Verdict};
@@ -63,6 +64,8 @@ struct Connection {
     own_id: String,
     xfcc: Option<HeaderValue>,
     counters: PeerCounters,
+    /// An accepted upgrade, run by the connection's task once HTTP is done with it.
+    tunnel: TunnelSlot,
 }
 
 impl InboundListener {
@@ -94,7 +97,6 @@ impl InboundListener {
                 connector.clone(),
                 base,
                 config.timeouts.response.0,
-                shared.tasks.clone(),
                 shared.workers.count(),
             )
             .with_grpc_h2c(connector.clone()),
@@ -216,11 +218,13 @@ impl ListenerState {
             state: self.clone(),
             peer,
             own_id,
+            tunnel: TunnelSlot::default(),
         });
+        let served = connection.clone();
         // Boxed: hyper keeps a slot the size of the service's future in every HTTP/1.1
         // connection, idle or not; the request's state lives only while it is in flight.
         let service = service_fn(move |request| {
-            let connection = connection.clone();
+            let connection = served.clone();
             Box::pin(async move { Ok::<_, Infallible>(connection.handle(request).await) })
         });
         let agreed = Agreed::from_alpn(tls.get_ref().1.alpn_protocol());
@@ -232,6 +236,8 @@ impl ListenerState {
         self.http
             .serve_agreed(agreed, Coalesce::new(*tls), service, ending)
             .await;
+        // An upgraded connection lives on as a tunnel, still this connection.
+        connection.tunnel.run(lifetime.close_at).await;
     }
 }
 
@@ -322,7 +328,12 @@ impl Connection {
         let forwarded = self.state.upstream.forward(request, &path, revoked).await;
         ScopeGuard::into_inner(abandoned);
         match forwarded {
-            Ok(Forwarded { response, .. }) => {
+            Ok(Forwarded {
+                response, tunnel, ..
+            }) => {
+                if let Some(tunnel) = tunnel {
+                    self.tunnel.put(tunnel);
+                }
                 let status = response.status().as_u16();
                 log.write(&decision, status, denial.as_deref(), Some(policy.version()));
                 response

@@ -25,6 +25,7 @@ use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
 use super::serve::{accept_loop, never_revoked, Lifetime};
 use super::stream::Connector;
 use super::tcp;
+use super::tunnel::TunnelSlot;
 use super::Shared;
 use crate::config::{Limits, Outbound, Protocol, Timeouts};
 use crate::policy::{Decision, Verdict};
@@ -89,7 +90,6 @@ impl OutboundListener {
             connector.clone(),
             base,
             config.timeouts.response.0,
-            shared.tasks.clone(),
             shared.workers.count(),
         )
         .with_upgrades(upgrades);
@@ -159,6 +159,8 @@ struct Connection {
     state: Arc<ListenerState>,
     own_id: String,
     counters: PeerCounters,
+    /// An accepted upgrade, run by the connection's task once HTTP is done with it.
+    tunnel: TunnelSlot,
 }
 
 impl ListenerState {
@@ -193,9 +195,11 @@ impl ListenerState {
                 .for_peer(&self.name, "outbound", &own_id),
             state: self.clone(),
             own_id,
+            tunnel: TunnelSlot::default(),
         });
+        let served = connection.clone();
         let service = service_fn(move |request| {
-            let connection = connection.clone();
+            let connection = served.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
         let lifetime = Lifetime::new(&self.timeouts, &self.limits, None);
@@ -205,6 +209,8 @@ impl ListenerState {
             shutdown: &self.shared.shutdown,
         };
         self.http.serve_plain(tcp, service, ending).await;
+        // An upgraded connection lives on as a tunnel, still this connection.
+        connection.tunnel.run(lifetime.close_at).await;
     }
 }
 
@@ -250,7 +256,16 @@ impl Connection {
         let forwarded = self.state.peer.forward(request, uri.path(), None).await;
         ScopeGuard::into_inner(abandoned);
         let (response, peer, reason) = match forwarded {
-            Ok(Forwarded { response, peer }) => (response, peer, None),
+            Ok(Forwarded {
+                response,
+                peer,
+                tunnel,
+            }) => {
+                if let Some(tunnel) = tunnel {
+                    self.tunnel.put(tunnel);
+                }
+                (response, peer, None)
+            }
             Err(error) => {
                 tracing::warn!(reason = %error.reason, "peer sidecar unavailable");
                 (
