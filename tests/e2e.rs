@@ -59,6 +59,52 @@ async fn http1_through_both_sidecars_sets_xfcc_and_drops_spoofed_one() {
 }
 
 #[tokio::test]
+async fn a_connection_header_cannot_remove_the_headers_idgate_adds() {
+    let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
+    // A peer (HTTP/1.1, straight to the inbound) names XFCC and the request ID as
+    // hop-by-hop: its own go, idgate's stay.
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let named = [
+        ("connection", "x-forwarded-client-cert, x-request-id"),
+        (
+            "x-forwarded-client-cert",
+            "URI=spiffe://example.org/ns/admin/sa/root",
+        ),
+        ("x-request-id", "peer-1"),
+    ];
+    let reply = mtls_send(mesh.server.inbound(), config, "GET", "/x", &named)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let headers = &reply.echoed()["headers"];
+    let xfcc = headers["x-forwarded-client-cert"].as_array();
+    assert!(
+        xfcc.is_some_and(|xfcc| xfcc.len() == 1
+            && xfcc[0]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("URI={FRONTEND_ID}"))),
+        "the app must get idgate's XFCC alone: {headers}"
+    );
+    let id = headers["x-request-id"][0].as_str().expect("a request ID");
+    assert_ne!(id, "peer-1", "the peer's request ID was hop-by-hop");
+    assert_eq!(mesh.server.decision(id).await["path"], "/x");
+
+    // Through both sidecars: the app names the request ID the outbound adds, which must
+    // reach the inbound and the app (one ID in both decision logs).
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let reply = get(&client.url("/y"), &[("connection", "x-request-id")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let id = reply.echoed()["headers"]["x-request-id"][0]
+        .as_str()
+        .expect("a request ID")
+        .to_string();
+    assert_eq!(client.decision(&id).await["path"], "/y");
+    assert_eq!(mesh.server.decision(&id).await["path"], "/y");
+}
+
+#[tokio::test]
 async fn http2_from_the_app_reaches_the_upstream() {
     let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
     let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
@@ -69,6 +115,28 @@ async fn http2_from_the_app_reaches_the_upstream() {
         .as_str()
         .unwrap()
         .ends_with(&format!("URI={FRONTEND_ID}")));
+}
+
+#[tokio::test]
+async fn the_app_gets_the_host_its_client_named_through_both_sidecars() {
+    // Between the sidecars (HTTP/2) the host travels as `:authority`, which the inbound
+    // takes as the host: the outbound must name the client's host there.
+    let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let url = client.url("/h");
+    let host = [("host", "billing.example")];
+    let reply = send(&plain_client(), "GET", &url, &host, Bytes::new()).await;
+    assert_eq!(
+        reply.echoed()["headers"]["host"],
+        serde_json::json!(["billing.example"])
+    );
+    // An HTTP/2 client names it in `:authority`.
+    let reply = send(&h2c_client(), "GET", &url, &[], Bytes::new()).await;
+    let outbound = client.outbound().to_string();
+    assert_eq!(
+        reply.echoed()["headers"]["host"],
+        serde_json::json!([outbound])
+    );
 }
 
 /// Writes `pieces` to a new connection to `addr` with a pause between them and returns

@@ -249,3 +249,115 @@ paths = ["/caf%C3%A9/*"]
         assert_eq!(line["status"], status, "{path}: {line}");
     }
 }
+
+const DENY_ADMIN_HOST: &str = r#"
+default = "allow"
+
+[[rule]]
+name = "no-admin-host"
+action = "deny"
+from = ["*"]
+headers = { host = "admin.example" }
+"#;
+
+/// Sends `target` with `hosts` straight to the inbound, on a new connection speaking
+/// `alpn`; the status and the Host headers the app received (none when it did not answer).
+async fn host_judged(mesh: &Mesh, alpn: &[u8], target: &str, hosts: &[&str]) -> (u16, Vec<String>) {
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[alpn]);
+    let mut request = http::Request::get(target);
+    for host in hosts {
+        request = request.header("host", *host);
+    }
+    let request = request.body(http_body_util::Empty::new()).unwrap();
+    let response = if alpn == b"h2" {
+        let (mut sender, _connection) = h2_connection(mesh.server.inbound(), config).await;
+        sender.send_request(request).await.unwrap()
+    } else {
+        let (mut sender, _connection) = h1_connection(mesh.server.inbound(), config).await;
+        sender.send_request(request).await.unwrap()
+    };
+    let received = response.headers().get("x-echo-request").map(|report| {
+        let report: serde_json::Value = serde_json::from_slice(report.as_bytes()).unwrap();
+        let hosts = report["headers"]["host"].as_array().cloned();
+        let hosts = hosts.unwrap_or_default().into_iter();
+        hosts.map(|h| h.as_str().unwrap().to_string()).collect()
+    });
+    (response.status().as_u16(), received.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_host_rule_judges_the_host_the_app_receives() {
+    let mesh = Mesh::start(DENY_ADMIN_HOST).await;
+    let h1 = &b"http/1.1"[..];
+    /// Protocol, target, Host headers sent, status, Host the app receives.
+    type HostCase = (
+        &'static [u8],
+        &'static str,
+        &'static [&'static str],
+        u16,
+        &'static [&'static str],
+    );
+    let cases: [HostCase; 6] = [
+        (h1, "/x", &["admin.example"], 403, &[]),
+        (h1, "/x", &["public.example"], 200, &["public.example"]),
+        // An absolute-form target or an HTTP/2 :authority is the host (RFC 9112 3.2.2).
+        (h1, "https://admin.example/x", &[], 403, &[]),
+        (b"h2", "https://admin.example/x", &[], 403, &[]),
+        (
+            h1,
+            "https://public.example/x",
+            &["admin.example"],
+            200,
+            &["public.example"],
+        ),
+        (
+            b"h2",
+            "https://public.example/x",
+            &["admin.example"],
+            200,
+            &["public.example"],
+        ),
+    ];
+    for (alpn, target, hosts, status, received) in cases {
+        let what = format!("{} {target} {hosts:?}", String::from_utf8_lossy(alpn));
+        let judged = host_judged(&mesh, alpn, target, hosts).await;
+        assert_eq!(
+            judged,
+            (status, received.iter().map(|h| h.to_string()).collect()),
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_with_two_host_headers_gets_400_on_both_sidecars() {
+    let mesh = Mesh::start(DENY_ADMIN_HOST).await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let (mut sender, _connection) = h1_connection(mesh.server.inbound(), config).await;
+    let request = http::Request::get("/x")
+        .header("host", "public.example")
+        .header("host", "admin.example")
+        .header("x-request-id", "two-hosts-in")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let line = mesh.server.decision("two-hosts-in").await;
+    assert_eq!(
+        (&line["decision"], &line["status"]),
+        (&"deny".into(), &400.into()),
+        "{line}"
+    );
+
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let hosts = [
+        ("host", "public.example"),
+        ("host", "admin.example"),
+        ("x-request-id", "two-hosts-out"),
+    ];
+    let reply = get(&client.url("/x"), &hosts).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(client.decision("two-hosts-out").await["status"], 400);
+}

@@ -1,16 +1,21 @@
-//! Traffic beyond plain request/response: WebSocket upgrades and gRPC-style HTTP/2 with trailers.
+//! Traffic beyond plain request/response: WebSocket upgrades, gRPC-style HTTP/2 with
+//! trailers, and HTTP/1.1 trailers.
 
 mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use idgate::devpki::LeafSpec;
+use idgate::spiffe_id::SpiffeId;
 use support::*;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -140,6 +145,110 @@ async fn grpc_over_http2_keeps_trailers_end_to_end() {
     assert_eq!(response.headers()["grpc-status"], "7");
 }
 
+/// `data`, then `trailers`.
+fn with_trailers(data: &'static [u8], trailers: HeaderMap) -> BoxBody<Bytes, Infallible> {
+    let frames = vec![
+        Ok(Frame::data(Bytes::from_static(data))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+}
+
+/// An HTTP/1.1 app answering `hello` and two trailers, declared in `Trailer` as HTTP/1.1
+/// requires: `x-checksum: abc`, and `x-got` with the request's `x-sent` trailer.
+async fn trailers_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let received = request.into_body().collect().await.ok();
+                    let sent = received.and_then(|body| body.trailers()?.get("x-sent").cloned());
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+                    trailers.insert("x-got", sent.unwrap_or(HeaderValue::from_static("none")));
+                    let response = Response::builder()
+                        .header("trailer", "x-checksum, x-got")
+                        .body(with_trailers(b"hello", trailers))
+                        .unwrap();
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a request with an `x-sent: 123` trailer on `io` (HTTP/2 or HTTP/1.1); the
+/// response's body and its trailers.
+async fn exchange_trailers<IO>(io: IO, http2: bool) -> (Bytes, HeaderMap)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut sent = HeaderMap::new();
+    sent.insert("x-sent", HeaderValue::from_static("123"));
+    let request = Request::post("https://localhost/t")
+        .header("te", "trailers")
+        .header("trailer", "x-sent")
+        .body(with_trailers(b"ping", sent))
+        .unwrap();
+    let io = TokioIo::new(io);
+    let response = if http2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    };
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    (collected.to_bytes(), trailers)
+}
+
+#[tokio::test]
+async fn http1_trailers_pass_both_ways() {
+    // HTTP/1.1 sends only the trailers its `Trailer` header declares, so that header must
+    // reach the app (request) and the client (response).
+    let app = trailers_app().await;
+    let mesh = Mesh::start_upstream(ALLOW_ALL_FRONTEND, &format!("http://{app}"), "").await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let expect = |(body, trailers): (Bytes, HeaderMap), what: &str| {
+        assert_eq!(body, "hello", "{what}");
+        assert_eq!(
+            trailers.get("x-checksum").map(|v| v.as_bytes()),
+            Some(&b"abc"[..]),
+            "{what}: {trailers:?}"
+        );
+        assert_eq!(
+            trailers.get("x-got").map(|v| v.as_bytes()),
+            Some(&b"123"[..]),
+            "{what}: {trailers:?}"
+        );
+    };
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[alpn]);
+        let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+        let what = String::from_utf8_lossy(alpn);
+        expect(exchange_trailers(tls, alpn == b"h2").await, &what);
+    }
+    // Through both sidecars (HTTP/2 between them), from an HTTP/1.1 app client.
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let tcp = tokio::net::TcpStream::connect(client.outbound())
+        .await
+        .unwrap();
+    expect(exchange_trailers(tcp, false).await, "through the outbound");
+}
+
 #[tokio::test]
 async fn a_reload_closes_websockets_it_no_longer_allows() {
     let echo = ws_echo().await;
@@ -163,7 +272,18 @@ async fn a_reload_closes_websockets_it_no_longer_allows() {
     let tmp = policy.with_extension("tmp");
     std::fs::write(&tmp, POLICY.replace("\"/ws\", ", "")).unwrap();
     std::fs::rename(&tmp, &policy).unwrap();
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+    assert!(
+        ends_within(&mut ws, Duration::from_secs(3)).await,
+        "the WebSocket must be closed once the policy no longer allows /ws"
+    );
+}
+
+/// Whether `ws` ends (closed, reset or a close frame) within `within`.
+async fn ends_within<S>(ws: &mut S, within: Duration) -> bool
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let ended = tokio::time::timeout(within, async {
         loop {
             match ws.next().await {
                 None | Some(Err(_)) => return,
@@ -171,10 +291,97 @@ async fn a_reload_closes_websockets_it_no_longer_allows() {
                 Some(Ok(_)) => {}
             }
         }
-    })
-    .await;
+    });
+    ended.await.is_ok()
+}
+
+/// Sends `text` on `ws` and checks it comes back: the tunnel is running.
+async fn round_trip<S>(ws: &mut S, text: &str)
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    ws.send(Message::text(text)).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), text);
+}
+
+#[tokio::test]
+async fn a_websocket_keeps_its_connection_slot_and_ends_at_the_maximum_age() {
+    let echo = ws_echo().await;
+    let limits = "limits = { max_connection_age = \"1s\", max_connections = 1 }";
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), limits).await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let tls = mtls_connect(mesh.server.inbound(), config.clone())
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/ws", tls)
+        .await
+        .expect("WebSocket handshake");
+    round_trip(&mut ws, "hello").await;
+    // The HTTP server is done with the connection, but the tunnel is still it.
+    let second = mtls_send(mesh.server.inbound(), config.clone(), "GET", "/ws", &[]).await;
+    assert!(second.is_err(), "a second connection got in: {second:?}");
     assert!(
-        ended.is_ok(),
-        "the WebSocket must be closed once the policy no longer allows /ws"
+        ends_within(&mut ws, Duration::from_secs(3)).await,
+        "the tunnel outlived max_connection_age"
+    );
+    assert!(
+        opened.elapsed() > Duration::from_millis(800),
+        "{:?}",
+        opened.elapsed()
+    );
+    let mut admitted = false;
+    for _ in 0..40 {
+        if mtls_send(mesh.server.inbound(), config.clone(), "GET", "/ws", &[])
+            .await
+            .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the tunnel's slot frees up when it ends");
+}
+
+#[tokio::test]
+async fn a_websocket_ends_when_the_peer_certificate_expires() {
+    let echo = ws_echo().await;
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), "").await;
+    let mut spec = LeafSpec::svid(&SpiffeId::parse(FRONTEND_ID).unwrap());
+    spec.dns = vec!["localhost".into()];
+    spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let cert = mesh.pki.ca.issue(&spec).unwrap();
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/ws", tls)
+        .await
+        .expect("WebSocket handshake");
+    round_trip(&mut ws, "hello").await;
+    assert!(
+        ends_within(&mut ws, Duration::from_secs(5)).await,
+        "the tunnel outlived the peer certificate"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_through_the_outbound_ends_at_its_maximum_age() {
+    let echo = ws_echo().await;
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), "").await;
+    let age = "limits = { max_connection_age = \"1s\" }";
+    let client = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], age)
+        .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", client.outbound()))
+        .await
+        .expect("WebSocket handshake through the sidecars");
+    round_trip(&mut ws, "hello").await;
+    assert!(
+        ends_within(&mut ws, Duration::from_secs(3)).await,
+        "the tunnel outlived the outbound's max_connection_age"
     );
 }

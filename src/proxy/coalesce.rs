@@ -636,4 +636,19 @@ mod tests {
         assert_eq!(receive(&mut server, expected.len()).await, expected);
         writer.abort();
     }
+
+    #[tokio::test]
+    async fn owed_bytes_leave_once_an_idle_tunnel_starts() {
+        // As after an HTTP/1.1 upgrade whose 101 could not be written before the
+        // connection's FlushAtEnd task ended: the tunnel takes the stream over, but
+        // neither side has anything to send yet (the client waits for the 101).
+        let (mut stream, mut server, payload) = stream_owing_a_flush().await;
+        let (mut app_side, _app) = tokio::io::duplex(1024);
+        let tunnel =
+            tokio::spawn(
+                async move { crate::proxy::copy::both_ways(&mut stream, &mut app_side).await },
+            );
+        assert_eq!(receive(&mut server, payload.len()).await, payload);
+        tunnel.abort();
+    }
 }

@@ -25,6 +25,11 @@ const MAX_READ: usize = 64 * 1024;
 
 /// Copies `a` to `b` and `b` to `a` until both have reached EOF (shutting down the other
 /// side's write half at each EOF); returns the bytes copied each way.
+///
+/// Both streams are flushed as soon as their direction has nothing to read: a stream may
+/// come with bytes written but not yet flushed (an upgraded connection's `101`, whose
+/// flush the ended HTTP task handed back to the stream), and the other side may wait
+/// for them before it sends anything.
 pub async fn both_ways<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -81,7 +86,8 @@ struct Pipe {
     /// The size of the next read.
     read_size: usize,
     read_done: bool,
-    /// Bytes were written since the last flush.
+    /// Bytes were written since the last flush, or no flush was made yet (the writer may
+    /// hold bytes written before the copy began).
     need_flush: bool,
     copied: u64,
 }
@@ -92,7 +98,7 @@ impl Pipe {
             buf: BytesMut::new(),
             read_size: FIRST_READ,
             read_done: false,
-            need_flush: false,
+            need_flush: true,
             copied: 0,
         }
     }

@@ -3,27 +3,23 @@
 //! Shared by inbound (to the local app) and outbound (to the peer sidecar). Bodies are
 //! streamed both ways; nothing here buffers a whole body. gRPC calls may take an HTTP/2
 //! client and upgrade requests (WebSocket) an HTTP/1.1 one; an accepted upgrade becomes
-//! a byte tunnel between the two upgraded connections.
+//! a [`Tunnel`] between the two upgraded connections, which the caller's connection runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio_util::task::TaskTracker;
 
-use super::copy;
-use super::headers::{prepare_for_hpack, strip_hop_by_hop};
+use super::headers::{keep_upgrade, prepare_for_hpack, strip_hop_by_hop, upgrade_protocol};
 use super::pool::{Peer, Pool, PoolError};
 use super::respond::{is_grpc, Body, Refusal};
-use super::serve::{never_revoked, Revoked};
+use super::serve::Revoked;
 use super::stream::{ConnectError, Connector};
+use super::tunnel::Tunnel;
 use crate::per_worker;
 
 /// Idle pooled connections are closed after this long.
@@ -38,7 +34,6 @@ pub struct Upstream {
     pools: Arc<[ArcSwap<Pools>]>,
     base: Uri,
     response_timeout: Duration,
-    tunnels: TaskTracker,
 }
 
 /// What the pools connect with: the default, and optional ones for gRPC and upgrades.
@@ -72,6 +67,9 @@ pub struct Forwarded {
     pub response: Response<Body>,
     /// The identity the upstream presented in its handshake.
     pub peer: Peer,
+    /// The tunnel an accepted upgrade (a `101`) becomes, for the client's connection to run
+    /// once its HTTP server hands the connection over.
+    pub tunnel: Option<Tunnel>,
 }
 
 /// Why a forward failed, for the status and the log.
@@ -85,13 +83,11 @@ pub struct ForwardError {
 
 impl Upstream {
     /// A client that sends every request to `connector`, naming `base` (scheme and
-    /// authority) in URIs, with pools for `workers` threads; WebSocket tunnels run on
-    /// `tunnels` so a drain waits for them.
+    /// authority) in URIs, with pools for `workers` threads.
     pub fn new(
         connector: Connector,
         base: Uri,
         response_timeout: Duration,
-        tunnels: TaskTracker,
         workers: usize,
     ) -> Self {
         let connectors = Connectors {
@@ -106,7 +102,6 @@ impl Upstream {
             connectors,
             base,
             response_timeout,
-            tunnels,
         }
     }
 
@@ -132,21 +127,20 @@ impl Upstream {
         }
     }
 
-    /// Rewrites the request for the upstream (URI, version, hop-by-hop headers), sends it
-    /// and returns the response with its hop-by-hop headers removed.
+    /// Rewrites the request for the upstream (URI, version), sends it and returns the
+    /// response with its hop-by-hop headers removed. The request's own hop-by-hop headers
+    /// must be gone already ([`strip_request_hop_by_hop`], before idgate added any
+    /// header): what is left of `Connection` is an upgrade's; and its `Host` settled
+    /// ([`settle_host`]): the target's authority is replaced by the upstream's.
+    ///
+    /// [`strip_request_hop_by_hop`]: super::headers::strip_request_hop_by_hop
+    /// [`settle_host`]: super::headers::settle_host
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         path: &str,
         revoked: Option<Revoked>,
     ) -> Result<Forwarded, ForwardError> {
-        if !request.headers().contains_key(http::header::HOST) {
-            if let Some(authority) = request.uri().authority() {
-                if let Ok(host) = authority.as_str().parse() {
-                    request.headers_mut().insert(http::header::HOST, host);
-                }
-            }
-        }
         *request.uri_mut() = self.uri_for(request.uri(), path)?;
         let answer_over_http2 = request.version() == Version::HTTP_2;
         *request.version_mut() = Version::HTTP_11;
@@ -158,10 +152,6 @@ impl Upstream {
             (None, _, Some(pool)) if is_grpc(request.headers()) => pool,
             _ => &pools.default,
         };
-        strip_hop_by_hop(request.headers_mut());
-        if let Some(protocol) = &upgrade {
-            keep_upgrade(request.headers_mut(), protocol.clone());
-        }
         let (mut response, peer) = tokio::time::timeout(self.response_timeout, pool.send(request))
             .await
             .map_err(|_| ForwardError {
@@ -174,11 +164,13 @@ impl Upstream {
         let server_protocol = switched
             .then(|| upgrade_protocol(response.headers()))
             .flatten();
-        if let (Some(client_side), Some(_)) = (client_side, &server_protocol) {
-            let server_side = hyper::upgrade::on(&mut response);
-            self.tunnels
-                .spawn(tunnel(client_side, server_side, revoked));
-        }
+        let tunnel = match (client_side, &server_protocol) {
+            (Some(client_side), Some(_)) => {
+                let server_side = hyper::upgrade::on(&mut response);
+                Some(Tunnel::new(client_side, server_side, revoked))
+            }
+            _ => None,
+        };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(protocol) = server_protocol {
@@ -190,6 +182,7 @@ impl Upstream {
         Ok(Forwarded {
             response: Response::from_parts(parts, Either::Left(body)),
             peer,
+            tunnel,
         })
     }
 
@@ -214,45 +207,6 @@ impl Upstream {
             refusal: Refusal::BadPath,
             reason: format!("cannot build upstream URI: {e}"),
         })
-    }
-}
-
-/// The `Upgrade` value of a message that asks for (or agrees to) an upgrade.
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// Puts back the two headers an upgrade needs after hop-by-hop removal.
-fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, protocol);
-}
-
-/// Relays bytes between the client's and the upstream's upgraded connections, until both
-/// are done or a policy reload revokes the tunnel.
-async fn tunnel(client: OnUpgrade, server: OnUpgrade, revoked: Option<Revoked>) {
-    let (client, server) = match tokio::try_join!(client, server) {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::debug!(%error, "upgrade did not complete");
-            return;
-        }
-    };
-    let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-    let revoked = revoked.unwrap_or_else(never_revoked);
-    tokio::select! {
-        copied = copy::both_ways(&mut client, &mut server) => match copied {
-            Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-            Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
-        },
-        reason = revoked => tracing::info!("closing upgraded connection: {reason}"),
     }
 }
 

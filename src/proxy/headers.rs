@@ -1,26 +1,34 @@
-//! Header rules of a forwarding proxy: hop-by-hop removal, XFCC, HTTP/2 readiness.
+//! Header rules of a forwarding proxy: hop-by-hop removal (keeping an upgrade's), the
+//! Host the upstream receives, XFCC, HTTP/2 readiness.
 //!
 //! Pure functions over `HeaderMap`s, shared by inbound and outbound. Never reads bodies.
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Uri;
 
 /// Envoy's client-certificate forwarding header.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Headers that describe one connection and never travel past a proxy (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// `Trailer` is not one: it is end to end, and HTTP/1.1 (hyper's encoder) sends only the
+/// trailers it declares. HTTP/2 allows it too.
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
-/// `TE: trailers` is kept (gRPC needs it end to end); other `TE` values are dropped.
+/// `TE` is left as one `TE: trailers` when any of its values lists `trailers` (gRPC needs
+/// it end to end, and HTTP/2 allows no other value), and removed otherwise.
+///
+/// A request's headers must go through this (or [`strip_request_hop_by_hop`]) before
+/// idgate adds its own: `Connection` may name any header, XFCC and `x-request-id`
+/// included.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the few names present finds which hop-by-hop names are there (most
     // requests carry none; an HTTP/1.1 response often only `Connection`): only those are
@@ -37,36 +45,133 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        // `Connection` (HOP_BY_HOP[0]): each value is cloned (a reference count) before the
-        // names in it are removed: no list and no owned header names on the way. A name
-        // of `HOP_BY_HOP` (`Connection: keep-alive`, the usual HTTP/1.1 response) is left
-        // to the loop below, which removes it when present without parsing the name and
-        // looking it up.
-        let mut nth = 0;
-        while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(nth).cloned() {
-            for name in value.to_str().unwrap_or_default().split(',') {
-                let name = name.trim();
-                let hop_by_hop = |hop: &HeaderName| name.eq_ignore_ascii_case(hop.as_str());
-                if !HOP_BY_HOP.iter().any(hop_by_hop) {
-                    headers.remove(name);
-                }
-            }
-            nth += 1;
-        }
+        remove_connection_options(headers);
     }
     for (index, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << index) != 0 {
             headers.remove(name);
         }
     }
-    let te_is_trailers = || {
-        headers
-            .get(header::TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    };
-    if te && !te_is_trailers() {
-        headers.remove(header::TE);
+    if te {
+        keep_only_te_trailers(headers);
     }
+}
+
+/// Removes every header a `Connection` value names (RFC 9110 7.6.1), but for the names of
+/// `HOP_BY_HOP`, which [`strip_hop_by_hop`] removes when present without parsing a name
+/// and looking it up (`Connection: keep-alive`, the usual HTTP/1.1 response).
+fn remove_connection_options(headers: &mut HeaderMap) {
+    // Each value is cloned (a reference count) before the names in it are removed: no list
+    // and no owned header names on the way.
+    let mut nth = 0;
+    while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(nth).cloned() {
+        for element in list_elements(&value) {
+            // A header name is ASCII: an element that is not UTF-8 names no header. A
+            // `&str` key is looked up without allocating (lower-cased on the stack).
+            let Ok(name) = std::str::from_utf8(element) else {
+                continue;
+            };
+            let hop_by_hop = |hop: &HeaderName| name.eq_ignore_ascii_case(hop.as_str());
+            if !HOP_BY_HOP.iter().any(hop_by_hop) {
+                headers.remove(name);
+            }
+        }
+        nth += 1;
+    }
+}
+
+/// Leaves one `TE: trailers` when any `TE` value lists the `trailers` token, else no `TE`.
+fn keep_only_te_trailers(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::TE).iter();
+    let alone = values.next().is_some_and(|value| value == "trailers") && values.next().is_none();
+    if alone {
+        // The usual case (gRPC): nothing to change.
+        return;
+    }
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|value| list_elements(value).any(|element| element.eq_ignore_ascii_case(b"trailers")));
+    headers.remove(header::TE);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The elements of a list-valued header, as bytes trimmed of whitespace (RFC 9110 5.6.1):
+/// a value need not be visible ASCII (obs-text) for its other elements to count.
+fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&byte| byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|element| !element.is_empty())
+}
+
+/// [`strip_hop_by_hop`] for a request received from a client, keeping the two headers an
+/// upgrade request needs (`Connection: upgrade` and its `Upgrade`): run it first, before
+/// idgate adds a header, and before the policy judges the request, so the policy sees
+/// what the upstream will receive.
+pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
+    let upgrade = upgrade_protocol(headers);
+    strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        keep_upgrade(headers, protocol);
+    }
+}
+
+/// The `Upgrade` value of a message that asks for (or agrees to) an upgrade: its
+/// `Connection` lists `upgrade`.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(list_elements)
+        .any(|element| element.eq_ignore_ascii_case(b"upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back the two headers an upgrade needs after hop-by-hop removal.
+pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// A request with more than one `Host` header: a server must answer it with 400
+/// (RFC 9112 3.2).
+#[derive(Debug, thiserror::Error)]
+#[error("more than one Host header")]
+pub struct SeveralHosts;
+
+/// Makes a request's `Host` the one the upstream will receive, so the policy judges that
+/// one: the target's authority when the request has one (an HTTP/1.1 absolute-form
+/// target, an HTTP/2 `:authority`), replacing any `Host` received (RFC 9112 3.2.2,
+/// RFC 9113 8.3.1), else the `Host` received. Refuses a request with several.
+pub fn settle_host(uri: &Uri, headers: &mut HeaderMap) -> Result<(), SeveralHosts> {
+    let mut received = headers.get_all(header::HOST).iter();
+    let first = received.next();
+    if received.next().is_some() {
+        return Err(SeveralHosts);
+    }
+    let Some(authority) = uri.authority() else {
+        return Ok(());
+    };
+    // A Host names no user (userinfo is deprecated in http(s) URIs, RFC 9110 4.2.4).
+    let host = match authority.as_str().rsplit_once('@') {
+        Some((_, host)) => host,
+        None => authority.as_str(),
+    };
+    if first.is_some_and(|value| value.as_bytes() == host.as_bytes()) {
+        // The usual HTTP/2 request from a peer sidecar, which sends both.
+        return Ok(());
+    }
+    match HeaderValue::from_str(host) {
+        Ok(value) => headers.insert(header::HOST, value),
+        // Cannot happen (an authority is a valid value); the received one must not stay.
+        Err(_) => headers.remove(header::HOST),
+    };
+    Ok(())
 }
 
 /// Values longer than this stay where they are: an HPACK table of the default 4 KiB never
@@ -310,9 +415,112 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_value_that_is_not_visible_ascii_still_names_headers_to_strip() {
+        let mut h = HeaderMap::new();
+        // obs-text (RFC 9110 5.5): a valid value, but not a `&str` one.
+        let value = HeaderValue::from_bytes(b"x-secret,\t\xe9t\xe9 , X-Other").unwrap();
+        h.insert(header::CONNECTION, value);
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn te_is_one_trailers_when_any_value_lists_it_and_gone_otherwise() {
+        let cases: [(&[&str], Option<&str>); 6] = [
+            (&["trailers"], Some("trailers")),
+            (&["trailers", "gzip"], Some("trailers")),
+            (&["gzip", "trailers"], Some("trailers")),
+            (&["gzip;q=0.5, Trailers"], Some("trailers")),
+            (&["gzip", "deflate"], None),
+            (&["trailersx"], None),
+        ];
+        for (values, expected) in cases {
+            let mut h = HeaderMap::new();
+            for value in values {
+                h.append(header::TE, value.parse().unwrap());
+            }
+            strip_hop_by_hop(&mut h);
+            let left: Vec<_> = h.get_all(header::TE).iter().collect();
+            assert_eq!(left, expected.into_iter().collect::<Vec<_>>(), "{values:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_keeps_its_upgrade_and_loses_its_other_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Upgrade, x-secret".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        strip_request_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+
+        // `Upgrade` without `Connection: upgrade` asks for nothing.
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        strip_request_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn the_host_is_the_targets_authority_when_it_has_one() {
+        /// Target, Host headers received, Host left (`None`: refused).
+        type Case = (
+            &'static str,
+            &'static [&'static str],
+            Option<&'static [&'static str]>,
+        );
+        let cases: [Case; 8] = [
+            ("/x", &["api"], Some(&["api"])),
+            ("/x", &[], Some(&[])),
+            ("https://admin.example/x", &[], Some(&["admin.example"])),
+            (
+                "https://admin.example/x",
+                &["public"],
+                Some(&["admin.example"]),
+            ),
+            (
+                "https://admin.example:8443/x",
+                &["admin.example:8443"],
+                Some(&["admin.example:8443"]),
+            ),
+            (
+                "https://user:pw@admin.example/x",
+                &[],
+                Some(&["admin.example"]),
+            ),
+            ("/x", &["a", "b"], None),
+            ("https://admin.example/x", &["a", "a"], None),
+        ];
+        for (target, received, expected) in cases {
+            let uri: Uri = target.parse().unwrap();
+            let mut h = HeaderMap::new();
+            for host in received {
+                h.append(header::HOST, host.parse().unwrap());
+            }
+            let settled = settle_host(&uri, &mut h);
+            let left: Vec<_> = h.get_all(header::HOST).iter().collect();
+            match expected {
+                Some(expected) => {
+                    assert!(settled.is_ok(), "{target} {received:?}");
+                    assert_eq!(left, expected, "{target} {received:?}");
+                }
+                None => assert!(settled.is_err(), "{target} {received:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn end_to_end_headers_pass_untouched() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, "api".parse().unwrap());
+        // End to end (RFC 9110 6.6.2), and HTTP/1.1 sends only the trailers it declares.
+        h.insert(header::TRAILER, "x-checksum".parse().unwrap());
         h.append("x-many", "1".parse().unwrap());
         h.append("x-many", "2".parse().unwrap());
         let before = h.clone();

@@ -19,13 +19,14 @@ use tracing::Instrument;
 
 use super::coalesce::Coalesce;
 use super::forward::{Forwarded, Upstream};
-use super::headers::{set_xfcc, xfcc_value};
+use super::headers::{set_xfcc, settle_host, strip_request_hop_by_hop, xfcc_value};
 use super::http_server::{Agreed, Ending, HttpServer};
 use super::request_id::{ensure_request_id, RequestId};
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
 use super::serve::{accept_loop, Lifetime, Revoked};
 use super::stream::{Connector, Endpoint};
 use super::tcp;
+use super::tunnel::TunnelSlot;
 use super::Shared;
 use crate::config::{self, Inbound, Limits, Protocol, Timeouts};
 use crate::policy::{self, normalize_path, Decision, Policy, PolicyHandle, Verdict};
@@ -65,6 +66,8 @@ struct Connection {
     own_id: String,
     xfcc: Option<HeaderValue>,
     counters: PeerCounters,
+    /// An accepted upgrade, run by the connection's task once HTTP is done with it.
+    tunnel: TunnelSlot,
 }
 
 impl InboundListener {
@@ -97,7 +100,6 @@ impl InboundListener {
                 connector.clone(),
                 base,
                 config.timeouts.response.0,
-                shared.tasks.clone(),
                 shared.workers.count(),
             )
             .with_grpc_h2c(connector.clone()),
@@ -219,11 +221,13 @@ impl ListenerState {
             state: self.clone(),
             peer,
             own_id,
+            tunnel: TunnelSlot::default(),
         });
+        let served = connection.clone();
         // Boxed: hyper keeps a slot the size of the service's future in every HTTP/1.1
         // connection, idle or not; the request's state lives only while it is in flight.
         let service = service_fn(move |request| {
-            let connection = connection.clone();
+            let connection = served.clone();
             Box::pin(async move { Ok::<_, Infallible>(connection.handle(request).await) })
         });
         let agreed = Agreed::from_alpn(tls.get_ref().1.alpn_protocol());
@@ -235,12 +239,16 @@ impl ListenerState {
         self.http
             .serve_agreed(agreed, Coalesce::new(*tls), service, ending)
             .await;
+        // An upgraded connection lives on as a tunnel, still this connection.
+        connection.tunnel.run(lifetime.close_at).await;
     }
 }
 
 impl Connection {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        // First: the client's `Connection` may name the headers idgate adds.
+        strip_request_hop_by_hop(request.headers_mut());
         let request_id = ensure_request_id(request.headers_mut());
         let grpc = is_grpc(request.headers());
         let uri = request.uri().clone();
@@ -255,17 +263,26 @@ impl Connection {
         let path = match normalize_path(uri.path()) {
             Ok(path) => path,
             Err(error) => {
-                let refused = Decision {
-                    verdict: Verdict::Deny,
-                    rule: None,
-                    audit_rule: None,
-                    break_glass: false,
-                };
-                log.write(&refused, 400, Some(&error.to_string()), None);
+                log.write(
+                    &refused_before_policy(),
+                    400,
+                    Some(&error.to_string()),
+                    None,
+                );
                 return refusal(Refusal::BadPath, &request_id, grpc);
             }
         };
         log.path = &path;
+        // The policy judges the Host the app will receive.
+        if let Err(error) = settle_host(&uri, request.headers_mut()) {
+            log.write(
+                &refused_before_policy(),
+                400,
+                Some(&error.to_string()),
+                None,
+            );
+            return refusal(Refusal::BadHost, &request_id, grpc);
+        }
         let policy = self.state.policy.load();
         let judged = policy::Request {
             source: &self.peer.spiffe_id,
@@ -314,7 +331,12 @@ impl Connection {
         let forwarded = self.state.upstream.forward(request, &path, revoked).await;
         ScopeGuard::into_inner(abandoned);
         match forwarded {
-            Ok(Forwarded { response, .. }) => {
+            Ok(Forwarded {
+                response, tunnel, ..
+            }) => {
+                if let Some(tunnel) = tunnel {
+                    self.tunnel.put(tunnel);
+                }
                 let status = response.status().as_u16();
                 log.write(&decision, status, denial.as_deref(), Some(policy.version()));
                 response
@@ -353,6 +375,16 @@ fn revocation(
         }
         std::future::pending().await
     })
+}
+
+/// The decision line of a request refused before the policy judged it (400).
+fn refused_before_policy() -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        rule: None,
+        audit_rule: None,
+        break_glass: false,
+    }
 }
 
 /// Whether a request asks to switch protocols (WebSocket and the like).

@@ -21,6 +21,7 @@ mod respond;
 mod serve;
 mod stream;
 mod tcp;
+mod tunnel;
 mod workers;
 
 pub use inbound::InboundListener;

@@ -18,12 +18,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::forward::{Forwarded, Upstream};
+use super::headers::{settle_host, strip_request_hop_by_hop};
 use super::http_server::{Ending, HttpServer};
 use super::request_id::ensure_request_id;
-use super::respond::{is_grpc, log_if_abandoned, refusal, Body};
+use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
 use super::serve::{accept_loop, never_revoked, Lifetime};
 use super::stream::Connector;
 use super::tcp;
+use super::tunnel::TunnelSlot;
 use super::Shared;
 use crate::config::{Limits, Outbound, Protocol, Timeouts};
 use crate::policy::{Decision, Verdict};
@@ -91,7 +93,6 @@ impl OutboundListener {
             connector.clone(),
             base,
             config.timeouts.response.0,
-            shared.tasks.clone(),
             shared.workers.count(),
         )
         .with_upgrades(upgrades);
@@ -161,6 +162,8 @@ struct Connection {
     state: Arc<ListenerState>,
     own_id: String,
     counters: PeerCounters,
+    /// An accepted upgrade, run by the connection's task once HTTP is done with it.
+    tunnel: TunnelSlot,
 }
 
 impl ListenerState {
@@ -195,9 +198,11 @@ impl ListenerState {
                 .for_peer(&self.name, "outbound", &own_id),
             state: self.clone(),
             own_id,
+            tunnel: TunnelSlot::default(),
         });
+        let served = connection.clone();
         let service = service_fn(move |request| {
-            let connection = connection.clone();
+            let connection = served.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
         let lifetime = Lifetime::new(&self.timeouts, &self.limits, None);
@@ -207,12 +212,16 @@ impl ListenerState {
             shutdown: &self.shared.shutdown,
         };
         self.http.serve_plain(tcp, service, ending).await;
+        // An upgraded connection lives on as a tunnel, still this connection.
+        connection.tunnel.run(lifetime.close_at).await;
     }
 }
 
 impl Connection {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        // First: the app's `Connection` may name the `x-request-id` idgate adds.
+        strip_request_hop_by_hop(request.headers_mut());
         let request_id = ensure_request_id(request.headers_mut());
         let grpc = is_grpc(request.headers());
         let uri = request.uri().clone();
@@ -240,11 +249,26 @@ impl Connection {
                 bytes_out: None,
             });
         };
+        // As the inbound does, so the peer's policy judges the Host the app sent.
+        if let Err(error) = settle_host(&uri, request.headers_mut()) {
+            let response = refusal(Refusal::BadHost, &request_id, grpc);
+            line(response.status().as_u16(), None, Some(&error.to_string()));
+            return response;
+        }
         let abandoned = log_if_abandoned(|status, reason| line(status, None, Some(reason)));
         let forwarded = self.state.peer.forward(request, uri.path(), None).await;
         ScopeGuard::into_inner(abandoned);
         let (response, peer, reason) = match forwarded {
-            Ok(Forwarded { response, peer }) => (response, peer, None),
+            Ok(Forwarded {
+                response,
+                peer,
+                tunnel,
+            }) => {
+                if let Some(tunnel) = tunnel {
+                    self.tunnel.put(tunnel);
+                }
+                (response, peer, None)
+            }
             Err(error) => {
                 tracing::warn!(reason = %error.reason, "peer sidecar unavailable");
                 (

@@ -39,6 +39,8 @@ pub enum Refusal {
     Denied,
     /// The path was refused by normalisation.
     BadPath,
+    /// The request had more than one `Host` header.
+    BadHost,
     /// The upstream could not be reached, or its identity was wrong.
     Unreachable,
     /// The upstream did not answer in time.
@@ -50,7 +52,7 @@ impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Refusal::Denied => StatusCode::FORBIDDEN,
-            Refusal::BadPath => StatusCode::BAD_REQUEST,
+            Refusal::BadPath | Refusal::BadHost => StatusCode::BAD_REQUEST,
             Refusal::Unreachable => StatusCode::BAD_GATEWAY,
             Refusal::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -60,6 +62,7 @@ impl Refusal {
         match self {
             Refusal::Denied => "access denied",
             Refusal::BadPath => "bad request path",
+            Refusal::BadHost => "bad Host header",
             Refusal::Unreachable => "upstream unavailable",
             Refusal::Timeout => "upstream timed out",
         }
@@ -69,6 +72,7 @@ impl Refusal {
         match self {
             Refusal::Denied => ("7", "access denied"),
             Refusal::BadPath => ("3", "bad request path"),
+            Refusal::BadHost => ("3", "bad Host header"),
             Refusal::Unreachable => ("14", "upstream unavailable"),
             Refusal::Timeout => ("4", "upstream timed out"),
         }

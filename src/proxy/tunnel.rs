@@ -1,0 +1,102 @@
+//! Upgraded connections (WebSocket): the byte tunnel an accepted upgrade becomes.
+//!
+//! An HTTP/1.1 connection that upgrades leaves its HTTP server once the `101` is written,
+//! but it is still the client's connection: the tunnel runs in that connection's own task
+//! (held in a [`TunnelSlot`] until then), so it keeps the connection's place under
+//! `max_connections` and ends at the connection's deadline (maximum age, peer certificate
+//! expiry), as the connection would have. Never reads or judges what the tunnel carries.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::copy;
+use super::serve::{never_revoked, Revoked};
+
+/// An accepted upgrade: both sides' upgraded connections (once hyper hands them over), and
+/// what revokes it.
+pub struct Tunnel {
+    client: OnUpgrade,
+    server: OnUpgrade,
+    revoked: Revoked,
+}
+
+impl Tunnel {
+    /// The tunnel between `client`'s and `server`'s upgraded connections, closed early when
+    /// `revoked` (if any) completes.
+    pub fn new(client: OnUpgrade, server: OnUpgrade, revoked: Option<Revoked>) -> Self {
+        Self {
+            client,
+            server,
+            revoked: revoked.unwrap_or_else(never_revoked),
+        }
+    }
+
+    /// Relays bytes between the two upgraded connections until both are done, `close_at`
+    /// passes (the client connection's deadline) or a policy reload revokes the tunnel.
+    pub async fn run(self, close_at: Option<Instant>) {
+        let Self {
+            client,
+            server,
+            revoked,
+        } = self;
+        let relay = async {
+            let (client, server) = match tokio::try_join!(client, server) {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::debug!(%error, "upgrade did not complete");
+                    return;
+                }
+            };
+            let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+            match copy::both_ways(&mut client, &mut server).await {
+                Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+                Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
+            }
+        };
+        let deadline = async {
+            match close_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = relay => {}
+            reason = revoked => tracing::info!("closing upgraded connection: {reason}"),
+            () = deadline => tracing::info!(
+                "closing upgraded connection: maximum age or peer certificate expiry reached"
+            ),
+        }
+    }
+}
+
+/// Where a connection's accepted upgrade waits until the connection's HTTP server has
+/// handed the connection over (HTTP/1.1 upgrades at most once per connection).
+#[derive(Default)]
+pub struct TunnelSlot(Mutex<Option<Tunnel>>);
+
+impl TunnelSlot {
+    /// Keeps `tunnel` for the connection's task.
+    pub fn put(&self, tunnel: Tunnel) {
+        *self.lock() = Some(tunnel);
+    }
+
+    /// Runs the connection's tunnel, if it upgraded, until it ends or `close_at` passes:
+    /// called by the connection's task once its HTTP server is done.
+    pub async fn run(&self, close_at: Option<Instant>) {
+        let tunnel = self.lock().take();
+        if let Some(tunnel) = tunnel {
+            // Boxed: the relay's state would otherwise size every connection's task.
+            Box::pin(tunnel.run(close_at)).await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Tunnel>> {
+        // Nothing panics while holding it; a poisoned lock still holds a whole value.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
