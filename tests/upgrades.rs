@@ -385,3 +385,74 @@ async fn a_websocket_through_the_outbound_ends_at_its_maximum_age() {
         "the tunnel outlived the outbound's max_connection_age"
     );
 }
+
+/// An app that switches protocols for any upgrade request it receives (as an h2c server
+/// does), then echoes bytes; a request without one gets a plain 200.
+async fn switching_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let asked = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if asked.contains("\r\nupgrade:") {
+                    let switch = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
+                    let _ = stream.write_all(switch.as_bytes()).await;
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                } else {
+                    let ok = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain";
+                    let _ = stream.write_all(ok.as_bytes()).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A tunnel is judged once; one that carried HTTP (h2c) would let every later request on
+/// it past the policy. Only WebSocket upgrades reach the app: an `Upgrade: h2c` request is
+/// forwarded as a plain request, even to an app that would switch.
+#[tokio::test]
+async fn only_websocket_upgrades_reach_the_app() {
+    let app = switching_app().await;
+    let mesh = Mesh::start_upstream(ALLOW_ALL_FRONTEND, &format!("http://{app}"), "").await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let h2c = [
+        ("connection", "Upgrade, HTTP2-Settings"),
+        ("upgrade", "h2c"),
+        ("http2-settings", "AAMAAABkAAQAAP__"),
+    ];
+    let reply = mtls_send(mesh.server.inbound(), config.clone(), "GET", "/x", &h2c)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "plain");
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let request = "GET /x HTTP/1.1\r\nhost: billing\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let mut tcp = tokio::net::TcpStream::connect(client.outbound())
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "through the outbound: {answer}"
+    );
+}

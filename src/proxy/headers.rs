@@ -108,12 +108,16 @@ fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .filter(|element| !element.is_empty())
 }
 
-/// [`strip_hop_by_hop`] for a request received from a client, keeping the two headers an
-/// upgrade request needs (`Connection: upgrade` and its `Upgrade`): run it first, before
-/// idgate adds a header, and before the policy judges the request, so the policy sees
-/// what the upstream will receive.
+/// [`strip_hop_by_hop`] for a request received from a client, keeping the two headers a
+/// WebSocket upgrade needs (`Connection: upgrade` and `Upgrade: websocket`): run it first,
+/// before idgate adds a header, and before the policy judges the request, so the policy
+/// sees what the upstream will receive.
+///
+/// An upgrade to any other protocol is dropped with the other hop-by-hop headers, and the
+/// request goes on as a plain one: a tunnel is judged once, so one that carries HTTP
+/// (`Upgrade: h2c`, say) would let every later request on it past the policy.
 pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
-    let upgrade = upgrade_protocol(headers);
+    let upgrade = upgrade_protocol(headers).filter(is_websocket);
     strip_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
         keep_upgrade(headers, protocol);
@@ -130,6 +134,12 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .any(|element| element.eq_ignore_ascii_case(b"upgrade"));
     asks.then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
+}
+
+/// Whether an `Upgrade` value asks for WebSocket alone (RFC 6455 4.1).
+fn is_websocket(protocols: &HeaderValue) -> bool {
+    let mut listed = list_elements(protocols).peekable();
+    listed.peek().is_some() && listed.all(|protocol| protocol.eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Puts back the two headers an upgrade needs after hop-by-hop removal.
@@ -465,6 +475,34 @@ mod tests {
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         strip_request_hop_by_hop(&mut h);
         assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn only_a_websocket_upgrade_is_kept() {
+        for (protocols, kept) in [
+            ("websocket", true),
+            ("WebSocket", true),
+            ("h2c", false),
+            ("websocket, h2c", false),
+            ("TLS/1.2", false),
+            ("", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONNECTION,
+                "Upgrade, HTTP2-Settings".parse().unwrap(),
+            );
+            h.insert(header::UPGRADE, protocols.parse().unwrap());
+            h.insert("http2-settings", "AAMAAABkAAQAAP__".parse().unwrap());
+            strip_request_hop_by_hop(&mut h);
+            assert_eq!(upgrade_protocol(&h).is_some(), kept, "{protocols:?}: {h:?}");
+            assert_eq!(
+                h.contains_key(header::UPGRADE),
+                kept,
+                "{protocols:?}: {h:?}"
+            );
+            assert!(!h.contains_key("http2-settings"), "{protocols:?}: {h:?}");
+        }
     }
 
     #[test]
