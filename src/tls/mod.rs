@@ -10,6 +10,7 @@ mod peer;
 mod resumption;
 mod server;
 mod session_cache;
+mod verified_chains;
 mod verify;
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{CommonState, HandshakeKind};
@@ -13,8 +14,9 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::verified_chains::{self, VerifiedChains, TRUSTED_FOR_SECS};
 use super::verify::{check_server_id, spiffe_id_of, verify_peer, PeerCertError, Usage};
-use crate::identity::IdentityHandle;
+use crate::identity::{unix_seconds, IdentityHandle};
 use crate::spiffe_id::SpiffeId;
 
 /// Who the peer of an established connection is.
@@ -38,6 +40,8 @@ pub struct PeerCheck {
     algorithms: WebPkiSupportedAlgorithms,
     /// `None` for clients (inbound); the expected server IDs (outbound).
     server_ids: Option<Arc<[SpiffeId]>>,
+    /// Chains verified again under the current material (shared by clones).
+    verified: Arc<VerifiedChains>,
 }
 
 impl PeerCheck {
@@ -56,15 +60,23 @@ impl PeerCheck {
             identity,
             algorithms: super::provider().signature_verification_algorithms,
             server_ids,
+            verified: Arc::default(),
         }
     }
 
-    /// Verifies a resumed session's chain (leaf first) as a full handshake would now.
+    /// Verifies a resumed session's chain (leaf first) as a full handshake would now; a
+    /// chain that passed under the same material within the last
+    /// [`TRUSTED_FOR_SECS`] (and before its leaf expired) is not verified twice.
     fn verify_again(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
         let material = self
             .identity
             .current()
             .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
+        let key = verified_chains::digest(chain);
+        let now = unix_seconds(SystemTime::now());
+        if self.verified.passed(material.generation, &key, now) {
+            return Ok(());
+        }
         let (leaf, intermediates) = chain
             .split_first()
             .ok_or(rustls::Error::NoCertificatesPresented)?;
@@ -80,12 +92,12 @@ impl PeerCheck {
             UnixTime::now(),
             usage,
         )?;
-        match &self.server_ids {
-            Some(expected) => {
-                check_server_id(peer.id, expected).map_err(PeerCertError::into_rustls)
-            }
-            None => Ok(()),
+        if let Some(expected) = &self.server_ids {
+            check_server_id(peer.id, expected).map_err(PeerCertError::into_rustls)?;
         }
+        let until = peer.not_after.min(now.saturating_add(TRUSTED_FOR_SECS));
+        self.verified.remember(material.generation, key, until);
+        Ok(())
     }
 }
 

@@ -781,6 +781,8 @@ async fn a_resumed_session_with_an_expired_peer_is_refused() {
     let short = short_lived(&ca, WEB);
     let (_, client) = resuming_client(&short, &ca, &TLS13, true);
     assert_next_kind(&mut server, &client, HandshakeKind::Full, "").await;
+    // Resumed while the certificate is valid: verified again, passes, and is remembered.
+    assert_next_kind(&mut server, &client, HandshakeKind::Resumed, "").await;
     wait_until_expired().await;
     let _ = connect(server.addr, client).await;
     let refused = server
@@ -865,6 +867,11 @@ fn a_ticket_issued_across_a_bundle_change_does_not_outlive_the_removed_ca() {
     let (_, client) = resuming_client(&web, &ca1, &TLS13, true);
     let (mut c, mut s) = in_memory(&client, &server);
     handshake(&mut c, &mut s).expect("full handshake");
+    // A resumption under the old bundle passes (and its chain is remembered as verified).
+    let (mut c, mut s) = in_memory(&client, &server);
+    handshake(&mut c, &mut s).expect("resumed handshake");
+    assert_eq!(s.handshake_kind(), Some(HandshakeKind::Resumed));
+    PeerIdentity::of_connection(&s, &check).expect("CA1 still trusted");
     // A resumption whose client Finished arrives only after CA1 left the bundle: the
     // ticket it gets is made under the new material.
     let (mut c, mut s) = in_memory(&client, &server);

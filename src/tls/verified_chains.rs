@@ -1,0 +1,65 @@
+//! The chains that resumed sessions presented and that passed verification again, per
+//! identity generation, so that a peer resuming connection after connection (one ticket
+//! per connection) costs one verification, not one per connection. It only remembers;
+//! [`super::PeerCheck`] verifies, and forgets everything when the material changes.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use rustls_pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+
+/// How long a verification is trusted at most, whatever the leaf allows: an intermediate
+/// that expires before its leaf is noticed within this.
+pub(super) const TRUSTED_FOR_SECS: i64 = 60;
+
+/// Chains remembered at most (a burst of distinct peers beyond this starts afresh).
+const CAPACITY: usize = 4096;
+
+/// Chains verified under one generation of identity material.
+#[derive(Debug, Default)]
+pub(super) struct VerifiedChains(Mutex<Remembered>);
+
+#[derive(Debug, Default)]
+struct Remembered {
+    generation: u64,
+    /// SHA-256 of the chain's certificates -> Unix second until which it passes.
+    until: HashMap<[u8; 32], i64>,
+}
+
+/// One chain's key: the SHA-256 of its certificates in order.
+pub(super) fn digest(chain: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for cert in chain {
+        hash.update((cert.len() as u64).to_be_bytes());
+        hash.update(cert.as_ref());
+    }
+    hash.finalize().into()
+}
+
+impl VerifiedChains {
+    /// Whether `chain` passed under `generation` and is still trusted at `now`.
+    pub fn passed(&self, generation: u64, chain: &[u8; 32], now: i64) -> bool {
+        let remembered = self.lock();
+        remembered.generation == generation
+            && remembered
+                .until
+                .get(chain)
+                .is_some_and(|&until| now < until)
+    }
+
+    /// Remembers that `chain` passed under `generation`, trusted until `until`.
+    pub fn remember(&self, generation: u64, chain: [u8; 32], until: i64) {
+        let mut remembered = self.lock();
+        if remembered.generation != generation || remembered.until.len() >= CAPACITY {
+            remembered.until.clear();
+            remembered.generation = generation;
+        }
+        remembered.until.insert(chain, until);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        // Only an optimisation: a panic elsewhere must not stop verification.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
