@@ -10,12 +10,12 @@ use idgate::proxy::headers::{prepare_for_hpack, set_xfcc, strip_hop_by_hop, XFCC
 use idgate::proxy::request_id::{ensure_request_id, REQUEST_ID};
 use libfuzzer_sys::fuzz_target;
 
-const HOP_BY_HOP: [&str; 7] = [
+/// RFC 9110 7.6.1's list (`Trailer` is end to end: HTTP/1.1 sends only the trailers it names).
+const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
