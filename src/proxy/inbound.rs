@@ -1,6 +1,7 @@
 //! Inbound listener: terminates mTLS, judges each request by the policy, forwards to the app.
 
 use std::convert::Infallible;
+use std::fmt::Display;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -262,26 +263,12 @@ impl Connection {
         };
         let path = match normalize_path(uri.path()) {
             Ok(path) => path,
-            Err(error) => {
-                log.write(
-                    &refused_before_policy(),
-                    400,
-                    Some(&error.to_string()),
-                    None,
-                );
-                return refusal(Refusal::BadPath, &request_id, grpc);
-            }
+            Err(error) => return log.refuse_unjudged(Refusal::BadPath, &error, grpc),
         };
         log.path = &path;
         // The policy judges the Host the app will receive.
         if let Err(error) = settle_host(&uri, request.headers_mut()) {
-            log.write(
-                &refused_before_policy(),
-                400,
-                Some(&error.to_string()),
-                None,
-            );
-            return refusal(Refusal::BadHost, &request_id, grpc);
+            return log.refuse_unjudged(Refusal::BadHost, &error, grpc);
         }
         let policy = self.state.policy.load();
         let judged = policy::Request {
@@ -377,16 +364,6 @@ fn revocation(
     })
 }
 
-/// The decision line of a request refused before the policy judged it (400).
-fn refused_before_policy() -> Decision {
-    Decision {
-        verdict: Verdict::Deny,
-        rule: None,
-        audit_rule: None,
-        break_glass: false,
-    }
-}
-
 /// Whether a request asks to switch protocols (WebSocket and the like).
 fn is_upgrade(headers: &http::HeaderMap) -> bool {
     headers.contains_key(http::header::UPGRADE)
@@ -402,6 +379,19 @@ struct Log<'a> {
 }
 
 impl Log<'_> {
+    /// Refuses a request the policy cannot judge (its path or its `Host`) with 400, and
+    /// logs it as denied by no rule.
+    fn refuse_unjudged(&self, kind: Refusal, why: &dyn Display, grpc: bool) -> Response<Body> {
+        let refused = Decision {
+            verdict: Verdict::Deny,
+            rule: None,
+            audit_rule: None,
+            break_glass: false,
+        };
+        self.write(&refused, 400, Some(&why.to_string()), None);
+        refusal(kind, self.request_id, grpc)
+    }
+
     fn write(&self, decision: &Decision, status: u16, reason: Option<&str>, version: Option<&str>) {
         let elapsed = self.started.elapsed().as_secs_f64();
         let c = self.connection;
