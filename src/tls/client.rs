@@ -14,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::resumption::{bounded_session_store, RecordsPeerExpiry};
+use super::resumption::{bounded_session_store, signed_by_peer, RecordsPeerExpiry};
 use super::verify::{check_server_id, verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
@@ -54,7 +54,8 @@ struct SpiffeServerVerifier {
     identity: IdentityHandle,
     server_ids: Vec<SpiffeId>,
     algorithms: WebPkiSupportedAlgorithms,
-    /// Where the expiry of each verified server goes, when sessions resume.
+    /// Where the expiry of each verified server goes (once it signed), when
+    /// sessions resume.
     sessions: Option<Arc<dyn RecordsPeerExpiry>>,
 }
 
@@ -90,9 +91,6 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             Usage::Server,
         )?;
         check_server_id(peer.id, &self.server_ids).map_err(PeerCertError::into_rustls)?;
-        if let Some(sessions) = &self.sessions {
-            sessions.peer_verified(peer.not_after);
-        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -102,7 +100,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        signed_by_peer(self.sessions.as_deref(), cert, || {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        })
     }
 
     fn verify_tls13_signature(
@@ -111,7 +111,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        signed_by_peer(self.sessions.as_deref(), cert, || {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        })
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -10,7 +10,9 @@
 //! Epochs alone cannot bind a ticket to the material its handshake was verified under (a
 //! ticket made or read just after a change lands in the new epoch), so every resumed
 //! connection is also verified again ([`super::PeerCheck`]). This file never verifies a
-//! certificate; verifiers report each peer's expiry to it.
+//! certificate; verifiers report each peer's expiry to it once the peer has proven it
+//! holds the certificate's key ([`signed_by_peer`]): a certificate is public, and anyone
+//! could show one about to expire to end the epoch of everyone's sessions.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -18,10 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::server::ProducesTickets;
 use rustls::NamedGroup;
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::session_cache::ClientSessions;
 use crate::identity::{unix_seconds, IdentityHandle};
@@ -34,6 +38,23 @@ const MAX_EPOCH: Duration = Duration::from_secs(60 * 60);
 pub(super) trait RecordsPeerExpiry: Send + Sync {
     /// A peer whose leaf expires at `not_after` (Unix seconds) was verified.
     fn peer_verified(&self, not_after: i64);
+}
+
+/// The peer's handshake signature, checked by `verify`: once it passes, the peer holds
+/// `leaf`'s key, and only then is the leaf's expiry reported to `sessions`.
+pub(super) fn signed_by_peer(
+    sessions: Option<&dyn RecordsPeerExpiry>,
+    leaf: &CertificateDer<'_>,
+    verify: impl FnOnce() -> Result<HandshakeSignatureValid, rustls::Error>,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let valid = verify()?;
+    if let Some(sessions) = sessions {
+        // The verifier parsed it already: this cannot fail.
+        if let Ok((_, leaf)) = X509Certificate::from_der(leaf) {
+            sessions.peer_verified(leaf.validity().not_after.timestamp());
+        }
+    }
+    Ok(valid)
 }
 
 /// The current epoch of one config's sessions, replaced when it no longer holds.

@@ -16,7 +16,7 @@ use rustls::version::{TLS12, TLS13};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use super::resumption::{bounded_ticketer, RecordsPeerExpiry};
+use super::resumption::{bounded_ticketer, signed_by_peer, RecordsPeerExpiry};
 use super::verify::{verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 
@@ -55,7 +55,8 @@ pub(super) fn build(
 struct SpiffeClientVerifier {
     identity: IdentityHandle,
     algorithms: WebPkiSupportedAlgorithms,
-    /// Where the expiry of each verified client goes, when sessions resume.
+    /// Where the expiry of each verified client goes (once it signed), when
+    /// sessions resume.
     sessions: Option<Arc<dyn RecordsPeerExpiry>>,
 }
 
@@ -86,7 +87,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .identity
             .current()
             .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
-        let peer = verify_peer(
+        verify_peer(
             &material,
             &self.algorithms,
             end_entity,
@@ -94,9 +95,6 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             now,
             Usage::Client,
         )?;
-        if let Some(sessions) = &self.sessions {
-            sessions.peer_verified(peer.not_after);
-        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -106,7 +104,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        signed_by_peer(self.sessions.as_deref(), cert, || {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        })
     }
 
     fn verify_tls13_signature(
@@ -115,7 +115,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        signed_by_peer(self.sessions.as_deref(), cert, || {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        })
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

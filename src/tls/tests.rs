@@ -770,6 +770,40 @@ async fn no_session_outlives_the_server_certificate() {
     assert_expired_in_full_handshake(&refused);
 }
 
+/// A certificate is public: a client showing one that is about to expire, without its
+/// key, is refused and does not end the epoch of the other clients' tickets.
+#[tokio::test]
+async fn a_certificate_shown_without_its_key_does_not_end_resumption() {
+    for version in [&TLS13, &TLS12] {
+        let (ca, mut server) = api_server().await;
+        let web = ca.issue_svid(&id(WEB)).expect("issue");
+        let (_, client) = resuming_client(&web, &ca, version, true);
+        assert_next_kind(&mut server, &client, HandshakeKind::Full, "").await;
+        let seen = short_lived(&ca, WEB);
+        let signer = provider()
+            .key_provider
+            .load_private_key(web.key_der.clone_key())
+            .expect("key");
+        let shown = Svid {
+            certified_key: Arc::new(CertifiedKey::new(seen.chain_der.clone(), signer)),
+            ..raw_svid(&web)
+        };
+        let identity = handle(shown, bundles(&[(TD, &ca)]));
+        let impostor = TestClient::build(identity, &[API], &[version], provider(), false);
+        let _ = connect(server.addr, impostor).await;
+        let refused = server.outcome().await.expect_err("no key, refused");
+        assert_eq!(failure_reason(&refused), "bad_signature", "{refused}");
+        wait_until_expired().await;
+        assert_next_kind(
+            &mut server,
+            &client,
+            HandshakeKind::Resumed,
+            "the epoch outlives a certificate no handshake proved",
+        )
+        .await;
+    }
+}
+
 /// The last check: a server whose tickets outlive certificates resumes an expired
 /// client's session, and the connection is still refused once established.
 #[tokio::test]
