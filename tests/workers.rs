@@ -56,6 +56,11 @@ async fn two_workers_serve_connections_each_with_its_own_upstream_connections() 
     let client = mesh
         .client_with("frontend", FRONTEND_ID, &[SERVER_ID], TWO_WORKERS)
         .await;
+    // A thread names itself once it runs (std sets `comm` from the new thread).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while worker_threads() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(worker_threads(), 2, "one extra thread per sidecar");
 
     // Two connections at once to the outbound: one per worker. Each worker opens its own
