@@ -3,6 +3,7 @@
 mod support;
 
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POLICY: &str = r#"
 default = "deny"
@@ -298,9 +299,21 @@ async fn a_host_rule_judges_the_host_the_app_receives() {
         u16,
         &'static [&'static str],
     );
-    let cases: [HostCase; 6] = [
+    let cases: [HostCase; 11] = [
         (h1, "/x", &["admin.example"], 403, &[]),
         (h1, "/x", &["public.example"], 200, &["public.example"]),
+        (
+            h1,
+            "/x",
+            &["public.example:8443"],
+            200,
+            &["public.example:8443"],
+        ),
+        // RFC 9112 3.2: HTTP/1.1 needs a Host, and one that is host[:port].
+        (h1, "/x", &[], 400, &[]),
+        (h1, "/x", &["user@admin.example"], 400, &[]),
+        (h1, "/x", &["admin.example/x"], 400, &[]),
+        (h1, "/x", &["admin.example:https"], 400, &[]),
         // An absolute-form target or an HTTP/2 :authority is the host (RFC 9112 3.2.2).
         (h1, "https://admin.example/x", &[], 403, &[]),
         (b"h2", "https://admin.example/x", &[], 403, &[]),
@@ -331,7 +344,7 @@ async fn a_host_rule_judges_the_host_the_app_receives() {
 }
 
 #[tokio::test]
-async fn a_request_with_two_host_headers_gets_400_on_both_sidecars() {
+async fn a_request_with_two_host_headers_or_none_gets_400_on_both_sidecars() {
     let mesh = Mesh::start(DENY_ADMIN_HOST).await;
     let cert = mesh.pki.svid(FRONTEND_ID);
     let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
@@ -360,4 +373,21 @@ async fn a_request_with_two_host_headers_gets_400_on_both_sidecars() {
     let reply = get(&client.url("/x"), &hosts).await;
     assert_eq!(reply.status, 400, "{}", reply.text());
     assert_eq!(client.decision("two-hosts-out").await["status"], 400);
+
+    // Written by hand: HTTP clients add a Host.
+    let mut app = tokio::net::TcpStream::connect(client.outbound())
+        .await
+        .unwrap();
+    app.write_all(b"GET /x HTTP/1.1\r\nx-request-id: no-host-out\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0; 12];
+    app.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400");
+    let line = client.decision("no-host-out").await;
+    assert_eq!(line["status"], 400, "{line}");
+    assert_eq!(
+        line["reason"], "HTTP/1.1 request without a Host header",
+        "{line}"
+    );
 }

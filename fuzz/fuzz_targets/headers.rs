@@ -1,12 +1,17 @@
 //! The header rules of the data path, over any headers a client can send: hop-by-hop
 //! removal (`Connection` and everything it names, any `TE` but `trailers`), HTTP/2
 //! preparation (changes no name or value), request IDs (kept when usable, else one fresh
-//! one) and XFCC (exactly idgate's one value).
+//! one), XFCC (exactly idgate's one value) and the settled Host (one, the authority the
+//! upstream is named by).
 #![no_main]
 
 use arbitrary::Arbitrary;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE};
-use idgate::proxy::headers::{prepare_for_hpack, set_xfcc, strip_hop_by_hop, XFCC};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE};
+use http::uri::Authority;
+use http::{Uri, Version};
+use idgate::proxy::headers::{
+    prepare_for_hpack, set_xfcc, settle_host, strip_hop_by_hop, BadHost, XFCC,
+};
 use idgate::proxy::request_id::{ensure_request_id, REQUEST_ID};
 use libfuzzer_sys::fuzz_target;
 
@@ -25,10 +30,14 @@ struct Input<'a> {
     headers: Vec<(&'a [u8], &'a [u8])>,
     /// Also give a few headers a name the rules know, to reach them more often.
     known: Vec<(u8, &'a [u8])>,
+    /// The request target's authority (absolute form, `:authority`), when it parses.
+    authority: Option<&'a [u8]>,
+    http11: bool,
 }
 
-const KNOWN: [&str; 6] = [
+const KNOWN: [&str; 7] = [
     "connection",
+    "host",
     "te",
     "x-request-id",
     "x-forwarded-client-cert",
@@ -54,6 +63,7 @@ fuzz_target!(|input: Input<'_>| {
     check_request_id(headers.clone());
     check_hpack(headers.clone());
     check_strip(headers.clone());
+    check_host(headers.clone(), input.authority, input.http11);
     let xfcc = HeaderValue::from_static("By=spiffe://a/b;Hash=00;URI=spiffe://c/d");
     set_xfcc(&mut headers, xfcc.clone());
     assert_eq!(headers.get_all(XFCC).iter().collect::<Vec<_>>(), [&xfcc]);
@@ -117,6 +127,49 @@ fn check_request_id(mut headers: HeaderMap) {
                 [&value]
             );
             assert!(!value.is_empty() && value.len() <= 128);
+        }
+    }
+}
+
+fn check_host(mut headers: HeaderMap, authority: Option<&[u8]>, http11: bool) {
+    let target = authority.and_then(|a| Authority::try_from(a).ok());
+    let uri = match &target {
+        Some(a) => Uri::builder()
+            .scheme("https")
+            .authority(a.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap(),
+        None => Uri::from_static("/"),
+    };
+    let version = if http11 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_2
+    };
+    let sent = headers.get_all(HOST).iter().count();
+    match settle_host(version, &uri, &mut headers) {
+        Err(BadHost::Several) => assert!(sent > 1),
+        Err(BadHost::Missing) => assert!(sent == 0 && http11 && target.is_none()),
+        Err(BadHost::Invalid) => assert!(sent == 1 || target.is_some()),
+        Ok(named) => {
+            assert!(sent <= 1);
+            let hosts: Vec<_> = headers.get_all(HOST).iter().collect();
+            match named {
+                // The Host the upstream receives is the authority it is named by.
+                Some(named) => {
+                    assert_eq!(hosts, [named.as_str()], "{uri}");
+                    assert!(!named.as_str().contains('@'));
+                    assert_eq!(
+                        named.as_str().parse::<Authority>().ok(),
+                        Some(named.clone())
+                    );
+                }
+                None => {
+                    assert!(target.is_none());
+                    assert!(hosts.iter().all(|h| h.is_empty()), "{hosts:?}");
+                }
+            }
         }
     }
 }

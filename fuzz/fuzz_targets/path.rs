@@ -16,7 +16,8 @@ fuzz_target!(|raw: &str| {
     assert!(path.starts_with('/'), "{raw:?} -> {path:?}: not absolute");
     assert!(!path.contains('?'), "{raw:?} -> {path:?}: query kept");
     assert!(
-        path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b)),
+        path.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b)),
         "{raw:?} -> {path:?}: a byte RFC 3986 does not allow raw"
     );
     let segments: Vec<&str> = path[1..].split('/').collect();

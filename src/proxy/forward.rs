@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -131,7 +132,8 @@ impl Upstream {
     /// response with its hop-by-hop headers removed. The request's own hop-by-hop headers
     /// must be gone already ([`strip_request_hop_by_hop`], before idgate added any
     /// header): what is left of `Connection` is an upgrade's; and its `Host` settled
-    /// ([`settle_host`]): the target's authority is replaced by the upstream's.
+    /// ([`settle_host`]), which gives `authority`: the URI names it (HTTP/2 sends it as
+    /// `:authority`, which must agree with `Host`), or the upstream's without one.
     ///
     /// [`strip_request_hop_by_hop`]: super::headers::strip_request_hop_by_hop
     /// [`settle_host`]: super::headers::settle_host
@@ -139,9 +141,10 @@ impl Upstream {
         &self,
         mut request: Request<Incoming>,
         path: &str,
+        authority: Option<Authority>,
         revoked: Option<Revoked>,
     ) -> Result<Forwarded, ForwardError> {
-        *request.uri_mut() = self.uri_for(request.uri(), path)?;
+        *request.uri_mut() = self.uri_for(request.uri(), path, authority)?;
         let answer_over_http2 = request.version() == Version::HTTP_2;
         *request.version_mut() = Version::HTTP_11;
         let upgrade = upgrade_protocol(request.headers());
@@ -186,7 +189,12 @@ impl Upstream {
         })
     }
 
-    fn uri_for(&self, original: &Uri, path: &str) -> Result<Uri, ForwardError> {
+    fn uri_for(
+        &self,
+        original: &Uri,
+        path: &str,
+        authority: Option<Authority>,
+    ) -> Result<Uri, ForwardError> {
         let path_and_query = match original.path_and_query() {
             // Already normal (the usual case): reuse it, no copy and no parse.
             Some(pq) if pq.path() == path => pq.clone(),
@@ -201,7 +209,9 @@ impl Upstream {
                 })?
             }
         };
-        let mut parts = self.base.clone().into_parts();
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = self.base.scheme().cloned();
+        parts.authority = authority.or_else(|| self.base.authority().cloned());
         parts.path_and_query = Some(path_and_query);
         Uri::from_parts(parts).map_err(|e| ForwardError {
             refusal: Refusal::BadPath,

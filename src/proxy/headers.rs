@@ -5,7 +5,8 @@
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::Uri;
+use http::uri::Authority;
+use http::{Uri, Version};
 
 /// Envoy's client-certificate forwarding header.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -148,40 +149,78 @@ pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// A request with more than one `Host` header: a server must answer it with 400
-/// (RFC 9112 3.2).
-#[derive(Debug, thiserror::Error)]
-#[error("more than one Host header")]
-pub struct SeveralHosts;
+/// Why a request's `Host` cannot be settled: a server must answer 400 (RFC 9112 3.2).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadHost {
+    /// More than one `Host` header.
+    #[error("more than one Host header")]
+    Several,
+    /// An HTTP/1.1 request with neither a `Host` header nor an absolute target.
+    #[error("HTTP/1.1 request without a Host header")]
+    Missing,
+    /// A `Host`, or a target's authority, that is not `host[:port]`.
+    #[error("Host is not host[:port]")]
+    Invalid,
+}
 
 /// Makes a request's `Host` the one the upstream will receive, so the policy judges that
-/// one: the target's authority when the request has one (an HTTP/1.1 absolute-form
-/// target, an HTTP/2 `:authority`), replacing any `Host` received (RFC 9112 3.2.2,
-/// RFC 9113 8.3.1), else the `Host` received. Refuses a request with several.
-pub fn settle_host(uri: &Uri, headers: &mut HeaderMap) -> Result<(), SeveralHosts> {
+/// one, and returns it as the authority to name the upstream by: the target's authority
+/// when the request has one (an HTTP/1.1 absolute-form target, an HTTP/2 `:authority`),
+/// replacing any `Host` received (RFC 9112 3.2.2, RFC 9113 8.3.1), else the `Host`
+/// received; either must be `host[:port]` (a `Host` may be empty: no authority), and
+/// HTTP/1.1 requires one. Refuses a request with several.
+pub fn settle_host(
+    version: Version,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+) -> Result<Option<Authority>, BadHost> {
     let mut received = headers.get_all(header::HOST).iter();
     let first = received.next();
     if received.next().is_some() {
-        return Err(SeveralHosts);
+        return Err(BadHost::Several);
     }
     let Some(authority) = uri.authority() else {
-        return Ok(());
+        return match first {
+            None if version == Version::HTTP_11 => Err(BadHost::Missing),
+            None => Ok(None),
+            Some(host) if host.is_empty() => Ok(None),
+            Some(host) => host_authority(host.as_bytes()).map(Some),
+        };
     };
     // A Host names no user (userinfo is deprecated in http(s) URIs, RFC 9110 4.2.4).
-    let host = match authority.as_str().rsplit_once('@') {
-        Some((_, host)) => host,
-        None => authority.as_str(),
+    let authority = match authority.as_str().rsplit_once('@') {
+        Some((_, host)) => host_authority(host.as_bytes())?,
+        None if port_is_digits(authority.as_str().as_bytes()) => authority.clone(),
+        None => return Err(BadHost::Invalid),
     };
-    if first.is_some_and(|value| value.as_bytes() == host.as_bytes()) {
+    if first.is_some_and(|value| value.as_bytes() == authority.as_str().as_bytes()) {
         // The usual HTTP/2 request from a peer sidecar, which sends both.
-        return Ok(());
+        return Ok(Some(authority));
     }
-    match HeaderValue::from_str(host) {
+    match HeaderValue::from_str(authority.as_str()) {
         Ok(value) => headers.insert(header::HOST, value),
         // Cannot happen (an authority is a valid value); the received one must not stay.
         Err(_) => headers.remove(header::HOST),
     };
-    Ok(())
+    Ok(Some(authority))
+}
+
+/// A `Host` value as an authority: `uri-host [":" port]` (RFC 9112 3.2), no userinfo.
+fn host_authority(value: &[u8]) -> Result<Authority, BadHost> {
+    if value.contains(&b'@') || !port_is_digits(value) {
+        return Err(BadHost::Invalid);
+    }
+    Authority::try_from(value).map_err(|_| BadHost::Invalid)
+}
+
+/// Whether the port after a host (if any) is `*DIGIT` (RFC 3986 3.2.3).
+fn port_is_digits(host_and_port: &[u8]) -> bool {
+    match host_and_port.iter().rposition(|&byte| byte == b':') {
+        // The last colon of an IPv6 literal, without port.
+        Some(colon) if host_and_port[colon..].contains(&b']') => true,
+        Some(colon) => host_and_port[colon + 1..].iter().all(u8::is_ascii_digit),
+        None => true,
+    }
 }
 
 /// Values longer than this stay where they are: an HPACK table of the default 4 KiB never
@@ -507,48 +546,109 @@ mod tests {
 
     #[test]
     fn the_host_is_the_targets_authority_when_it_has_one() {
-        /// Target, Host headers received, Host left (`None`: refused).
+        use Version as V;
+        /// Version, target, Host headers received, Host left and authority returned.
         type Case = (
+            Version,
             &'static str,
             &'static [&'static str],
-            Option<&'static [&'static str]>,
+            Result<(&'static [&'static str], Option<&'static str>), BadHost>,
         );
-        let cases: [Case; 8] = [
-            ("/x", &["api"], Some(&["api"])),
-            ("/x", &[], Some(&[])),
-            ("https://admin.example/x", &[], Some(&["admin.example"])),
+        let cases: [Case; 22] = [
+            (V::HTTP_11, "/x", &["api"], Ok((&["api"], Some("api")))),
             (
+                V::HTTP_11,
+                "/x",
+                &["api:8080"],
+                Ok((&["api:8080"], Some("api:8080"))),
+            ),
+            (
+                V::HTTP_11,
+                "/x",
+                &["[::1]"],
+                Ok((&["[::1]"], Some("[::1]"))),
+            ),
+            (
+                V::HTTP_11,
+                "/x",
+                &["[::1]:80"],
+                Ok((&["[::1]:80"], Some("[::1]:80"))),
+            ),
+            (V::HTTP_11, "/x", &[""], Ok((&[""], None))),
+            // RFC 9112 3.2: HTTP/1.1 requires one; HTTP/1.0 and HTTP/2 do not.
+            (V::HTTP_11, "/x", &[], Err(BadHost::Missing)),
+            (V::HTTP_10, "/x", &[], Ok((&[], None))),
+            (V::HTTP_2, "/x", &[], Ok((&[], None))),
+            (V::HTTP_11, "/x", &["a", "b"], Err(BadHost::Several)),
+            (V::HTTP_11, "/x", &["user@api"], Err(BadHost::Invalid)),
+            (V::HTTP_11, "/x", &["api/admin"], Err(BadHost::Invalid)),
+            (V::HTTP_11, "/x", &["api:http"], Err(BadHost::Invalid)),
+            (V::HTTP_11, "/x", &["api:+80"], Err(BadHost::Invalid)),
+            (V::HTTP_11, "/x", &["a b"], Err(BadHost::Invalid)),
+            (
+                V::HTTP_11,
+                "https://admin.example/x",
+                &[],
+                Ok((&["admin.example"], Some("admin.example"))),
+            ),
+            (
+                V::HTTP_11,
                 "https://admin.example/x",
                 &["public"],
-                Some(&["admin.example"]),
+                Ok((&["admin.example"], Some("admin.example"))),
             ),
             (
+                V::HTTP_2,
                 "https://admin.example:8443/x",
                 &["admin.example:8443"],
-                Some(&["admin.example:8443"]),
+                Ok((&["admin.example:8443"], Some("admin.example:8443"))),
             ),
             (
+                V::HTTP_11,
                 "https://user:pw@admin.example/x",
                 &[],
-                Some(&["admin.example"]),
+                Ok((&["admin.example"], Some("admin.example"))),
             ),
-            ("/x", &["a", "b"], None),
-            ("https://admin.example/x", &["a", "a"], None),
+            (
+                V::HTTP_2,
+                "https://admin.example/x",
+                &["a", "a"],
+                Err(BadHost::Several),
+            ),
+            (V::HTTP_10, "/x", &["api", "api"], Err(BadHost::Several)),
+            (
+                V::HTTP_2,
+                "https://admin.example:http/x",
+                &[],
+                Err(BadHost::Invalid),
+            ),
+            (
+                V::HTTP_11,
+                "https://u@admin.example:x/x",
+                &[],
+                Err(BadHost::Invalid),
+            ),
         ];
-        for (target, received, expected) in cases {
+        for (version, target, received, expected) in cases {
             let uri: Uri = target.parse().unwrap();
             let mut h = HeaderMap::new();
             for host in received {
                 h.append(header::HOST, host.parse().unwrap());
             }
-            let settled = settle_host(&uri, &mut h);
+            let settled = settle_host(version, &uri, &mut h);
             let left: Vec<_> = h.get_all(header::HOST).iter().collect();
+            let context = format!("{version:?} {target} {received:?}");
             match expected {
-                Some(expected) => {
-                    assert!(settled.is_ok(), "{target} {received:?}");
-                    assert_eq!(left, expected, "{target} {received:?}");
+                Ok((expected_left, expected_authority)) => {
+                    let authority = settled.unwrap_or_else(|e| panic!("{context}: {e}"));
+                    assert_eq!(left, expected_left, "{context}");
+                    assert_eq!(
+                        authority.as_ref().map(Authority::as_str),
+                        expected_authority,
+                        "{context}"
+                    );
                 }
-                None => assert!(settled.is_err(), "{target} {received:?}"),
+                Err(expected) => assert_eq!(settled, Err(expected), "{context}"),
             }
         }
     }

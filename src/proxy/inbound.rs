@@ -267,9 +267,10 @@ impl Connection {
         };
         log.path = &path;
         // The policy judges the Host the app will receive.
-        if let Err(error) = settle_host(&uri, request.headers_mut()) {
-            return log.refuse_unjudged(Refusal::BadHost, &error, grpc);
-        }
+        let authority = match settle_host(request.version(), &uri, request.headers_mut()) {
+            Ok(authority) => authority,
+            Err(error) => return log.refuse_unjudged(Refusal::BadHost, &error, grpc),
+        };
         let policy = self.state.policy.load();
         let judged = policy::Request {
             source: &self.peer.spiffe_id,
@@ -315,7 +316,11 @@ impl Connection {
         let abandoned = log_if_abandoned(|status, reason| {
             log.write(&decision, status, Some(reason), Some(policy.version()));
         });
-        let forwarded = self.state.upstream.forward(request, &path, revoked).await;
+        let forwarded = self
+            .state
+            .upstream
+            .forward(request, &path, authority, revoked)
+            .await;
         ScopeGuard::into_inner(abandoned);
         match forwarded {
             Ok(Forwarded {

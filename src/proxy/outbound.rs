@@ -250,13 +250,20 @@ impl Connection {
             });
         };
         // As the inbound does, so the peer's policy judges the Host the app sent.
-        if let Err(error) = settle_host(&uri, request.headers_mut()) {
-            let response = refusal(Refusal::BadHost, &request_id, grpc);
-            line(response.status().as_u16(), None, Some(&error.to_string()));
-            return response;
-        }
+        let authority = match settle_host(request.version(), &uri, request.headers_mut()) {
+            Ok(authority) => authority,
+            Err(error) => {
+                let response = refusal(Refusal::BadHost, &request_id, grpc);
+                line(response.status().as_u16(), None, Some(&error.to_string()));
+                return response;
+            }
+        };
         let abandoned = log_if_abandoned(|status, reason| line(status, None, Some(reason)));
-        let forwarded = self.state.peer.forward(request, uri.path(), None).await;
+        let forwarded = self
+            .state
+            .peer
+            .forward(request, uri.path(), authority, None)
+            .await;
         ScopeGuard::into_inner(abandoned);
         let (response, peer, reason) = match forwarded {
             Ok(Forwarded {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
@@ -131,8 +131,9 @@ impl Pool {
         }
     }
 
-    /// Sends `request` (its URI absolute: scheme and authority name the upstream) and
-    /// returns the response head, the body streaming behind it.
+    /// Sends `request` (its URI absolute: scheme and authority name the upstream, and
+    /// HTTP/2 sends them as `:scheme` and `:authority`) and returns the response head,
+    /// the body streaming behind it.
     pub async fn send(
         &self,
         mut request: Request<Incoming>,
@@ -146,7 +147,6 @@ impl Pool {
             };
             match checkout {
                 Checkout::Http2(mut sender, peer) => {
-                    authority_from_host(&mut request);
                     // The connection's HPACK table may keep these values for long.
                     prepare_for_hpack(request.headers_mut());
                     match sender.try_send_request(request).await {
@@ -362,28 +362,6 @@ async fn handshake2(
         .max_header_list_size(MAX_RESPONSE_HEAD)
         .handshake(TokioIo::new(stream))
         .await
-}
-
-/// Names the request's `Host` in its URI, whose authority h2 sends as `:authority`: the two
-/// must not differ (RFC 9113 8.3.1), and the upstream (a peer sidecar's inbound) takes
-/// `:authority` as the host. Without a `Host` that is an authority, the URI keeps the
-/// upstream's.
-fn authority_from_host(request: &mut Request<Incoming>) {
-    let Some(host) = request.headers().get(HOST) else {
-        return;
-    };
-    let named = |authority: &Authority| authority.as_str().as_bytes() == host.as_bytes();
-    if request.uri().authority().is_some_and(named) {
-        return;
-    }
-    let Ok(authority) = Authority::try_from(host.as_bytes()) else {
-        return;
-    };
-    let mut parts = request.uri().clone().into_parts();
-    parts.authority = Some(authority);
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *request.uri_mut() = uri;
-    }
 }
 
 /// Rewrites an absolute URI to the origin form HTTP/1.1 sends (with a `Host` header
