@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod devpki;
+pub mod endpoint;
 pub mod identity;
 pub mod k8s;
 pub mod per_worker;

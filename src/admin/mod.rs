@@ -8,22 +8,20 @@ mod readiness;
 
 pub use readiness::{Readiness, ReadyGuard};
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::endpoint::Endpoint;
 use crate::identity::{IdentityHandle, IdentityHealth};
 use crate::policy::RuleHits;
 
@@ -44,31 +42,26 @@ pub struct AdminState {
     pub rule_hits: RuleHits,
 }
 
+/// Connections the admin endpoint serves at once (probes, a scraper, a person).
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves the admin endpoint until `stop` (after the drain, so `/readyz` can tell load
 /// balancers about it while it runs).
 pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let endpoint = Arc::new(Endpoint::new("admin", MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    continue;
-                }
-            },
+        let (stream, slot) = tokio::select! {
+            accepted = endpoint.accept(&listener) => accepted,
             _ = stop.cancelled() => break,
         };
         let state = state.clone();
-        let builder = builder.clone();
+        let endpoint = endpoint.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &request)) }
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let respond = move |request: Request<Incoming>| {
+                let answer = respond(&state, &request);
+                std::future::ready(answer)
+            };
+            endpoint.serve(TokioIo::new(stream), slot, respond).await;
         });
     }
 }

@@ -5,7 +5,6 @@
 //! re-read when they change on disk (cert-manager or a Secret update), checked every
 //! [`RELOAD_EVERY`]; a bad new pair is logged and the last good one kept.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,9 +14,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -27,10 +24,14 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::endpoint::{Endpoint, HEAD_TIMEOUT};
+
 /// How often the certificate files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
 /// Largest review body accepted (the API server caps objects at about 3 MiB).
 pub const MAX_BODY: usize = 8 << 20;
+/// Connections the webhook serves at once (the API servers' reviews in flight).
+const MAX_CONNECTIONS: usize = 128;
 
 /// Why the webhook's certificate could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -138,17 +139,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), CertError> {
     let acceptor = TlsAcceptor::from(certs.server_config()?);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let endpoint = Arc::new(Endpoint::new("webhook", MAX_CONNECTIONS));
     let mut reload = tokio::time::interval(RELOAD_EVERY);
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "webhook accept failed");
-                    continue;
-                }
-            },
+        let (stream, slot) = tokio::select! {
+            accepted = endpoint.accept(&listener) => accepted,
             _ = reload.tick() => {
                 certs.reload_if_changed();
                 continue;
@@ -156,18 +151,14 @@ pub async fn serve(
             _ = shutdown.cancelled() => return Ok(()),
         };
         let acceptor = acceptor.clone();
-        let builder = builder.clone();
+        let endpoint = endpoint.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
+            let tls = match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => return tracing::debug!(%error, "webhook TLS handshake failed"),
                 Err(_) => return tracing::debug!("webhook TLS handshake timed out"),
             };
-            let service =
-                service_fn(|request| async { Ok::<_, Infallible>(respond(request).await) });
-            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+            endpoint.serve(TokioIo::new(tls), slot, respond).await;
         });
     }
 }
