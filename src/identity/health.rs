@@ -1,7 +1,8 @@
 //! Identity health: is the SVID in use still fit to serve, and is the bundle fresh?
 //!
 //! `/readyz` asks [`IdentityHealth::reasons`]; the SPIRE source tells it when the agent last
-//! delivered material and whether the stream is up. It owns the Workload API metrics
+//! delivered material, whether the stream is up and whether the agent still issues the
+//! configured `spiffe_id`. It owns the Workload API metrics
 //! (`idgate_workload_api_connected`, `idgate_bundle_age_seconds`,
 //! `idgate_identity_last_update_timestamp_seconds`). It never changes the material itself.
 
@@ -55,6 +56,8 @@ struct Inner {
     confirmed_at: AtomicI64,
     connected: Gauge,
     last_update: Gauge,
+    /// Set while the agent streams SVIDs but none with the configured `spiffe_id`.
+    not_issued: Mutex<Option<Problem>>,
     /// The reasons last logged, so changes are logged once.
     logged: Mutex<Vec<std::mem::Discriminant<Problem>>>,
 }
@@ -68,6 +71,7 @@ impl IdentityHealth {
                 confirmed_at: AtomicI64::new(0),
                 connected: Gauge::default(),
                 last_update: Gauge::default(),
+                not_issued: Mutex::new(None),
                 logged: Mutex::new(Vec::new()),
             }),
         }
@@ -104,6 +108,24 @@ impl IdentityHealth {
         self.inner.last_update.set(secs);
     }
 
+    /// Records that the agent's latest update holds no SVID with the configured `spiffe_id`
+    /// (`wanted`), only `offered`: not ready until [`IdentityHealth::issued`].
+    pub fn not_issued(&self, wanted: &str, offered: &[String]) {
+        let offered = match offered.is_empty() {
+            true => "none".to_string(),
+            false => offered.join(", "),
+        };
+        *lock(&self.inner.not_issued) = Some(Problem::NotIssued {
+            wanted: wanted.to_string(),
+            offered,
+        });
+    }
+
+    /// Records that the agent issues the configured `spiffe_id` (again).
+    pub fn issued(&self) {
+        *lock(&self.inner.not_issued) = None;
+    }
+
     /// Seconds since the bundle was last delivered, `None` before the first delivery.
     pub fn bundle_age(&self, now: SystemTime) -> Option<Duration> {
         match self.inner.confirmed_at.load(Ordering::Relaxed) {
@@ -114,23 +136,29 @@ impl IdentityHealth {
         }
     }
 
-    /// Why the identity in use is not fit to serve now; empty when it is (or when there is
-    /// none yet: `/readyz` reports that case itself).
+    /// Why the identity in use is not fit to serve now; empty when it is. With no identity
+    /// yet, only a configured `spiffe_id` the agent does not issue is reported here:
+    /// `/readyz` reports the wait itself.
     pub fn reasons(&self, identity: &IdentityHandle) -> Vec<String> {
-        match identity.current() {
-            Some(material) => self.reasons_at(&material, SystemTime::now()),
-            None => Vec::new(),
-        }
+        self.reasons_at(identity.current().as_deref(), SystemTime::now())
     }
 
-    fn reasons_at(&self, material: &Material, now: SystemTime) -> Vec<String> {
+    fn reasons_at(&self, material: Option<&Material>, now: SystemTime) -> Vec<String> {
         self.problems_at(material, now)
             .iter()
             .map(Problem::to_string)
             .collect()
     }
 
-    fn problems_at(&self, material: &Material, now: SystemTime) -> Vec<Problem> {
+    fn problems_at(&self, material: Option<&Material>, now: SystemTime) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = lock(&self.inner.not_issued).iter().cloned().collect();
+        if let Some(material) = material {
+            problems.extend(self.material_problems(material, now));
+        }
+        problems
+    }
+
+    fn material_problems(&self, material: &Material, now: SystemTime) -> Vec<Problem> {
         let settings = &self.inner.settings;
         let mut problems = Vec::new();
         let now_secs = unix_seconds(now);
@@ -169,15 +197,8 @@ impl IdentityHealth {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let problems = match identity.current() {
-                Some(material) => self.problems_at(&material, SystemTime::now()),
-                None => Vec::new(),
-            };
-            let mut logged = self
-                .inner
-                .logged
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let problems = self.problems_at(identity.current().as_deref(), SystemTime::now());
+            let mut logged = lock(&self.inner.logged);
             let kinds: Vec<_> = problems.iter().map(std::mem::discriminant).collect();
             if kinds == *logged {
                 continue;
@@ -197,6 +218,11 @@ impl IdentityHealth {
 /// One reason the identity in use is not fit to serve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 enum Problem {
+    #[error(
+        "the agent does not issue the configured spiffe_id {wanted} to this workload (it offers: \
+         {offered}); check its registration entries"
+    )]
+    NotIssued { wanted: String, offered: String },
     #[error("SVID {id} expired {ago}s ago and no replacement has arrived")]
     Expired { id: String, ago: i64 },
     #[error(
@@ -205,6 +231,12 @@ enum Problem {
     Expiring { id: String, left: i64, margin: i64 },
     #[error("trust bundle last delivered {age}s ago (max_bundle_age {max}s)")]
     StaleBundle { age: u64, max: u64 },
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `at` as whole seconds since the Unix epoch (negative before it), as certificates count.
@@ -255,12 +287,12 @@ mod tests {
             max_bundle_age: None,
         });
         let (m, now) = material(60);
-        assert!(health.reasons_at(&m, now).is_empty());
+        assert!(health.reasons_at(Some(&*m), now).is_empty());
         let (m, now) = material(29);
-        let reasons = health.reasons_at(&m, now);
+        let reasons = health.reasons_at(Some(&*m), now);
         assert!(reasons[0].contains("expires in 29s"), "{reasons:?}");
         let (m, now) = material(-5);
-        let reasons = health.reasons_at(&m, now);
+        let reasons = health.reasons_at(Some(&*m), now);
         assert!(reasons[0].contains("expired 5s ago"), "{reasons:?}");
     }
 
@@ -268,9 +300,9 @@ mod tests {
     fn files_health_only_cares_about_expiry() {
         let health = IdentityHealth::new(HealthSettings::files());
         let (m, now) = material(1);
-        assert!(health.reasons_at(&m, now).is_empty());
+        assert!(health.reasons_at(Some(&*m), now).is_empty());
         let (m, now) = material(0);
-        assert_eq!(health.reasons_at(&m, now).len(), 1);
+        assert_eq!(health.reasons_at(Some(&*m), now).len(), 1);
     }
 
     #[test]
@@ -281,17 +313,39 @@ mod tests {
         });
         let (m, now) = material(10_000);
         assert!(
-            health.reasons_at(&m, now).is_empty(),
+            health.reasons_at(Some(&*m), now).is_empty(),
             "never delivered: no age"
         );
         health.confirmed(now - Duration::from_secs(3600));
-        assert!(health.reasons_at(&m, now).is_empty());
+        assert!(health.reasons_at(Some(&*m), now).is_empty());
         health.confirmed(now - Duration::from_secs(3601));
-        let reasons = health.reasons_at(&m, now);
+        let reasons = health.reasons_at(Some(&*m), now);
         assert!(
             reasons[0].contains("last delivered 3601s ago"),
             "{reasons:?}"
         );
         assert_eq!(health.bundle_age(now), Some(Duration::from_secs(3601)));
+    }
+
+    #[test]
+    fn configured_id_not_issued_until_it_is_again() {
+        let health = IdentityHealth::new(HealthSettings::files());
+        let (m, now) = material(10_000);
+        let offered = ["spiffe://example.org/b".to_string()];
+        health.not_issued("spiffe://example.org/w", &offered);
+        for material in [Some(&*m), None] {
+            let reasons = health.reasons_at(material, now);
+            assert_eq!(reasons.len(), 1, "{reasons:?}");
+            assert!(
+                reasons[0]
+                    .contains("does not issue the configured spiffe_id spiffe://example.org/w")
+                    && reasons[0].contains("(it offers: spiffe://example.org/b)"),
+                "{reasons:?}"
+            );
+        }
+        health.not_issued("spiffe://example.org/w", &[]);
+        assert!(health.reasons_at(None, now)[0].contains("(it offers: none)"));
+        health.issued();
+        assert!(health.reasons_at(Some(&*m), now).is_empty());
     }
 }

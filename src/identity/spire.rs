@@ -3,19 +3,20 @@
 //! It picks our SVID, keeps our trust domain's bundle and every federated one, and publishes
 //! them on the [`IdentityHandle`] the moment they change. Faults (agent not running, no
 //! identity issued, stream dropped) are retried with capped exponential backoff and logged
-//! once per state change; the last good material stays in use meanwhile. It never blocks
-//! listeners and never judges peers.
+//! once per state change; the last good material stays in use meanwhile. An update without
+//! the configured `spiffe_id` still brings its bundles in (trust follows the agent at once)
+//! beside the SVID in hand. It never blocks listeners and never judges peers.
 
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use spiffe::transport::Endpoint;
-use spiffe::{WorkloadApiClient, WorkloadApiError, X509Context, X509Svid};
+use spiffe::{WorkloadApiClient, WorkloadApiError, X509Context};
 use tokio_util::sync::CancellationToken;
 
 use super::health::IdentityHealth;
-use super::{IdentityError, IdentityHandle, Svid, TrustBundles};
+use super::{IdentityError, IdentityHandle, Material, Svid, TrustBundles};
 use crate::spiffe_id::SpiffeId;
 
 /// First retry delay after a fault.
@@ -36,11 +37,6 @@ pub enum SpireError {
 /// Why one X.509 context could not be turned into material.
 #[derive(Debug, thiserror::Error)]
 enum UpdateError {
-    #[error("the agent offers {offered:?} but not the configured spiffe_id {wanted}")]
-    NoSuchSvid {
-        wanted: String,
-        offered: Vec<String>,
-    },
     #[error("the agent sent no SVID")]
     NoSvid,
     #[error("the agent sent no bundle for our trust domain {0}")]
@@ -58,6 +54,25 @@ enum State {
     NoIdentity(String),
     StreamLost(String),
     BadUpdate(String),
+    /// Updates arrive, but without the configured `spiffe_id`; the IDs they offer instead.
+    NotIssued {
+        wanted: String,
+        offered: Vec<String>,
+    },
+}
+
+/// What one X.509 context yields.
+#[derive(Debug)]
+enum Update {
+    /// Our SVID and every bundle, to publish together.
+    Full(Svid, TrustBundles),
+    /// No SVID with the configured `spiffe_id` (withdrawn, or not issued yet), but valid
+    /// bundles: trust must follow them even so.
+    NotIssued {
+        bundles: TrustBundles,
+        wanted: String,
+        offered: Vec<String>,
+    },
 }
 
 /// A running Workload API source.
@@ -68,7 +83,8 @@ pub struct SpireSource {
     identity: IdentityHandle,
     health: IdentityHealth,
     state: State,
-    last: Option<X509Context>,
+    /// The last context taken in, and the state it left us in.
+    last: Option<(X509Context, State)>,
 }
 
 impl SpireSource {
@@ -158,24 +174,46 @@ impl SpireSource {
 
     /// Publishes a context when it differs from the one in use; a bad one is refused.
     fn apply(&mut self, context: X509Context) {
-        if self.last.as_ref() == Some(&context) {
-            self.health.confirmed(SystemTime::now());
-            self.transition(State::Connected);
-            return;
+        if let Some((last, state)) = &self.last {
+            if *last == context {
+                let state = state.clone();
+                if self.identity.current().is_some() {
+                    self.health.confirmed(SystemTime::now());
+                }
+                self.transition(state);
+                return;
+            }
         }
         match material(&context, self.spiffe_id.as_ref()) {
-            Ok((svid, bundles)) => {
-                let domains = bundles.trust_domains().join(",");
+            Ok(Update::Full(svid, bundles)) => {
+                self.health.issued();
                 let published = self.identity.publish(svid, bundles);
                 self.health.confirmed(SystemTime::now());
                 self.transition(State::Connected);
-                tracing::debug!(
-                    spiffe_id = %published.svid.spiffe_id,
-                    serial = %published.svid.serial,
-                    trust_domains = %domains,
-                    "identity update from the Workload API"
-                );
-                self.last = Some(context);
+                debug_published(&published);
+                self.last = Some((context, State::Connected));
+            }
+            Ok(Update::NotIssued {
+                bundles,
+                wanted,
+                offered,
+            }) => {
+                self.health.not_issued(&wanted, &offered);
+                let same_bundles = self
+                    .last
+                    .as_ref()
+                    .is_some_and(|(last, _)| last.bundle_set() == context.bundle_set());
+                if let Some(current) = self.identity.current() {
+                    // Trust shrinks (or grows) with the agent's bundles at once; the SVID in
+                    // hand stays until it expires, as when the agent is unreachable.
+                    if !same_bundles {
+                        debug_published(&self.identity.publish(kept(&current), bundles));
+                    }
+                    self.health.confirmed(SystemTime::now());
+                }
+                let state = State::NotIssued { wanted, offered };
+                self.transition(state.clone());
+                self.last = Some((context, state));
             }
             Err(error) => self.transition(State::BadUpdate(error.to_string())),
         }
@@ -201,17 +239,59 @@ impl SpireSource {
                 "Workload API: stream lost; keeping the SVID in use (retrying)"),
             State::BadUpdate(error) => tracing::warn!(%socket, %error, serving_serial = ?serving,
                 "Workload API: update refused; keeping the last good SVID and bundles"),
+            State::NotIssued { wanted, offered } => tracing::warn!(%socket, %wanted,
+                offered = %offered.join(","), serving_serial = ?serving,
+                "Workload API: the configured spiffe_id is not among the SVIDs the agent sends; \
+                 its bundles are applied, the SVID in hand is kept until it expires; not ready"),
         }
         self.state = state;
     }
 }
 
-/// Our SVID (the configured one, else the agent's default) and every bundle in the context.
-fn material(
-    context: &X509Context,
-    wanted: Option<&SpiffeId>,
-) -> Result<(Svid, TrustBundles), UpdateError> {
-    let chosen = pick(context, wanted)?;
+/// Logs what was just published (debug).
+fn debug_published(published: &Material) {
+    tracing::debug!(
+        spiffe_id = %published.svid.spiffe_id,
+        serial = %published.svid.serial,
+        trust_domains = %published.bundles.trust_domains().join(","),
+        "identity update from the Workload API"
+    );
+}
+
+/// The SVID in use, to publish again beside new bundles.
+fn kept(current: &Material) -> Svid {
+    Svid {
+        spiffe_id: current.svid.spiffe_id.clone(),
+        certified_key: current.svid.certified_key.clone(),
+        serial: current.svid.serial.clone(),
+        not_after: current.svid.not_after,
+    }
+}
+
+/// Our SVID (the configured one, else the agent's default) and every bundle in the context;
+/// only the bundles when the configured one is missing.
+fn material(context: &X509Context, wanted: Option<&SpiffeId>) -> Result<Update, UpdateError> {
+    let chosen = match wanted {
+        None => context.default_svid().ok_or(UpdateError::NoSvid)?,
+        Some(wanted) => match context
+            .svids()
+            .iter()
+            .find(|s| s.spiffe_id().to_string() == wanted.as_str())
+        {
+            Some(chosen) => chosen,
+            None => {
+                return Ok(Update::NotIssued {
+                    bundles: bundles(context, wanted.trust_domain_name())?,
+                    wanted: wanted.to_string(),
+                    offered: context
+                        .svids()
+                        .iter()
+                        .map(|s| s.spiffe_id().to_string())
+                        .collect(),
+                })
+            }
+        },
+    };
     let chain = chosen
         .cert_chain()
         .iter()
@@ -221,7 +301,12 @@ fn material(
         chosen.private_key().as_bytes().to_vec(),
     ));
     let svid = Svid::from_der(chain, key)?;
-    let own = svid.spiffe_id.trust_domain_name().to_string();
+    let bundles = bundles(context, svid.spiffe_id.trust_domain_name())?;
+    Ok(Update::Full(svid, bundles))
+}
+
+/// Every bundle in the context; the one of our trust domain `own` must be there and valid.
+fn bundles(context: &X509Context, own: &str) -> Result<TrustBundles, UpdateError> {
     let mut bundles = TrustBundles::default();
     for (trust_domain, bundle) in context.bundle_set().iter() {
         let certs: Vec<CertificateDer<'_>> = bundle
@@ -238,35 +323,10 @@ fn material(
             tracing::warn!(trust_domain = %trust_domain, %error, "federated bundle from the agent refused");
         }
     }
-    if bundles.get(&own).is_none() {
-        return Err(UpdateError::NoOwnBundle(own));
+    if bundles.get(own).is_none() {
+        return Err(UpdateError::NoOwnBundle(own.to_string()));
     }
-    Ok((svid, bundles))
-}
-
-fn pick<'a>(
-    context: &'a X509Context,
-    wanted: Option<&SpiffeId>,
-) -> Result<&'a X509Svid, UpdateError> {
-    let Some(wanted) = wanted else {
-        return context
-            .default_svid()
-            .map(|s| &**s)
-            .ok_or(UpdateError::NoSvid);
-    };
-    context
-        .svids()
-        .iter()
-        .find(|s| s.spiffe_id().to_string() == wanted.as_str())
-        .map(|s| &**s)
-        .ok_or_else(|| UpdateError::NoSuchSvid {
-            wanted: wanted.to_string(),
-            offered: context
-                .svids()
-                .iter()
-                .map(|s| s.spiffe_id().to_string())
-                .collect(),
-        })
+    Ok(bundles)
 }
 
 #[cfg(test)]
