@@ -66,6 +66,19 @@ async fn round_trip(addr: SocketAddr, size: usize) -> (Vec<u8>, Vec<u8>, usize) 
     (sender.await.unwrap(), hash.finalize().to_vec(), received)
 }
 
+/// `idgate_requests_total` of `sidecar` for the connection `line` (its decision line) describes.
+async fn counted(sidecar: &Sidecar, line: &serde_json::Value) -> f64 {
+    let label = |name: &str| line[name].as_str().unwrap().to_string();
+    let series = format!(
+        "idgate_requests_total{{listener=\"{}\",direction=\"{}\",source=\"{}\",decision=\"{}\"}}",
+        label("listener"),
+        label("direction"),
+        label("source"),
+        label("decision"),
+    );
+    metric(&sidecar.admin("/metrics").await.text(), &series)
+}
+
 #[tokio::test]
 async fn large_transfers_survive_both_ways_with_half_close() {
     let (echo, _) = tcp_echo().await;
@@ -83,6 +96,13 @@ async fn large_transfers_survive_both_ways_with_half_close() {
     assert_eq!(line["bytes_in"], size as u64);
     assert_eq!(line["bytes_out"], size as u64);
     assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        counted(&mesh.server, line).await,
+        1.0,
+        "a connection is a request"
+    );
+    let outbound = &frontend.decision_lines(1).await[0];
+    assert_eq!(counted(&frontend, outbound).await, 1.0);
 }
 
 #[tokio::test]
@@ -98,6 +118,11 @@ async fn denied_identity_is_cut_before_the_upstream_sees_a_byte() {
     assert_eq!(lines[0]["decision"], "deny");
     assert_eq!(lines[0]["source"], REPORTS_ID);
     assert_eq!(lines[0]["bytes_in"], 0);
+    assert_eq!(
+        counted(&mesh.server, &lines[0]).await,
+        1.0,
+        "denials are counted"
+    );
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         0,

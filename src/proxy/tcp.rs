@@ -46,7 +46,9 @@ pub fn authorise(policy: &Policy, peer: &PeerIdentity) -> policy::Decision {
 }
 
 /// Connects to `upstream` and copies bytes both ways until both sides are done (or the
-/// relay's `close_at` passes, or a reload revokes it), then writes the decision line.
+/// relay's `close_at` passes, or a reload revokes it), then counts the connection in
+/// `idgate_requests_total` and `idgate_request_duration_seconds` and writes its decision
+/// line.
 pub async fn relay<C>(
     shared: &Shared,
     relay: Relay<'_>,
@@ -62,6 +64,12 @@ pub async fn relay<C>(
                     destination: Option<&str>,
                     bytes: (u64, u64),
                     reason: Option<&str>| {
+        let duration = started.elapsed().as_secs_f64();
+        // The connection is the request: counted once, with its final decision.
+        shared
+            .requests
+            .for_peer(relay.listener, relay.direction, relay.source)
+            .record(decision.verdict, duration);
         shared.decisions.record(&DecisionRecord {
             listener: relay.listener,
             direction: relay.direction,
@@ -72,7 +80,7 @@ pub async fn relay<C>(
             decision: decision.verdict.as_str(),
             rule: decision.rule.as_deref(),
             status: 0,
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: duration * 1000.0,
             request_id: "",
             reason,
             policy_version: version,
