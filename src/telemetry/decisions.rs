@@ -8,7 +8,8 @@
 //! a line never wakes a thread (no syscall on the request path), allocates nothing in
 //! the steady state and touches no memory another worker writes. [`DecisionLog::finish`]
 //! writes out what is queued at once, for a drain. Each worker's queue holds at most
-//! [`QUEUE_LINES`] lines and takes memory only for the lines waiting in it (a
+//! [`QUEUE_LINES`] lines and [`QUEUE_BYTES`] of them (a stalled sink and long paths must
+//! not grow it without bound), and takes memory only for the lines waiting in it (a
 //! preallocated ring of that size would keep 2 MiB resident in an idle sidecar).
 
 use std::cell::Cell;
@@ -31,6 +32,9 @@ use crate::per_worker::PerWorker;
 
 /// Lines waiting for the writer at most, per worker; more are dropped and counted.
 const QUEUE_LINES: usize = 65_536;
+/// Bytes of lines waiting for the writer at most, per worker (one more line may pass it);
+/// more are dropped and counted. About 48,000 lines of a usual size.
+const QUEUE_BYTES: usize = 16 << 20;
 /// A queue keeps at most this much room once written out (a burst's buffer is freed).
 const KEPT_ROOM: usize = 64 * 1024;
 /// The writer's pause while lines come.
@@ -84,9 +88,16 @@ pub struct DecisionRecord<'a> {
 #[derive(Clone)]
 pub struct DecisionLog {
     writer: Arc<Writer>,
-    capacity: usize,
+    capacity: Capacity,
     dropped: Counter,
     write_errors: Counter,
+}
+
+/// How much one worker's queue holds before lines are dropped.
+#[derive(Clone, Copy)]
+struct Capacity {
+    lines: usize,
+    bytes: usize,
 }
 
 /// Every worker's lines waiting for the writer.
@@ -149,7 +160,11 @@ impl DecisionLog {
                     })?,
             ),
         };
-        let log = Self::to_sink(sink, QUEUE_LINES)?;
+        let capacity = Capacity {
+            lines: QUEUE_LINES,
+            bytes: QUEUE_BYTES,
+        };
+        let log = Self::to_sink(sink, capacity)?;
         registry.register(
             "idgate_decision_log_dropped",
             "Decision lines dropped because the writer fell behind",
@@ -163,8 +178,8 @@ impl DecisionLog {
         Ok(log)
     }
 
-    /// Starts the writer thread on `sink`, queuing at most `capacity` lines.
-    fn to_sink(sink: Box<dyn Write + Send>, capacity: usize) -> io::Result<Self> {
+    /// Starts the writer thread on `sink`, queuing at most `capacity` per worker.
+    fn to_sink(sink: Box<dyn Write + Send>, capacity: Capacity) -> io::Result<Self> {
         let queues = Arc::new(Queues::default());
         let writer_queues = queues.clone();
         let write_errors = Counter::default();
@@ -202,7 +217,7 @@ impl DecisionLog {
     /// counts it).
     pub fn record(&self, record: &DecisionRecord<'_>) {
         let mut queue = lock(self.writer.queues.workers.local());
-        if queue.lines >= self.capacity {
+        if queue.lines >= self.capacity.lines || queue.text.len() >= self.capacity.bytes {
             drop(queue);
             self.dropped.inc();
             return;
@@ -343,6 +358,12 @@ mod tests {
         }
     }
 
+    /// Room for 4 lines per queue.
+    const FOUR_LINES: Capacity = Capacity {
+        lines: 4,
+        bytes: usize::MAX,
+    };
+
     /// A log (4 lines per queue) on a sink that never holds writes back, and what
     /// reaches the sink.
     fn log_on_open_sink() -> (DecisionLog, Arc<Mutex<Vec<u8>>>) {
@@ -352,7 +373,10 @@ mod tests {
             writes: Arc::default(),
             written: written.clone(),
         };
-        (DecisionLog::to_sink(Box::new(sink), 4).unwrap(), written)
+        (
+            DecisionLog::to_sink(Box::new(sink), FOUR_LINES).unwrap(),
+            written,
+        )
     }
 
     fn record(log: &DecisionLog, request_id: &str) {
@@ -458,7 +482,7 @@ mod tests {
             healthy: healthy.clone(),
             written: written.clone(),
         };
-        let log = DecisionLog::to_sink(Box::new(sink), 4).unwrap();
+        let log = DecisionLog::to_sink(Box::new(sink), FOUR_LINES).unwrap();
         record(&log, "lost");
         let counted = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(20));
@@ -485,7 +509,7 @@ mod tests {
             writes: writes.clone(),
             written: written.clone(),
         };
-        let log = DecisionLog::to_sink(Box::new(sink), 4).unwrap();
+        let log = DecisionLog::to_sink(Box::new(sink), FOUR_LINES).unwrap();
         // The writer takes the first line and waits at the gate; 4 more fit the queue.
         record(&log, "r0");
         while writes.load(Ordering::SeqCst) == 0 {
@@ -511,5 +535,35 @@ mod tests {
         // Draining frees room: new lines are queued again, not dropped.
         record(&log, "later");
         assert_eq!(log.dropped.get(), dropped);
+    }
+
+    #[test]
+    fn a_queue_holds_a_bounded_number_of_bytes_whatever_the_lines() {
+        let gate = Arc::new(Mutex::new(()));
+        let writes = Arc::new(AtomicUsize::new(0));
+        let closed = gate.lock().unwrap();
+        let sink = Gated {
+            gate: gate.clone(),
+            writes: writes.clone(),
+            written: Arc::default(),
+        };
+        let capacity = Capacity {
+            lines: 1_000,
+            bytes: 64 * 1024,
+        };
+        let log = DecisionLog::to_sink(Box::new(sink), capacity).unwrap();
+        record(&log, "r0");
+        while writes.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Lines of 16 KiB, as long request IDs or paths make them: 4 fill 64 KiB.
+        let long = "x".repeat(16 * 1024);
+        for _ in 0..10 {
+            record(&log, &long);
+        }
+        assert_eq!(log.dropped.get(), 6, "the fifth line found the queue full");
+        let queued = lock(log.writer.queues.workers.local()).text.len();
+        assert!(queued < 64 * 1024 + 17 * 1024, "{queued} bytes queued");
+        drop(closed);
     }
 }
