@@ -195,6 +195,72 @@ fn learn_refuses_a_bad_log_with_file_and_line() {
     );
 }
 
+/// Runs `idgate check` on `policy` for `from`; the exit code (0 allow, 1 deny).
+fn check(policy: &Path, from: &str, method: &str, path: &str) -> Option<i32> {
+    let out = idgate(&[
+        "check",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--from",
+        from,
+        "--method",
+        method,
+        "--path",
+        path,
+    ]);
+    out.status.code()
+}
+
+#[test]
+fn learn_never_moves_a_method_to_a_sibling_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("users.log");
+    let seen = [
+        ("GET", "/users/42/profile"),
+        ("DELETE", "/users/42/sessions"),
+        ("GET", "/users/7/profile"),
+    ];
+    let lines: Vec<String> = seen
+        .iter()
+        .map(|(m, p)| line(FRONTEND, m, p, "allow", None))
+        .collect();
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let learned = dir.path().join("learned.toml");
+    let out = idgate(&[
+        "policy",
+        "learn",
+        "--log",
+        log.to_str().unwrap(),
+        "--out",
+        learned.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let policy = std::fs::read_to_string(&learned).unwrap();
+    for (method, path) in seen {
+        assert_eq!(
+            check(&learned, FRONTEND, method, path),
+            Some(0),
+            "{method} {path}\n{policy}"
+        );
+    }
+    for (method, path) in [
+        ("DELETE", "/users/42/profile"),
+        ("GET", "/users/42/sessions"),
+        ("DELETE", "/users/7/sessions"),
+    ] {
+        assert_eq!(
+            check(&learned, FRONTEND, method, path),
+            Some(1),
+            "{method} {path}\n{policy}"
+        );
+    }
+    assert!(
+        text(&out.stderr).contains("3 path(s) below /users/* kept exact"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 const OLD: &str = r#"
 default = "deny"
 [[rule]]
