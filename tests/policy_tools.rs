@@ -195,6 +195,33 @@ fn learn_refuses_a_bad_log_with_file_and_line() {
     );
 }
 
+#[test]
+fn learn_skips_a_method_a_policy_cannot_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("odd.log");
+    let lines = [
+        line(FRONTEND, "GE{T", "/api/invoices", "allow", None),
+        line(FRONTEND, "GET", "/api/invoices", "allow", None),
+    ];
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let out = idgate(&["policy", "learn", "--log", log.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "skipped: {}:1: method \"GE{{T\": \"GE{{T\" is not an HTTP method name",
+            log.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("learned 1 request(s) into 1 rule(s)"),
+        "{stderr}"
+    );
+    let policy = text(&out.stdout);
+    assert!(policy.contains("methods = [\"GET\"]"), "{policy}");
+}
+
 /// Runs `idgate check` on `policy` for `from`; the exit code (0 allow, 1 deny).
 fn check(policy: &Path, from: &str, method: &str, path: &str) -> Option<i32> {
     let out = idgate(&[

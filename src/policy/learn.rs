@@ -14,6 +14,8 @@ use std::ops::Bound;
 
 use super::normalize_path;
 use super::path::PathPattern;
+use super::Policy;
+use crate::config::SourceFile;
 use crate::spiffe_id::SpiffeId;
 
 /// Observed flows, accumulated per source, then rendered as a policy file.
@@ -23,6 +25,8 @@ pub struct Learner {
     http: BTreeMap<String, Paths>,
     /// Source ID -> connections (TCP lines: identity only).
     tcp: BTreeMap<String, u64>,
+    /// Methods the policy loader accepted (each is checked once).
+    methods: BTreeSet<String>,
 }
 
 /// Path -> method -> requests (observed paths, or the patterns they became).
@@ -42,8 +46,9 @@ pub struct Learned {
 impl Learner {
     /// Records one allowed HTTP request; `Err` says why it cannot be learned.
     pub fn add_http(&mut self, source: &SpiffeId, method: &str, path: &str) -> Result<(), String> {
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!("method {method:?} is not an HTTP method name"));
+        if !self.methods.contains(method) {
+            policy_method(method)?;
+            self.methods.insert(method.to_string());
         }
         if path.contains('*') || normalize_path(path).map_or(true, |n| n != path) {
             return Err(format!(
@@ -131,6 +136,21 @@ impl Learner {
             notes,
         }
     }
+}
+
+/// Whether a policy may name `method`, as the policy loader itself decides (HTTP token,
+/// case of the standard methods), so a learned policy always loads.
+fn policy_method(method: &str) -> Result<(), String> {
+    let source = SourceFile {
+        path: "<method check>".into(),
+        text: format!(
+            "[[rule]]\nname = \"m\"\naction = \"allow\"\nmethods = [{}]\n",
+            quote(method)
+        ),
+    };
+    Policy::from_source(&source)
+        .map(drop)
+        .map_err(|e| format!("method {method:?}: {}", e.message))
 }
 
 /// The pattern a human would write for an observed (normalised) path: everything from the
@@ -299,6 +319,7 @@ fn quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Request, Verdict};
     use super::*;
 
     #[test]
@@ -396,19 +417,19 @@ mod tests {
 
     /// The learned policy, compiled, judges `(method, path)` for source `a`.
     fn allows(learned: &Learned, a: &SpiffeId, method: &str, path: &str) -> bool {
-        let source = crate::config::SourceFile {
+        let source = SourceFile {
             path: "learned.toml".into(),
             text: learned.text.clone(),
         };
-        let policy = crate::policy::Policy::from_source(&source).unwrap();
+        let policy = Policy::from_source(&source).unwrap();
         let headers = http::HeaderMap::new();
-        let request = crate::policy::Request {
+        let request = Request {
             source: a,
             method,
             path,
             headers: &headers,
         };
-        policy.evaluate_enforced(&request).verdict == crate::policy::Verdict::Allow
+        policy.evaluate_enforced(&request).verdict == Verdict::Allow
     }
 
     #[test]
@@ -501,6 +522,24 @@ mod tests {
         );
         let kept: Vec<(String, usize)> = kept_exact.into_iter().collect();
         assert_eq!(kept, [("/a/".to_string(), 2), ("/a/b/".to_string(), 1)]);
+    }
+
+    #[test]
+    fn skips_methods_a_policy_cannot_name() {
+        let mut learner = Learner::default();
+        let a = id("spiffe://e.org/a");
+        let err = learner.add_http(&a, "GE{T", "/x").unwrap_err();
+        assert_eq!(err, "method \"GE{T\": \"GE{T\" is not an HTTP method name");
+        let err = learner.add_http(&a, "get", "/x").unwrap_err();
+        assert!(err.contains("case-sensitive"), "{err}");
+        assert!(learner.add_http(&a, "", "/x").is_err());
+        assert!(learner.add_http(&a, "G\u{7f}T", "/x").is_err());
+        learner.add_http(&a, "PURGE", "/x").unwrap();
+        learner.add_http(&a, "GET", "/x").unwrap();
+        let learned = learner.render(&[]);
+        assert!(allows(&learned, &a, "PURGE", "/x"), "{}", learned.text);
+        assert!(allows(&learned, &a, "GET", "/x"), "{}", learned.text);
+        assert!(!learned.text.contains("GE{T"), "{}", learned.text);
     }
 
     #[test]
