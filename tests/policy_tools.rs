@@ -368,6 +368,73 @@ fn diff_lists_exact_changes() {
     );
 }
 
+/// Runs `idgate policy diff --old OLD --new NEW --log LOG`.
+fn diff(old: &Path, new: &Path, log: &Path) -> Output {
+    idgate(&[
+        "policy",
+        "diff",
+        "--old",
+        old.to_str().unwrap(),
+        "--new",
+        new.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn diff_does_not_judge_header_rules_without_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.toml");
+    let new = dir.path().join("new.toml");
+    std::fs::write(
+        &old,
+        format!(
+            "default = \"deny\"\n[[rule]]\nname = \"r1\"\naction = \"allow\"\nfrom = [{FRONTEND:?}]\npaths = [\"/api/*\"]\nheaders = {{ x-scan-status = \"passed\" }}\n\
+             [[rule]]\nname = \"health\"\naction = \"allow\"\nfrom = [\"spiffe://example.org/*\"]\npaths = [\"/health\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &new,
+        format!(
+            "default = \"deny\"\n[[rule]]\nname = \"api\"\naction = \"allow\"\nfrom = [{FRONTEND:?}]\npaths = [\"/api/*\"]\n\
+             [[rule]]\nname = \"health\"\naction = \"allow\"\nfrom = [\"spiffe://example.org/*\"]\npaths = [\"/health\"]\n\
+             [[rule]]\nname = \"scanned\"\naction = \"deny\"\nfrom = [{BATCH:?}]\nheaders = {{ x-scan-status = \"failed\" }}\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("d.log");
+    let lines = [
+        // Allowed by r1 because the header was sent; the log does not say.
+        line(FRONTEND, "GET", "/api/x", "allow", Some("r1")),
+        line(FRONTEND, "GET", "/api/x", "allow", Some("r1")),
+        line(FRONTEND, "GET", "/health", "allow", Some("health")),
+        // r1 cannot match this source: decidable in the old policy; in the new one the
+        // header deny rule could turn its allow into a deny.
+        line(REPORTS, "GET", "/api/x", "deny", None),
+        line(BATCH, "GET", "/health", "allow", Some("health")),
+    ];
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let out = diff(&old, &new, &log);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "undecidable: depends on headers, not in the decision log (not counted as changes)\n  {BATCH}\n    \
+             1x GET /health: allow (rule health) -> allow (rule health) without headers, deny (rule scanned) with that rule's headers\n  {FRONTEND}\n    \
+             2x GET /api/x: deny (default) without headers, allow (rule r1) with that rule's headers -> allow (rule api)\n\
+             2 requests replayed, 0 newly denied, 0 newly allowed, 0 sources affected, 3 undecidable (depend on headers)\n"
+        )
+    );
+}
+
 fn certs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev")
 }
