@@ -435,6 +435,53 @@ fn diff_does_not_judge_header_rules_without_headers() {
     );
 }
 
+#[test]
+fn diff_that_replays_nothing_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("old.toml");
+    std::fs::write(&policy, OLD).unwrap();
+    let log = dir.path().join("d.log");
+    let run = |log_text: &str, extra: &[&str]| {
+        std::fs::write(&log, log_text).unwrap();
+        let p = policy.to_str().unwrap();
+        let mut args = vec!["policy", "diff", "--old", p, "--new", p];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--log", log.to_str().unwrap()]);
+        let out = idgate(&args);
+        (out.status.code(), text(&out.stderr))
+    };
+    let inbound = [
+        line(FRONTEND, "GET", "/api/x", "allow", Some("r1")),
+        line(REPORTS, "GET", "/api/x", "deny", None),
+    ]
+    .join("\n")
+        + "\n";
+    let (code, stderr) = run(&inbound, &["--listener", "billing"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = run(&inbound, &["--listener", "bliling"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: no request replayed: 2 decision line(s) read, 2 of other listeners than --listener bliling (listeners in the logs: billing); nothing was compared\n"
+    );
+    let (code, stderr) = run("", &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no request replayed: the logs hold no decision lines"),
+        "{stderr}"
+    );
+    let outbound = line(BATCH, "PUT", "/x", "allow", None).replace("\"inbound\"", "\"outbound\"");
+    let refused = line(FRONTEND, "GET", "/a%2fb", "deny", None);
+    let (code, stderr) = run(&format!("{outbound}\n{refused}\n"), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("skipped: ")
+            && stderr
+                .contains("2 decision line(s) read, 1 outbound (no policy judges them), 1 skipped"),
+        "{stderr}"
+    );
+}
+
 fn certs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev")
 }

@@ -77,15 +77,26 @@ pub struct Report {
     pub newly_allowed: u64,
     /// Lines not replayed, with why.
     pub skipped: Vec<String>,
+    /// Decision lines read.
+    pub read: u64,
+    /// Outbound lines (no policy judges them).
+    pub outbound: u64,
+    /// Inbound lines of other listeners than `--listener`, and those listeners' names.
+    pub other_listeners: BTreeMap<String, u64>,
 }
 
-/// Runs `idgate policy diff`; exit 0 no change, 1 changes, 2 error.
+/// Runs `idgate policy diff`; exit 0 no change, 1 changes, 2 error (including logs of
+/// which no request could be replayed: a gate that judged nothing must not pass).
 pub fn run(args: &DiffArgs) -> u8 {
     match diff(args) {
         Ok(report) => {
             print!("{}", report.render());
             for skipped in &report.skipped {
                 eprintln!("skipped: {skipped}");
+            }
+            if report.replayed == 0 {
+                eprintln!("error: {}", report.nothing_replayed(args));
+                return 2;
             }
             u8::from(report.newly_denied + report.newly_allowed > 0)
         }
@@ -101,16 +112,22 @@ fn diff(args: &DiffArgs) -> Result<Report, String> {
     let new = Replayer::load(&args.new)?;
     let tcp_policies = old.policy.check_tcp_only().is_ok() && new.policy.check_tcp_only().is_ok();
     let lines = read_all(&args.logs).map_err(|e| e.to_string())?;
-    let mut report = Report::default();
+    let mut report = Report {
+        read: lines.len() as u64,
+        ..Report::default()
+    };
     for line in &lines {
         let entry = &line.entry;
-        if !entry.is_inbound()
-            || args
-                .listener
-                .as_deref()
-                .is_some_and(|want| entry.listener.as_deref() != Some(want))
-        {
+        if !entry.is_inbound() {
+            report.outbound += 1;
             continue;
+        }
+        if let Some(want) = args.listener.as_deref() {
+            if entry.listener.as_deref() != Some(want) {
+                let name = entry.listener.as_deref().unwrap_or("(none)");
+                *report.other_listeners.entry(name.to_string()).or_default() += 1;
+                continue;
+            }
         }
         let at = format!("{}:{}", line.file.display(), line.line);
         let Some(id) = entry
@@ -275,6 +292,46 @@ impl Report {
             .or_default()
             .entry(change)
             .or_default() += 1;
+    }
+
+    /// Why no request was replayed: how many lines were read and where each went.
+    fn nothing_replayed(&self, args: &DiffArgs) -> String {
+        if self.read == 0 {
+            return "no request replayed: the logs hold no decision lines".into();
+        }
+        let mut why = Vec::new();
+        if self.outbound > 0 {
+            why.push(format!(
+                "{} outbound (no policy judges them)",
+                self.outbound
+            ));
+        }
+        let other: u64 = self.other_listeners.values().sum();
+        if other > 0 {
+            let names: Vec<&str> = self.other_listeners.keys().map(String::as_str).collect();
+            why.push(format!(
+                "{other} of other listeners than --listener {} (listeners in the logs: {})",
+                args.listener.as_deref().unwrap_or_default(),
+                names.join(", ")
+            ));
+        }
+        if !self.skipped.is_empty() {
+            why.push(format!(
+                "{} skipped (listed above: no source identity, refused path, TCP)",
+                self.skipped.len()
+            ));
+        }
+        if self.undecidable > 0 {
+            why.push(format!(
+                "{} undecidable (depend on headers)",
+                self.undecidable
+            ));
+        }
+        format!(
+            "no request replayed: {} decision line(s) read, {}; nothing was compared",
+            self.read,
+            why.join(", ")
+        )
     }
 
     /// The change list, grouped by source, the requests that depend on headers, and the
