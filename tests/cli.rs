@@ -152,6 +152,45 @@ fn missing_file_is_refused() {
 }
 
 #[test]
+fn unusable_identity_files_are_refused_with_file_line_and_field() {
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev");
+    // (file replaced, its line, field, what the loader says); the replacement exists but
+    // holds no PEM, or the wrong PEM.
+    let cases = [
+        ("billing.pem", 7, "cert", "no certificate found"),
+        ("billing-key.pem", 8, "key", "no private key found"),
+        ("bundle.pem", 9, "bundle", "no certificate found"),
+    ];
+    for (file, line, field, message) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let original = certs.join(file).display().to_string();
+        let path = broken_config(dir.path(), &original, file);
+        let bad = dir.path().join(file);
+        let content = if field == "bundle" {
+            std::fs::read_to_string(certs.join("billing-key.pem")).unwrap()
+        } else {
+            "not PEM at all\n".to_string()
+        };
+        std::fs::write(&bad, content).unwrap();
+        let want = format!(
+            "error: {path}:{line}: identity.{field}: {}: {message}",
+            bad.display()
+        );
+        for command in ["validate", "run"] {
+            let out = idgate(&[command, "--config", &path]);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+            assert!(err.starts_with(&want), "{command}: {err}\nwant: {want}");
+            assert!(
+                !stdout(&out).contains("valid"),
+                "{command}: {}",
+                stdout(&out)
+            );
+        }
+    }
+}
+
+#[test]
 fn missing_config_file_is_refused() {
     let out = idgate(&["run", "--config", "/nonexistent/idgate.toml"]);
     assert_eq!(out.status.code(), Some(2));

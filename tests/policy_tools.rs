@@ -195,6 +195,99 @@ fn learn_refuses_a_bad_log_with_file_and_line() {
     );
 }
 
+#[test]
+fn learn_skips_a_method_a_policy_cannot_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("odd.log");
+    let lines = [
+        line(FRONTEND, "GE{T", "/api/invoices", "allow", None),
+        line(FRONTEND, "GET", "/api/invoices", "allow", None),
+    ];
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let out = idgate(&["policy", "learn", "--log", log.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "skipped: {}:1: method \"GE{{T\": \"GE{{T\" is not an HTTP method name",
+            log.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("learned 1 request(s) into 1 rule(s)"),
+        "{stderr}"
+    );
+    let policy = text(&out.stdout);
+    assert!(policy.contains("methods = [\"GET\"]"), "{policy}");
+}
+
+/// Runs `idgate check` on `policy` for `from`; the exit code (0 allow, 1 deny).
+fn check(policy: &Path, from: &str, method: &str, path: &str) -> Option<i32> {
+    let out = idgate(&[
+        "check",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--from",
+        from,
+        "--method",
+        method,
+        "--path",
+        path,
+    ]);
+    out.status.code()
+}
+
+#[test]
+fn learn_never_moves_a_method_to_a_sibling_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("users.log");
+    let seen = [
+        ("GET", "/users/42/profile"),
+        ("DELETE", "/users/42/sessions"),
+        ("GET", "/users/7/profile"),
+    ];
+    let lines: Vec<String> = seen
+        .iter()
+        .map(|(m, p)| line(FRONTEND, m, p, "allow", None))
+        .collect();
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let learned = dir.path().join("learned.toml");
+    let out = idgate(&[
+        "policy",
+        "learn",
+        "--log",
+        log.to_str().unwrap(),
+        "--out",
+        learned.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let policy = std::fs::read_to_string(&learned).unwrap();
+    for (method, path) in seen {
+        assert_eq!(
+            check(&learned, FRONTEND, method, path),
+            Some(0),
+            "{method} {path}\n{policy}"
+        );
+    }
+    for (method, path) in [
+        ("DELETE", "/users/42/profile"),
+        ("GET", "/users/42/sessions"),
+        ("DELETE", "/users/7/sessions"),
+    ] {
+        assert_eq!(
+            check(&learned, FRONTEND, method, path),
+            Some(1),
+            "{method} {path}\n{policy}"
+        );
+    }
+    assert!(
+        text(&out.stderr).contains("3 path(s) below /users/* kept exact"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 const OLD: &str = r#"
 default = "deny"
 [[rule]]
@@ -272,6 +365,120 @@ fn diff_lists_exact_changes() {
         text(&missing.stderr).contains("nope.toml"),
         "{}",
         text(&missing.stderr)
+    );
+}
+
+/// Runs `idgate policy diff --old OLD --new NEW --log LOG`.
+fn diff(old: &Path, new: &Path, log: &Path) -> Output {
+    idgate(&[
+        "policy",
+        "diff",
+        "--old",
+        old.to_str().unwrap(),
+        "--new",
+        new.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn diff_does_not_judge_header_rules_without_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.toml");
+    let new = dir.path().join("new.toml");
+    std::fs::write(
+        &old,
+        format!(
+            "default = \"deny\"\n[[rule]]\nname = \"r1\"\naction = \"allow\"\nfrom = [{FRONTEND:?}]\npaths = [\"/api/*\"]\nheaders = {{ x-scan-status = \"passed\" }}\n\
+             [[rule]]\nname = \"health\"\naction = \"allow\"\nfrom = [\"spiffe://example.org/*\"]\npaths = [\"/health\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &new,
+        format!(
+            "default = \"deny\"\n[[rule]]\nname = \"api\"\naction = \"allow\"\nfrom = [{FRONTEND:?}]\npaths = [\"/api/*\"]\n\
+             [[rule]]\nname = \"health\"\naction = \"allow\"\nfrom = [\"spiffe://example.org/*\"]\npaths = [\"/health\"]\n\
+             [[rule]]\nname = \"scanned\"\naction = \"deny\"\nfrom = [{BATCH:?}]\nheaders = {{ x-scan-status = \"failed\" }}\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("d.log");
+    let lines = [
+        // Allowed by r1 because the header was sent; the log does not say.
+        line(FRONTEND, "GET", "/api/x", "allow", Some("r1")),
+        line(FRONTEND, "GET", "/api/x", "allow", Some("r1")),
+        line(FRONTEND, "GET", "/health", "allow", Some("health")),
+        // r1 cannot match this source: decidable in the old policy; in the new one the
+        // header deny rule could turn its allow into a deny.
+        line(REPORTS, "GET", "/api/x", "deny", None),
+        line(BATCH, "GET", "/health", "allow", Some("health")),
+    ];
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let out = diff(&old, &new, &log);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "undecidable: depends on headers, not in the decision log (not counted as changes)\n  {BATCH}\n    \
+             1x GET /health: allow (rule health) -> allow (rule health) without headers, deny (rule scanned) with that rule's headers\n  {FRONTEND}\n    \
+             2x GET /api/x: deny (default) without headers, allow (rule r1) with that rule's headers -> allow (rule api)\n\
+             2 requests replayed, 0 newly denied, 0 newly allowed, 0 sources affected, 3 undecidable (depend on headers)\n"
+        )
+    );
+}
+
+#[test]
+fn diff_that_replays_nothing_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("old.toml");
+    std::fs::write(&policy, OLD).unwrap();
+    let log = dir.path().join("d.log");
+    let run = |log_text: &str, extra: &[&str]| {
+        std::fs::write(&log, log_text).unwrap();
+        let p = policy.to_str().unwrap();
+        let mut args = vec!["policy", "diff", "--old", p, "--new", p];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--log", log.to_str().unwrap()]);
+        let out = idgate(&args);
+        (out.status.code(), text(&out.stderr))
+    };
+    let inbound = [
+        line(FRONTEND, "GET", "/api/x", "allow", Some("r1")),
+        line(REPORTS, "GET", "/api/x", "deny", None),
+    ]
+    .join("\n")
+        + "\n";
+    let (code, stderr) = run(&inbound, &["--listener", "billing"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = run(&inbound, &["--listener", "bliling"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: no request replayed: 2 decision line(s) read, 2 of other listeners than --listener bliling (listeners in the logs: billing); nothing was compared\n"
+    );
+    let (code, stderr) = run("", &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no request replayed: the logs hold no decision lines"),
+        "{stderr}"
+    );
+    let outbound = line(BATCH, "PUT", "/x", "allow", None).replace("\"inbound\"", "\"outbound\"");
+    let refused = line(FRONTEND, "GET", "/a%2fb", "deny", None);
+    let (code, stderr) = run(&format!("{outbound}\n{refused}\n"), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("skipped: ")
+            && stderr
+                .contains("2 decision line(s) read, 1 outbound (no policy judges them), 1 skipped"),
+        "{stderr}"
     );
 }
 

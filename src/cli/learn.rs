@@ -171,11 +171,12 @@ fn header(args: &LearnArgs, tally: &Tally, learned: usize) -> Vec<String> {
         lines.push(format!("{denied} enforced denial(s) were not learned."));
     }
     lines.push(
-        "Each rule allows only (method, path) pairs observed for its source; numeric,".into(),
+        "Each rule allows only (method, route) pairs observed for its source; numeric,".into(),
     );
     lines.push(
-        "UUID and long hex segments were generalised to /*. Review, then simulate with".into(),
+        "UUID and long hex segments were generalised to /*, a prefix that also allows".into(),
     );
+    lines.push("paths below it never seen. Review, then simulate with".into());
     lines.push("`idgate policy diff --old <policy in force> --new <this file> --log ...`.".into());
     lines
 }

@@ -1,13 +1,14 @@
 //! `idgate validate`: load a config and every policy it names, print a summary, and warn
 //! (exit still 0) about rules that cannot do what they say: expired, shadowed by a deny
-//! rule, or naming a trust domain with no bundle. The analysis is `policy::lint`'s; this
+//! rule, or naming a trust domain with no bundle. A config `run` would refuse (including
+//! identity files that exist but do not load) is an error, exit 2. The analysis is `policy::lint`'s; this
 //! command only finds the trust domains and prints `warning: file:line: rule[i].field: ...`.
 
 use std::path::Path;
 use std::time::SystemTime;
 
 use crate::config::{Config, IdentityConfig, Protocol, SourceFile};
-use crate::identity::files;
+use crate::identity::{files, IdentityError};
 use crate::policy::{lint, LintContext};
 
 /// Runs `validate`; exit 0 valid, 2 invalid.
@@ -16,6 +17,18 @@ pub fn run(path: Option<&Path>) -> u8 {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
+            return 2;
+        }
+    };
+    // The config loader has loaded a files identity already; this reads it again for its
+    // trust domains, and files replaced in between are an error, not a note.
+    let (trust_domains, why) = match trust_domains(&config.identity) {
+        Ok(found) => found,
+        Err(error) => {
+            eprintln!(
+                "error: {}: identity: {error} (the identity files changed while validating)",
+                config.path.display()
+            );
             return 2;
         }
     };
@@ -65,7 +78,6 @@ pub fn run(path: Option<&Path>) -> u8 {
     }
     println!("  admin    {}", config.admin.listen);
     println!("  runtime  {} worker thread(s)", config.runtime.workers);
-    let (trust_domains, why) = trust_domains(&config.identity);
     if let Some(why) = why {
         println!("  note: {why}");
     }
@@ -93,32 +105,28 @@ pub fn run(path: Option<&Path>) -> u8 {
     0
 }
 
-/// The trust domains peers can come from, or why they are not known offline.
-fn trust_domains(identity: &IdentityConfig) -> (Option<Vec<String>>, Option<String>) {
+/// The trust domains peers can come from (`None` with the reason when they are not known
+/// offline); `Err` when the identity files do not load.
+fn trust_domains(
+    identity: &IdentityConfig,
+) -> Result<(Option<Vec<String>>, Option<String>), IdentityError> {
     match identity {
         IdentityConfig::Files {
             cert,
             key,
             bundle,
             federation,
-        } => match files::load(cert, key, bundle, federation) {
-            Ok((_, bundles)) => {
-                let mut domains: Vec<String> =
-                    bundles.trust_domains().into_iter().map(String::from).collect();
-                domains.sort();
-                (Some(domains), None)
-            }
-            Err(error) => (
-                None,
-                Some(format!(
-                    "identity files not loadable ({error}); from patterns not checked against trust bundles"
-                )),
-            ),
-        },
-        IdentityConfig::Spire { .. } => (
+        } => {
+            let (_, bundles) = files::load(cert, key, bundle, federation)?;
+            let mut domains: Vec<String> =
+                bundles.trust_domains().into_iter().map(String::from).collect();
+            domains.sort();
+            Ok((Some(domains), None))
+        }
+        IdentityConfig::Spire { .. } => Ok((
             None,
             Some("identity source is spire: trust bundles come from the agent at run time, so from patterns are not checked against them".into()),
-        ),
+        )),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use super::{
     FileError, IdentityConfig, IdentitySourceKind, Inbound, Outbound, Protocol, SourceFile,
     Upstream,
 };
-use crate::identity::{DEFAULT_EXPIRY_MARGIN, DEFAULT_MAX_BUNDLE_AGE};
+use crate::identity::{files, IdentityError, DEFAULT_EXPIRY_MARGIN, DEFAULT_MAX_BUNDLE_AGE};
 use crate::policy::Policy;
 use crate::spiffe_id::TrustDomain;
 
@@ -129,12 +130,14 @@ pub(super) fn check_identity(
                     Ok((td.clone(), readable_file(source, path, &field)?))
                 })
                 .collect::<Result<_, FileError>>()?;
-            Ok(IdentityConfig::Files {
+            let identity = IdentityConfig::Files {
                 cert: file(&raw.cert, "cert")?,
                 key: file(&raw.key, "key")?,
                 bundle: file(&raw.bundle, "bundle")?,
                 federation,
-            })
+            };
+            files_identity_loads(source, raw, span.clone(), &identity)?;
+            Ok(identity)
         }
         IdentitySourceKind::Spire => {
             for (value, field) in [
@@ -192,6 +195,60 @@ fn check_socket(socket: &str) -> Result<String, String> {
             "expected unix:///path or tcp://ip:port, got {socket:?}"
         )),
     }
+}
+
+/// Loads a `files` identity as `run` does, so files that exist but hold no usable
+/// certificate, key or bundle are refused at the key that names the file at fault.
+fn files_identity_loads(
+    source: &SourceFile,
+    raw: &RawIdentity,
+    table: Range<usize>,
+    identity: &IdentityConfig,
+) -> Result<(), FileError> {
+    let IdentityConfig::Files {
+        cert,
+        key,
+        bundle,
+        federation,
+    } = identity
+    else {
+        return Ok(());
+    };
+    let Err(error) = files::load(cert, key, bundle, federation) else {
+        return Ok(());
+    };
+    let (at_fault, key_error) = match &error {
+        IdentityError::File { path, .. } => (Some(path), false),
+        IdentityError::InFile { path, error } => (
+            Some(path),
+            matches!(
+                **error,
+                IdentityError::BadKey(_) | IdentityError::KeyMismatch
+            ),
+        ),
+        _ => (None, false),
+    };
+    // Where each file is named; the key first for a key error (cert and key may be one file).
+    let (cert_key, key_cert) = ((&raw.cert, "cert"), (&raw.key, "key"));
+    let (first, second) = if key_error {
+        (key_cert, cert_key)
+    } else {
+        (cert_key, key_cert)
+    };
+    let mut keys: Vec<(&Spanned<PathBuf>, String)> = Vec::new();
+    for (value, name) in [first, second, (&raw.bundle, "bundle")] {
+        keys.extend(value.iter().map(|v| (v, format!("identity.{name}"))));
+    }
+    for (td, path) in raw.federation.iter().flat_map(|f| f.get_ref()) {
+        keys.push((path, format!("identity.federation.{td}")));
+    }
+    let named = keys
+        .into_iter()
+        .find(|(value, _)| at_fault.is_some_and(|p| *p == source.resolve(value.get_ref())));
+    Err(match named {
+        Some((value, field)) => source.error_at(value.span(), &field, error.to_string()),
+        None => source.error_at(table, "identity", error.to_string()),
+    })
 }
 
 fn readable_file(

@@ -2,25 +2,35 @@
 //!
 //! Paths are generalised the way a human would: numeric, UUID-like and long hex segments
 //! become `/*` (a prefix, the only wildcard the path language has); literal routes stay
-//! distinct. Rules group the patterns of one source that share exactly the same method
-//! set, so a rule never allows a (method, path) pair that was not observed. It never reads
-//! files: the CLI feeds it flows and writes the text it renders.
+//! distinct. A method goes to `prefix/*` only when it was observed on every route below the
+//! prefix (else those requests keep their exact paths), and rules group the patterns of one
+//! source that share exactly the same method set, so a rule never allows a method on an
+//! observed route it was not observed with. It never reads files: the CLI feeds it flows
+//! and writes the text it renders.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::ops::Bound;
 
 use super::normalize_path;
 use super::path::PathPattern;
+use super::Policy;
+use crate::config::SourceFile;
 use crate::spiffe_id::SpiffeId;
 
 /// Observed flows, accumulated per source, then rendered as a policy file.
 #[derive(Debug, Default)]
 pub struct Learner {
-    /// Source ID -> path pattern -> method -> requests.
-    http: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
+    /// Source ID -> observed (normalised) path -> method -> requests.
+    http: BTreeMap<String, Paths>,
     /// Source ID -> connections (TCP lines: identity only).
     tcp: BTreeMap<String, u64>,
+    /// Methods the policy loader accepted (each is checked once).
+    methods: BTreeSet<String>,
 }
+
+/// Path -> method -> requests (observed paths, or the patterns they became).
+type Paths = BTreeMap<String, BTreeMap<String, u64>>;
 
 /// The rendered policy and what the caller should tell the user.
 #[derive(Debug)]
@@ -36,20 +46,20 @@ pub struct Learned {
 impl Learner {
     /// Records one allowed HTTP request; `Err` says why it cannot be learned.
     pub fn add_http(&mut self, source: &SpiffeId, method: &str, path: &str) -> Result<(), String> {
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!("method {method:?} is not an HTTP method name"));
+        if !self.methods.contains(method) {
+            policy_method(method)?;
+            self.methods.insert(method.to_string());
         }
         if path.contains('*') || normalize_path(path).map_or(true, |n| n != path) {
             return Err(format!(
                 "path {path:?} is not a normalised path without '*'; it cannot be a pattern"
             ));
         }
-        let pattern = path_pattern(path);
         *self
             .http
             .entry(source.as_str().to_string())
             .or_default()
-            .entry(pattern)
+            .entry(path.to_string())
             .or_default()
             .entry(method.to_string())
             .or_default() += 1;
@@ -88,9 +98,14 @@ impl Learner {
             );
             rules += 1;
         }
-        for (source, patterns) in &mut self.http {
-            prune_covered(patterns);
-            let groups = group_by_methods(patterns);
+        for (source, paths) in &self.http {
+            let (patterns, kept_exact) = generalise(paths);
+            for (prefix, count) in kept_exact {
+                notes.push(format!(
+                    "{source}: {count} path(s) below {prefix}* kept exact: the routes below it were not all observed with the same methods"
+                ));
+            }
+            let groups = group_by_methods(&patterns);
             let base = base_name(source);
             let total: u64 = patterns.values().flat_map(|m| m.values()).sum();
             let _ = write!(out, "\n# {source}: {total} request(s)");
@@ -121,6 +136,21 @@ impl Learner {
             notes,
         }
     }
+}
+
+/// Whether a policy may name `method`, as the policy loader itself decides (HTTP token,
+/// case of the standard methods), so a learned policy always loads.
+fn policy_method(method: &str) -> Result<(), String> {
+    let source = SourceFile {
+        path: "<method check>".into(),
+        text: format!(
+            "[[rule]]\nname = \"m\"\naction = \"allow\"\nmethods = [{}]\n",
+            quote(method)
+        ),
+    };
+    Policy::from_source(&source)
+        .map(drop)
+        .map_err(|e| format!("method {method:?}: {}", e.message))
 }
 
 /// The pattern a human would write for an observed (normalised) path: everything from the
@@ -193,35 +223,75 @@ fn unique(taken: &mut BTreeSet<String>, name: String) -> String {
     candidate
 }
 
-/// Removes (pattern, method) pairs that a broader prefix pattern with the same method
-/// already allows, adding their counts to the shortest such prefix (which stays).
-fn prune_covered(patterns: &mut BTreeMap<String, BTreeMap<String, u64>>) {
-    let pairs: Vec<(String, String)> = patterns
-        .iter()
-        .flat_map(|(p, methods)| methods.keys().map(move |m| (p.clone(), m.clone())))
+/// An observed path with each identifier segment replaced by `*`: the route it took.
+fn route(path: &str) -> String {
+    path.split('/')
+        .map(|s| if is_variable(s) { "*" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Turns one source's observed paths into patterns: each (path, method) goes to the
+/// broadest `prefix/*` that its path generalises under and whose every observed route
+/// (distinct [`route`]) was seen with that method; otherwise it keeps its exact path.
+/// Also returns, per prefix, how many observed paths had to stay exact below it.
+fn generalise(paths: &Paths) -> (Paths, BTreeMap<String, usize>) {
+    let prefixes: BTreeSet<String> = paths
+        .keys()
+        .filter_map(|p| path_pattern(p).strip_suffix('*').map(str::to_string))
         .collect();
-    for (key, method) in pairs {
-        let body = key.strip_suffix('*').unwrap_or(&key);
-        let cover = patterns
-            .iter()
-            .filter_map(|(p, methods)| Some((p.strip_suffix('*')?, methods)))
-            .filter(|(prefix, methods)| {
-                body.starts_with(prefix) && *prefix != body && methods.contains_key(&method)
-            })
-            .map(|(prefix, _)| format!("{prefix}*"))
-            .min_by_key(String::len);
-        let Some(cover) = cover else {
-            continue;
-        };
-        let moved = patterns
-            .get_mut(&key)
-            .and_then(|m| m.remove(&method))
-            .unwrap_or(0);
-        if let Some(count) = patterns.get_mut(&cover).and_then(|m| m.get_mut(&method)) {
-            *count += moved;
+    // Prefix -> the methods observed on every route below it.
+    let common: BTreeMap<&str, BTreeSet<&str>> = prefixes
+        .iter()
+        .map(|prefix| {
+            let mut routes: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+            for (path, methods) in
+                paths.range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+            {
+                if !path.starts_with(prefix.as_str()) {
+                    break;
+                }
+                routes
+                    .entry(route(path))
+                    .or_default()
+                    .extend(methods.keys().map(String::as_str));
+            }
+            let mut sets = routes.into_values();
+            let first = sets.next().unwrap_or_default();
+            let common = sets.fold(first, |acc, set| &acc & &set);
+            (prefix.as_str(), common)
+        })
+        .collect();
+    let mut patterns = Paths::new();
+    let mut kept_exact: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for (path, methods) in paths {
+        for (method, count) in methods {
+            let cover = common
+                .iter()
+                .filter(|(prefix, ok)| path.starts_with(*prefix) && ok.contains(method.as_str()))
+                .map(|(prefix, _)| *prefix)
+                .min_by_key(|prefix| prefix.len());
+            let pattern = match cover {
+                Some(prefix) => format!("{prefix}*"),
+                None => {
+                    if let Some(own) = path_pattern(path).strip_suffix('*') {
+                        kept_exact.entry(own.to_string()).or_default().insert(path);
+                    }
+                    path.clone()
+                }
+            };
+            *patterns
+                .entry(pattern)
+                .or_default()
+                .entry(method.clone())
+                .or_default() += count;
         }
     }
-    patterns.retain(|_, methods| !methods.is_empty());
+    let kept_exact = kept_exact
+        .into_iter()
+        .map(|(p, set)| (p, set.len()))
+        .collect();
+    (patterns, kept_exact)
 }
 
 /// Method set -> (pattern, requests), each pattern observed with exactly those methods.
@@ -249,6 +319,7 @@ fn quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Request, Verdict};
     use super::*;
 
     #[test]
@@ -333,24 +404,96 @@ mod tests {
             "{text}"
         );
         assert_eq!(learned.rules, 3, "{text}");
-        assert!(text.contains("name = \"x-a-delete-get\"\naction = \"allow\"\nfrom = [\"spiffe://e.org/ns/x/sa/a\"]\nmethods = [\"DELETE\", \"GET\"]\npaths = [\n  \"/c/*\",  # 4 request(s)\n]\n"), "{text}");
-        assert!(text.contains("name = \"x-a-get\"\naction = \"allow\"\nfrom = [\"spiffe://e.org/ns/x/sa/a\"]\nmethods = [\"GET\"]\npaths = [\n  \"/a\",  # 1 request(s)\n]\n"), "{text}");
+        // DELETE was seen on /c/*/more only, so it does not go to /c/* (that would allow
+        // DELETE /c/1); GET was seen on both routes below /c/.
+        assert!(text.contains("name = \"x-a-delete\"\naction = \"allow\"\nfrom = [\"spiffe://e.org/ns/x/sa/a\"]\nmethods = [\"DELETE\"]\npaths = [\n  \"/c/3/more\",  # 1 request(s)\n]\n"), "{text}");
+        assert!(text.contains("name = \"x-a-get\"\naction = \"allow\"\nfrom = [\"spiffe://e.org/ns/x/sa/a\"]\nmethods = [\"GET\"]\npaths = [\n  \"/a\",  # 1 request(s)\n  \"/c/*\",  # 3 request(s)\n]\n"), "{text}");
         assert!(text.contains("name = \"x-a-post\""), "{text}");
+        assert_eq!(
+            learned.notes,
+            ["spiffe://e.org/ns/x/sa/a: 1 path(s) below /c/* kept exact: the routes below it were not all observed with the same methods"]
+        );
+    }
+
+    /// The learned policy, compiled, judges `(method, path)` for source `a`.
+    fn allows(learned: &Learned, a: &SpiffeId, method: &str, path: &str) -> bool {
+        let source = SourceFile {
+            path: "learned.toml".into(),
+            text: learned.text.clone(),
+        };
+        let policy = Policy::from_source(&source).unwrap();
+        let headers = http::HeaderMap::new();
+        let request = Request {
+            source: a,
+            method,
+            path,
+            headers: &headers,
+        };
+        policy.evaluate_enforced(&request).verdict == Verdict::Allow
     }
 
     #[test]
-    fn prunes_patterns_a_broader_prefix_allows() {
-        let mut patterns: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    fn methods_of_one_route_do_not_spread_to_its_siblings() {
+        let mut learner = Learner::default();
+        let a = id("spiffe://e.org/ns/x/sa/a");
+        learner.add_http(&a, "GET", "/users/42/profile").unwrap();
+        learner
+            .add_http(&a, "DELETE", "/users/42/sessions")
+            .unwrap();
+        learner.add_http(&a, "GET", "/api/invoices/42").unwrap();
+        learner.add_http(&a, "DELETE", "/api/invoices/7").unwrap();
+        learner.add_http(&a, "GET", "/api/invoices/7").unwrap();
+        learner
+            .add_http(&a, "POST", "/api/invoices/summary")
+            .unwrap();
+        let learned = learner.render(&[]);
+        let seen = [
+            ("GET", "/users/42/profile"),
+            ("DELETE", "/users/42/sessions"),
+            ("GET", "/api/invoices/42"),
+            ("DELETE", "/api/invoices/7"),
+            ("GET", "/api/invoices/7"),
+            ("POST", "/api/invoices/summary"),
+        ];
+        for (method, path) in seen {
+            assert!(
+                allows(&learned, &a, method, path),
+                "{method} {path}\n{}",
+                learned.text
+            );
+        }
+        let unseen = [
+            ("DELETE", "/users/42/profile"),
+            ("GET", "/users/42/sessions"),
+            ("GET", "/api/invoices/summary"),
+            ("POST", "/api/invoices/42"),
+            ("DELETE", "/api/invoices/summary"),
+        ];
+        for (method, path) in unseen {
+            assert!(
+                !allows(&learned, &a, method, path),
+                "{method} {path}\n{}",
+                learned.text
+            );
+        }
+    }
+
+    #[test]
+    fn a_prefix_takes_the_methods_every_route_below_it_has() {
+        let mut paths = Paths::new();
         let mut add = |p: &str, m: &str, n: u64| {
-            patterns.entry(p.into()).or_default().insert(m.into(), n);
+            paths.entry(p.into()).or_default().insert(m.into(), n);
         };
-        add("/a/*", "POST", 1);
-        add("/a/b/*", "GET", 2);
+        add("/a", "GET", 6);
+        add("/a/1", "GET", 1);
+        add("/a/1", "POST", 1);
+        add("/a/2", "POST", 2);
+        add("/a/b/3", "GET", 2);
+        add("/a/b/3", "POST", 5);
         add("/a/b/c", "GET", 3);
         add("/a/b/c", "PUT", 4);
-        add("/a/b/d/*", "GET", 5);
-        add("/a", "GET", 6);
-        prune_covered(&mut patterns);
+        add("/a/b/4/d", "GET", 5);
+        let (patterns, kept_exact) = generalise(&paths);
         let flat: Vec<(String, Vec<(String, u64)>)> = patterns
             .into_iter()
             .map(|(p, m)| (p, m.into_iter().collect()))
@@ -363,15 +506,40 @@ mod tests {
                     .collect::<Vec<_>>(),
             )
         };
+        // Below /a/ the routes are /a/*, /a/b/*, /a/b/c and /a/b/*/d: each has GET (the
+        // route /a/* through /a/1), not POST or PUT; below /a/b/ likewise. So only GET
+        // goes to a prefix, the broadest one.
         assert_eq!(
             flat,
             vec![
                 want("/a", &[("GET", 6)]),
-                want("/a/*", &[("POST", 1)]),
-                want("/a/b/*", &[("GET", 10)]),
+                want("/a/*", &[("GET", 11)]),
+                want("/a/1", &[("POST", 1)]),
+                want("/a/2", &[("POST", 2)]),
+                want("/a/b/3", &[("POST", 5)]),
                 want("/a/b/c", &[("PUT", 4)]),
             ]
         );
+        let kept: Vec<(String, usize)> = kept_exact.into_iter().collect();
+        assert_eq!(kept, [("/a/".to_string(), 2), ("/a/b/".to_string(), 1)]);
+    }
+
+    #[test]
+    fn skips_methods_a_policy_cannot_name() {
+        let mut learner = Learner::default();
+        let a = id("spiffe://e.org/a");
+        let err = learner.add_http(&a, "GE{T", "/x").unwrap_err();
+        assert_eq!(err, "method \"GE{T\": \"GE{T\" is not an HTTP method name");
+        let err = learner.add_http(&a, "get", "/x").unwrap_err();
+        assert!(err.contains("case-sensitive"), "{err}");
+        assert!(learner.add_http(&a, "", "/x").is_err());
+        assert!(learner.add_http(&a, "G\u{7f}T", "/x").is_err());
+        learner.add_http(&a, "PURGE", "/x").unwrap();
+        learner.add_http(&a, "GET", "/x").unwrap();
+        let learned = learner.render(&[]);
+        assert!(allows(&learned, &a, "PURGE", "/x"), "{}", learned.text);
+        assert!(allows(&learned, &a, "GET", "/x"), "{}", learned.text);
+        assert!(!learned.text.contains("GE{T"), "{}", learned.text);
     }
 
     #[test]
