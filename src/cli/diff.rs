@@ -9,12 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
-use serde::Deserialize;
+use http::HeaderMap;
 
 use super::check::judge;
 use super::decision_log::read_all;
-use crate::config::SourceFile;
 use crate::policy::{Decision, Policy, Request, Verdict};
 use crate::spiffe_id::SpiffeId;
 
@@ -182,43 +180,10 @@ enum Replayed {
     DependsOnHeaders { base: Decision, other: Decision },
 }
 
-/// The `headers` of each `[[rule]]`, read beside the policy (other keys are ignored:
-/// `Policy` has validated them).
-#[derive(Deserialize)]
-struct RuleHeaders {
-    #[serde(default, rename = "rule")]
-    rules: Vec<HeaderCondition>,
-}
-
-/// One rule's `headers` table.
-#[derive(Deserialize)]
-struct HeaderCondition {
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-}
-
 impl Replayer {
     fn load(path: &Path) -> Result<Self, String> {
-        let source = SourceFile::read(path).map_err(|e| e.to_string())?;
-        let policy = Policy::from_source(&source).map_err(|e| e.to_string())?;
-        let raw: RuleHeaders = source.parse().map_err(|e| e.to_string())?;
-        let mut header_sets = Vec::new();
-        for rule in raw.rules.iter().filter(|r| !r.headers.is_empty()) {
-            let mut map = HeaderMap::new();
-            for (name, value) in &rule.headers {
-                let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(value),
-                ) else {
-                    return Err(format!(
-                        "{}: internal error: header {name:?} does not parse after the policy loaded",
-                        path.display()
-                    ));
-                };
-                map.append(name, value);
-            }
-            header_sets.push(map);
-        }
+        let policy = Policy::load(path).map_err(|e| e.to_string())?;
+        let header_sets = policy.header_conditions().collect();
         Ok(Self {
             policy,
             header_sets,

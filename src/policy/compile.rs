@@ -155,7 +155,9 @@ fn compile_rule(source: &SourceFile, field: &str, r: &RawRule) -> Result<Rule, F
 }
 
 /// A method name as written (`http::Method` keeps standard and short names inline).
-fn parse_method(method: &str) -> Result<Method, String> {
+/// A rule's method as the policy file may write it: an RFC 9110 token, the standard
+/// methods in upper case.
+pub(super) fn parse_method(method: &str) -> Result<Method, String> {
     const KNOWN: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
     ];

@@ -12,10 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::ops::Bound;
 
+use super::compile::parse_method;
 use super::normalize_path;
 use super::path::PathPattern;
-use super::Policy;
-use crate::config::SourceFile;
 use crate::spiffe_id::SpiffeId;
 
 /// Observed flows, accumulated per source, then rendered as a policy file.
@@ -25,8 +24,6 @@ pub struct Learner {
     http: BTreeMap<String, Paths>,
     /// Source ID -> connections (TCP lines: identity only).
     tcp: BTreeMap<String, u64>,
-    /// Methods the policy loader accepted (each is checked once).
-    methods: BTreeSet<String>,
 }
 
 /// Path -> method -> requests (observed paths, or the patterns they became).
@@ -46,10 +43,8 @@ pub struct Learned {
 impl Learner {
     /// Records one allowed HTTP request; `Err` says why it cannot be learned.
     pub fn add_http(&mut self, source: &SpiffeId, method: &str, path: &str) -> Result<(), String> {
-        if !self.methods.contains(method) {
-            policy_method(method)?;
-            self.methods.insert(method.to_string());
-        }
+        // As the policy loader itself judges a rule's method, so a learned policy loads.
+        parse_method(method).map_err(|e| format!("method {method:?}: {e}"))?;
         if path.contains('*') || normalize_path(path).map_or(true, |n| n != path) {
             return Err(format!(
                 "path {path:?} is not a normalised path without '*'; it cannot be a pattern"
@@ -136,21 +131,6 @@ impl Learner {
             notes,
         }
     }
-}
-
-/// Whether a policy may name `method`, as the policy loader itself decides (HTTP token,
-/// case of the standard methods), so a learned policy always loads.
-fn policy_method(method: &str) -> Result<(), String> {
-    let source = SourceFile {
-        path: "<method check>".into(),
-        text: format!(
-            "[[rule]]\nname = \"m\"\naction = \"allow\"\nmethods = [{}]\n",
-            quote(method)
-        ),
-    };
-    Policy::from_source(&source)
-        .map(drop)
-        .map_err(|e| format!("method {method:?}: {}", e.message))
 }
 
 /// The pattern a human would write for an observed (normalised) path: everything from the
@@ -319,8 +299,9 @@ fn quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Request, Verdict};
+    use super::super::{Policy, Request, Verdict};
     use super::*;
+    use crate::config::SourceFile;
 
     #[test]
     fn variable_segments() {

@@ -184,6 +184,17 @@ impl Policy {
         self.compiled.rules.iter().map(|r| &*r.name)
     }
 
+    /// The `headers` condition of each rule that has one, in file order, as the header
+    /// map that meets exactly that condition (for replaying logs, which hold no headers).
+    pub fn header_conditions(&self) -> impl Iterator<Item = http::HeaderMap> + '_ {
+        let with_headers = self
+            .compiled
+            .rules
+            .iter()
+            .filter(|r| !r.headers().is_empty());
+        with_headers.map(|r| r.headers().iter().cloned().collect())
+    }
+
     /// Whether `source` may still get any request through (for ending long-lived
     /// connections after a reload; not for judging requests).
     pub fn admits(&self, source: &SpiffeId) -> bool {
