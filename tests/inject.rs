@@ -391,3 +391,51 @@ fn compose_mesh_configs_validate() {
         );
     }
 }
+
+/// GitHub's anchor for a Markdown heading: lower case, spaces to '-', punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim_start_matches('#')
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn deployment_files_point_only_at_docs_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = read(&root.join("README.md"));
+    let anchors: Vec<String> = readme
+        .lines()
+        .filter(|l| l.starts_with('#') && l.contains("# "))
+        .map(anchor)
+        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("docker/k8s"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.push(root.join("config/systemd/idgate.service"));
+    for file in files {
+        let text = read(&file);
+        let name = file.display();
+        for word in text.split(|c: char| c.is_whitespace() || "()`,;".contains(c)) {
+            let word = word.trim_end_matches(['.', ':']);
+            if let Some(fragment) = word.strip_prefix("README.md#") {
+                assert!(
+                    anchors.iter().any(|a| a == fragment),
+                    "{name}: README.md has no section #{fragment}"
+                );
+            } else if word.contains("docs/") || word.ends_with(".md") {
+                let path = word.rsplit("file://").next().unwrap_or(word);
+                let local = root.join(path.trim_start_matches("/usr/share/doc/idgate/"));
+                assert!(local.exists(), "{name}: {word} does not exist");
+            }
+        }
+    }
+}
