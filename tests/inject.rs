@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/k8s");
 const KINDS: &[&str] = &[
@@ -246,11 +246,12 @@ fn serving_cert(dir: &Path) -> (PathBuf, PathBuf, CertificateDer<'static>) {
     (cert, key, der)
 }
 
-async fn post_review(
+/// Posts `body` to `/mutate`; returns the status and the body.
+async fn post_mutate(
     addr: std::net::SocketAddr,
     ca: CertificateDer<'static>,
     body: String,
-) -> Value {
+) -> (http::StatusCode, Bytes) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(idgate::tls::provider())
@@ -273,9 +274,115 @@ async fn post_review(
         .body(Full::new(Bytes::from(body)))
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let status = response.status();
+    (status, response.into_body().collect().await.unwrap().to_bytes())
+}
+
+async fn post_review(
+    addr: std::net::SocketAddr,
+    ca: CertificateDer<'static>,
+    body: String,
+) -> Value {
+    let (status, bytes) = post_mutate(addr, ca, body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
     serde_json::from_slice(&bytes).unwrap()
+}
+
+/// An AdmissionReview of a pod without idgate annotations whose JSON is about `size` bytes
+/// (one app container with many env variables, the usual way pods get big).
+fn big_unannotated_review(size: usize) -> String {
+    let entry = |i: usize| json!({"name": format!("VAR_{i}"), "value": "x".repeat(100)});
+    let count = size / entry(0).to_string().len();
+    let env: Vec<Value> = (0..count).map(entry).collect();
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "big", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "big", "namespace": "shop", "annotations": {"team": "shop"}},
+                "spec": {"containers": [{"name": "app", "image": "app:1", "env": env,
+                    "ports": [{"containerPort": 8080}]}]}
+            }
+        }
+    })
+    .to_string()
+}
+
+/// `VmHWM` (peak resident memory) of process `pid`, in bytes.
+fn peak_rss(pid: u32) -> usize {
+    let status = read(Path::new(&format!("/proc/{pid}/status")));
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Kills the child on drop, so a failed assertion leaves no webhook running.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A big review of a pod that does not ask for injection is answered (allowed, no patch)
+/// by the real `idgate webhook` without its memory growing by many times the body: the
+/// annotations are read before anything is converted. The API server's largest request
+/// fits under the body limit; a bigger body is refused.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn webhook_big_unannotated_review_costs_little_and_oversize_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = serving_cert(dir.path());
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(["webhook", "--listen", &addr.to_string(), "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let child = Child(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "webhook did not listen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Warm up (TLS, HTTP, first allocations), then measure the big review alone.
+    let small = big_unannotated_review(10_000);
+    post_review(addr, ca.clone(), small).await;
+    let before = peak_rss(child.0.id());
+
+    let body = big_unannotated_review(3 << 20);
+    assert!(body.len() <= idgate::k8s::server::MAX_BODY, "{}", body.len());
+    let answer = post_review(addr, ca.clone(), body.clone()).await;
+    assert_eq!(answer["response"], json!({"uid": "big", "allowed": true}));
+    let grown = peak_rss(child.0.id()).saturating_sub(before);
+    // Parsing the JSON costs about 8 times its size (24 MB here); converting the whole
+    // object to YAML and back and diffing it, as before, cost about 20 times (62 MB).
+    assert!(
+        grown < 12 * body.len(),
+        "peak RSS grew by {} MB for a {} MB review",
+        grown >> 20,
+        body.len() >> 20
+    );
+
+    let oversize = big_unannotated_review(4 << 20);
+    assert!(oversize.len() > idgate::k8s::server::MAX_BODY);
+    let (status, _) = post_mutate(addr, ca, oversize).await;
+    assert!(
+        status == 400 || status == 413,
+        "a body over the limit gets {status}"
+    );
+    drop(child);
 }
 
 #[tokio::test]

@@ -27,17 +27,11 @@ pub fn inject_object(object: &mut Value) -> Result<(), InjectError> {
 /// Injects into `object` treating it as a `kind` (the webhook knows the kind from the
 /// request even when the object omits it).
 pub fn inject_kind(kind: &str, object: &mut Value) -> Result<(), InjectError> {
-    let template_path: &[&str] = match kind {
-        "Pod" => &[],
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "Job"
-        | "ReplicationController" => &["spec", "template"],
-        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
-        k if k.ends_with("List") => return inject_items(object),
-        _ => return Ok(()),
+    if kind.ends_with("List") {
+        return inject_items(object);
+    }
+    let Some(template_path) = template_path(kind) else {
+        return Ok(());
     };
     let mut template = Some(object);
     for key in template_path {
@@ -46,6 +40,22 @@ pub fn inject_kind(kind: &str, object: &mut Value) -> Result<(), InjectError> {
     match template {
         Some(template) => inject_template(template, &template_path.join(".")),
         None => Ok(()),
+    }
+}
+
+/// Where an object of `kind` keeps its pod template (empty for a Pod, which is one);
+/// `None` for kinds without one (`*List`s hold objects, see [`inject_kind`]).
+pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "Pod" => Some(&[]),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => Some(&["spec", "template"]),
+        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
+        _ => None,
     }
 }
 
@@ -75,21 +85,40 @@ pub fn describe(object: &Value) -> String {
     }
 }
 
+/// The only keys of a pod spec that injection changes (the webhook converts and patches
+/// just these).
+pub const SPEC_KEYS: [&str; 3] = ["containers", "initContainers", "volumes"];
+
 /// A pod (or pod template): `metadata.annotations` decide, `spec` is changed.
 fn inject_template(template: &mut Value, at: &str) -> Result<(), InjectError> {
     let annotations = annotations(template);
     if !wants_injection(&annotations) {
         return Ok(());
     }
-    let field = |name: &str| match at {
-        "" => name.to_string(),
-        _ => format!("{at}.{name}"),
-    };
     let spec = template
         .get_mut("spec")
         .and_then(Value::as_mapping_mut)
-        .ok_or_else(|| shape(&field("spec"), "missing or not a mapping"))?;
-    let settings = Settings::from_annotations(&annotations, first_container_port(spec))?;
+        .ok_or_else(|| shape(&field(at, "spec"), "missing or not a mapping"))?;
+    inject_spec(&annotations, spec, at)
+}
+
+/// `at.name`, or `name` at the top.
+fn field(at: &str, name: &str) -> String {
+    match at {
+        "" => name.to_string(),
+        _ => format!("{at}.{name}"),
+    }
+}
+
+/// Adds the sidecar to the spec of a pod template at `at` whose `annotations` ask for it.
+/// Changes only the [`SPEC_KEYS`] of `spec`, nothing else.
+pub fn inject_spec(
+    annotations: &BTreeMap<String, String>,
+    spec: &mut Mapping,
+    at: &str,
+) -> Result<(), InjectError> {
+    let field = |name: &str| field(at, name);
+    let settings = Settings::from_annotations(annotations, first_container_port(spec))?;
 
     let containers = seq_mut(spec, "containers", &field("spec.containers"))?;
     containers.retain(|c| name_of(c) != Some(CONTAINER));
