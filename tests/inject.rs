@@ -191,6 +191,71 @@ fn bad_annotations_are_refused_with_the_object_named() {
     );
 }
 
+/// Runs `idgate inject` on `stdin`, expecting it to refuse: returns stderr.
+fn inject_refused(stdin: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(["inject", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(stdin.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty());
+    stderr
+}
+
+#[test]
+fn a_users_container_or_volume_named_like_the_sidecars_is_refused_not_replaced() {
+    let pod = read(&fixture("pod.yaml"));
+    let app = "    - name: app\n";
+    for (added, clash) in [
+        ("    - name: idgate\n      image: mine:1\n", "spec.containers[0]"),
+        (
+            "  initContainers:\n    - name: idgate\n      image: mine:1\n",
+            "spec.initContainers[0]",
+        ),
+        (
+            "  volumes:\n    - name: idgate-spiffe\n      emptyDir: {}\n",
+            "spec.volumes[0]",
+        ),
+        (
+            "  volumes:\n    - name: idgate-policy\n      emptyDir: {}\n",
+            "spec.volumes[0]",
+        ),
+    ] {
+        let input = match added.starts_with("    -") {
+            true => pod.replacen(app, &format!("{added}{app}"), 1),
+            false => format!("{pod}{added}"),
+        };
+        assert_ne!(input, pod);
+        let stderr = inject_refused(&input);
+        assert!(
+            stderr.contains("Pod shop/billing")
+                && stderr.contains(clash)
+                && stderr.contains("idgate.io/inject")
+                && stderr.contains("rename"),
+            "{clash}: {stderr}"
+        );
+    }
+    // A sidecar idgate injected earlier (it carries IDGATE_CONFIG_TOML) is replaced, even
+    // from `containers`, where it sat before idgate used native sidecars.
+    let once: Value = serde_yaml_ng::from_str(&inject_file("pod")).unwrap();
+    let mut legacy = once.clone();
+    let sidecar = legacy["spec"]["initContainers"][0].clone();
+    legacy["spec"]["initContainers"] = json!([]);
+    legacy["spec"]["containers"].as_array_mut().unwrap().push(sidecar);
+    let again: Value =
+        serde_yaml_ng::from_str(&inject(&[], &serde_yaml_ng::to_string(&legacy).unwrap()))
+            .unwrap();
+    assert_eq!(again, once);
+}
+
 /// Validates files with the real Kubernetes schemas; fails (never skips) without the
 /// validator: CI installs it with `tests/k8s/validate.sh --install`.
 fn validate(files: &[PathBuf]) {

@@ -11,8 +11,11 @@ use serde_yaml_ng::Value;
 use super::settings::{Protocol, Settings, SocketSource};
 use super::InjectError;
 
-/// The sidecar container's name (and how an earlier injection is recognised).
+/// The sidecar container's name.
 pub const CONTAINER: &str = "idgate";
+/// The env variable carrying the sidecar's config. A container named [`CONTAINER`] with
+/// it is one idgate injected earlier (see [`is_injected`]); without it, it is the user's.
+pub const CONFIG_ENV: &str = "IDGATE_CONFIG_TOML";
 /// Volume holding the SPIRE agent's Workload API socket.
 pub const SOCKET_VOLUME: &str = "idgate-spiffe";
 /// Volume holding the policy ConfigMap.
@@ -166,7 +169,7 @@ pub fn container(s: &Settings) -> Result<Value, InjectError> {
         args: vec!["run"],
         restart_policy: "Always",
         env: vec![EnvVar {
-            name: "IDGATE_CONFIG_TOML",
+            name: CONFIG_ENV,
             value: config_toml(s),
         }],
         ports,
@@ -183,6 +186,19 @@ pub fn container(s: &Settings) -> Result<Value, InjectError> {
         volume_mounts,
     };
     serde_yaml_ng::to_value(c).map_err(|e| InjectError::Render(e.to_string()))
+}
+
+/// Whether `container` is a sidecar idgate injected: it sets the [`CONFIG_ENV`] variable,
+/// which only idgate's own config loader reads. Only such a container is replaced (and
+/// only then are the `idgate-*` volumes taken to be idgate's).
+pub fn is_injected(container: &Value) -> bool {
+    container
+        .get("env")
+        .and_then(Value::as_sequence)
+        .is_some_and(|env| {
+            env.iter()
+                .any(|e| e.get("name").and_then(Value::as_str) == Some(CONFIG_ENV))
+        })
 }
 
 /// The pod volumes the sidecar mounts, by name.

@@ -215,6 +215,21 @@ mod tests {
     }
 
     #[test]
+    fn a_users_container_named_idgate_is_refused() {
+        let pod = json!({
+            "metadata": {"annotations": {"idgate.io/inject": "true"}},
+            "spec": {"containers": [
+                {"name": "app", "ports": [{"containerPort": 8080}]},
+                {"name": "idgate", "image": "mine:1"}
+            ]}
+        });
+        let answer = review(&request(pod)).unwrap();
+        assert_eq!(answer["response"]["allowed"], json!(false));
+        let message = answer["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains("spec.containers[1]"), "{message}");
+    }
+
+    #[test]
     fn malformed_reviews_are_errors() {
         assert!(review(b"{").is_err());
         assert!(

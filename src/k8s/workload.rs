@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use serde_yaml_ng::{Mapping, Value};
 
-use super::settings::{wants_injection, Settings};
-use super::sidecar::{self, CONTAINER, POLICY_VOLUME};
+use super::settings::{wants_injection, Settings, INJECT};
+use super::sidecar::{self, CONTAINER, POLICY_VOLUME, SOCKET_VOLUME};
 use super::InjectError;
 
 /// Injects the sidecar into every annotated pod template of `object`, whatever its kind
@@ -120,6 +120,37 @@ pub fn inject_spec(
     let field = |name: &str| field(at, name);
     let settings = Settings::from_annotations(annotations, first_container_port(spec))?;
 
+    let mut injected_before = false;
+    for key in ["containers", "initContainers"] {
+        let list = seq_mut(spec, key, &field(&format!("spec.{key}")))?;
+        for (i, c) in list.iter().enumerate() {
+            if name_of(c) != Some(CONTAINER) {
+                continue;
+            }
+            if !sidecar::is_injected(c) {
+                return Err(clash(format!(
+                    "{}[{i}] is named {CONTAINER:?}, the name of idgate's sidecar, but idgate did not add it (it has no {} env variable): rename it",
+                    field(&format!("spec.{key}")),
+                    sidecar::CONFIG_ENV
+                )));
+            }
+            injected_before = true;
+        }
+    }
+    let volumes = seq_mut(spec, "volumes", &field("spec.volumes"))?;
+    if !injected_before {
+        if let Some((i, name)) = volumes.iter().enumerate().find_map(|(i, v)| {
+            name_of(v)
+                .filter(|n| [SOCKET_VOLUME, POLICY_VOLUME].contains(n))
+                .map(|n| (i, n))
+        }) {
+            return Err(clash(format!(
+                "{}[{i}] is named {name:?}, a volume name idgate's sidecar needs, but the pod has no sidecar injected by idgate: rename the volume",
+                field("spec.volumes")
+            )));
+        }
+    }
+
     let containers = seq_mut(spec, "containers", &field("spec.containers"))?;
     containers.retain(|c| name_of(c) != Some(CONTAINER));
 
@@ -187,6 +218,14 @@ fn seq_mut<'a>(
     }
     slot.as_sequence_mut()
         .ok_or_else(|| shape(field, "not a list"))
+}
+
+/// A user's container or volume has a name the sidecar needs.
+fn clash(message: String) -> InjectError {
+    InjectError::Annotation {
+        annotation: INJECT.to_string(),
+        message,
+    }
 }
 
 fn shape(field: &str, message: &str) -> InjectError {
