@@ -256,6 +256,44 @@ fn a_users_container_or_volume_named_like_the_sidecars_is_refused_not_replaced()
     assert_eq!(again, once);
 }
 
+#[test]
+fn sidecar_ports_a_container_declares_are_refused() {
+    let pod = read(&fixture("pod.yaml"));
+    let ports = "      ports:\n        - containerPort: 8080\n";
+    let with_ports = |extra: &[u16]| {
+        let more: String = extra
+            .iter()
+            .map(|p| format!("        - containerPort: {p}\n"))
+            .collect();
+        pod.replacen(ports, &format!("{ports}{more}"), 1)
+    };
+    // App ports [8080, 8443, 15000]: the default inbound port, then the admin port.
+    let stderr = inject_refused(&with_ports(&[8443, 15000]));
+    assert!(stderr.contains("idgate.io/inbound-port: port 8443"), "{stderr}");
+    let input = with_ports(&[8443, 15000]).replace(
+        "    idgate.io/inject: \"true\"\n",
+        "    idgate.io/inject: \"true\"\n    idgate.io/inbound-port: \"9443\"\n",
+    );
+    let stderr = inject_refused(&input);
+    assert!(stderr.contains("idgate.io/admin-port: port 15000"), "{stderr}");
+    // Upstream 8080 while the app also declares 8443.
+    let stderr = inject_refused(&with_ports(&[8443]));
+    assert!(stderr.contains("idgate.io/inbound-port: port 8443"), "{stderr}");
+    // Another container (an init container too) holding an outbound local port.
+    let input = format!(
+        "{}  initContainers:\n    - name: warm\n      image: w:1\n      ports:\n        - containerPort: 15001\n",
+        pod.replace(
+            "    idgate.io/inject: \"true\"\n",
+            "    idgate.io/inject: \"true\"\n    idgate.io/outbound: \"15001=a:8443@spiffe://example.org/a\"\n",
+        )
+    );
+    let stderr = inject_refused(&input);
+    assert!(
+        stderr.contains("idgate.io/outbound: port 15001") && stderr.contains("\"warm\""),
+        "{stderr}"
+    );
+}
+
 /// Validates files with the real Kubernetes schemas; fails (never skips) without the
 /// validator: CI installs it with `tests/k8s/validate.sh --install`.
 fn validate(files: &[PathBuf]) {

@@ -119,6 +119,7 @@ pub fn inject_spec(
 ) -> Result<(), InjectError> {
     let field = |name: &str| field(at, name);
     let settings = Settings::from_annotations(annotations, first_container_port(spec))?;
+    settings.check_declared_ports(&declared_ports(spec))?;
 
     let mut injected_before = false;
     for key in ["containers", "initContainers"] {
@@ -198,6 +199,27 @@ fn first_container_port(spec: &Mapping) -> Option<u16> {
         .get("containerPort")?
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
+}
+
+/// Every `containerPort` of the pod's containers and init containers, with the container's
+/// name (idgate's own sidecar left out).
+fn declared_ports(spec: &Mapping) -> Vec<(String, u16)> {
+    let containers = ["containers", "initContainers"]
+        .into_iter()
+        .filter_map(|key| spec.get(key)?.as_sequence())
+        .flatten()
+        .filter(|c| !(name_of(c) == Some(CONTAINER) && sidecar::is_injected(c)));
+    let mut declared = Vec::new();
+    for c in containers {
+        let ports = c.get("ports").and_then(Value::as_sequence);
+        for port in ports.into_iter().flatten() {
+            let port = port.get("containerPort").and_then(Value::as_u64);
+            if let Some(port) = port.and_then(|p| u16::try_from(p).ok()) {
+                declared.push((name_of(c).unwrap_or("").to_string(), port));
+            }
+        }
+    }
+    declared
 }
 
 fn name_of(item: &Value) -> Option<&str> {
