@@ -191,6 +191,53 @@ fn bad_annotations_are_refused_with_the_object_named() {
     );
 }
 
+#[test]
+fn directives_stay_with_their_document_and_merge_keys_are_resolved() {
+    let pod = read(&fixture("pod.yaml"));
+    let injected = inject_file("pod");
+    let input = format!("%YAML 1.1\n---\n{pod}");
+    assert_eq!(inject(&[], &input), format!("%YAML 1.1\n---\n{injected}"));
+    let input = format!("{pod}...\n%YAML 1.1\n--- # second\n{pod}");
+    let out = inject(&[], &input);
+    assert_eq!(out.matches("- name: idgate\n").count(), 2, "{out}");
+    assert!(out.contains("...\n%YAML 1.1\n--- # second\n"), "{out}");
+    assert_eq!(inject(&[], &out), out);
+
+    // Annotations (and a whole spec) brought in by `<<:` merge keys are seen.
+    let list = "apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: Pod
+    metadata:
+      name: a
+      annotations: &idgate
+        idgate.io/inject: \"true\"
+    spec: &spec
+      containers:
+        - name: app
+          image: app:1
+          ports:
+            - containerPort: 8080
+  - apiVersion: v1
+    kind: Pod
+    metadata:
+      name: b
+      annotations:
+        <<: *idgate
+        team: shop
+    spec:
+      <<: *spec
+";
+    let out: Value = serde_yaml_ng::from_str(&inject(&[], list)).unwrap();
+    for item in out["items"].as_array().unwrap() {
+        let spec = &item["spec"];
+        assert_eq!(spec["initContainers"][0]["name"], "idgate", "{item}");
+        assert_eq!(spec["containers"][0]["name"], "app", "{item}");
+    }
+    assert_eq!(out["items"][1]["metadata"]["annotations"]["team"], "shop");
+}
+
 /// Runs `idgate inject` on `stdin`, expecting it to refuse: returns stderr.
 fn inject_refused(stdin: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_idgate"))
