@@ -238,6 +238,81 @@ items:
     assert_eq!(out["items"][1]["metadata"]["annotations"]["team"], "shop");
 }
 
+/// A pod whose values mean different things in YAML 1.1 (kubectl) and YAML 1.2.
+const YAML_1_1_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: app
+  annotations:
+    idgate.io/inject: \"true\"
+spec:
+  containers:
+    - name: app
+      image: app:1
+      ports:
+        - containerPort: 8080
+      env:
+        - {name: A, value: \"on\"}
+        - {name: B, value: \"0644\"}
+        - {name: C, value: \"1:20\"}
+        - {name: D, value: \"y\"}
+        - {name: E, value: \".nan\"}
+        - {name: F, value: \"2001-12-14\"}
+        - {name: G, value: '1_000'}
+  volumes:
+    - name: config
+      configMap: {name: app, defaultMode: 0644}
+";
+
+#[test]
+fn inject_output_means_the_same_to_kubectl_yaml_1_1() {
+    let out = inject(&[], YAML_1_1_POD);
+    for (name, value) in [
+        ("A", "on"),
+        ("B", "0644"),
+        ("C", "1:20"),
+        ("D", "y"),
+        ("E", ".nan"),
+        ("F", "2001-12-14"),
+        ("G", "1_000"),
+    ] {
+        let quoted = [format!("value: \"{value}\""), format!("value: '{value}'")];
+        let line = format!("name: {name}\n");
+        let at = out.find(&line).unwrap_or_else(|| panic!("{name}: {out}"));
+        let next = out[at + line.len()..].lines().next().unwrap().trim();
+        assert!(quoted.iter().any(|q| q == next), "{name}: {next}");
+    }
+    // defaultMode 0644 is octal to kubectl: 420.
+    assert!(out.contains("defaultMode: 420\n"), "{out}");
+    assert_eq!(inject(&[], &out), out);
+
+    // Cross-check with a real YAML 1.1 reader when one is installed.
+    let script = "import sys, json, yaml; \
+        d = yaml.safe_load(sys.stdin); c = d['spec']['containers'][0]; \
+        print(json.dumps([{e['name']: e['value'] for e in c['env']}, d['spec']['volumes'][0]]))";
+    let Ok(mut child) = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        return eprintln!("SKIPPED the PyYAML cross-check: python3 is not installed");
+    };
+    child.stdin.take().unwrap().write_all(out.as_bytes()).unwrap();
+    let result = child.wait_with_output().unwrap();
+    if String::from_utf8_lossy(&result.stderr).contains("No module named 'yaml'") {
+        return eprintln!("SKIPPED the PyYAML cross-check: python3 has no yaml module");
+    }
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let read: Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(
+        read[0],
+        json!({"A": "on", "B": "0644", "C": "1:20", "D": "y", "E": ".nan", "F": "2001-12-14", "G": "1_000"})
+    );
+    assert_eq!(read[1]["configMap"]["defaultMode"], 420);
+}
+
 /// Runs `idgate inject` on `stdin`, expecting it to refuse: returns stderr.
 fn inject_refused(stdin: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_idgate"))

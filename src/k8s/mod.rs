@@ -12,11 +12,11 @@ pub mod settings;
 pub mod sidecar;
 pub mod webhook;
 mod workload;
+mod yaml11;
 
 pub use settings::{Settings, SocketSource, DEFAULT_IMAGE};
 pub use workload::{inject_kind, inject_object};
 
-use serde_yaml_ng::Value;
 
 /// Why a manifest or a pod could not be injected.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,8 @@ pub enum InjectError {
 }
 
 /// Injects the sidecar into every annotated pod of a (multi-document) YAML stream.
-/// Documents that do not change are returned exactly as written.
+/// Documents that do not change are returned exactly as written; changed ones are read and
+/// written as kubectl reads YAML (1.1, see [`yaml11`]), so they mean the same to it.
 pub fn inject_yaml(text: &str) -> Result<String, InjectError> {
     let mut out = String::with_capacity(text.len() * 2);
     for (i, doc) in documents::split(text).iter().enumerate() {
@@ -67,7 +68,8 @@ pub fn inject_yaml(text: &str) -> Result<String, InjectError> {
             index: i + 1,
             message: e.to_string(),
         };
-        let mut original: Value = serde_yaml_ng::from_str(&doc.source()).map_err(yaml_error)?;
+        let source = doc.source();
+        let mut original = yaml11::from_str(&source).map_err(yaml_error)?;
         // `<<:` merge keys (YAML 1.1, which kubectl reads) resolved before annotations
         // are read; a rewritten document comes out with them merged.
         original.apply_merge().map_err(yaml_error)?;
@@ -84,7 +86,7 @@ pub fn inject_yaml(text: &str) -> Result<String, InjectError> {
         }
         out.push_str(leading_comments(doc.body));
         let yaml =
-            serde_yaml_ng::to_string(&injected).map_err(|e| InjectError::Render(e.to_string()))?;
+            yaml11::to_string(&injected, &source).map_err(|e| InjectError::Render(e.to_string()))?;
         out.push_str(&yaml);
         out.push_str(document_end(doc.body));
     }
