@@ -461,6 +461,44 @@ fn webhook_manifests_validate_against_kubernetes_schemas() {
     validate(&files);
 }
 
+/// Every object of every YAML file in docker/k8s/.
+fn deployment_objects() -> Vec<Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/k8s");
+    let mut objects = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = read(&entry.unwrap().path());
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let object: Value = serde::Deserialize::deserialize(doc).unwrap();
+            objects.push(object);
+        }
+    }
+    objects
+}
+
+#[test]
+fn a_network_policy_lets_only_the_webhook_port_in_and_nothing_out() {
+    let objects = deployment_objects();
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "idgate-webhook")
+        .unwrap();
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let port = &container["ports"][0]["containerPort"];
+    let policy = objects
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy")
+        .expect("docker/k8s has a NetworkPolicy for the webhook");
+    assert_eq!(policy["metadata"]["namespace"], deployment["metadata"]["namespace"]);
+    let spec = &policy["spec"];
+    for (key, value) in spec["podSelector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&labels[key], value, "podSelector must select the webhook pods");
+    }
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(spec["ingress"], json!([{"ports": [{"protocol": "TCP", "port": port}]}]));
+    assert_eq!(spec["egress"], json!([]));
+}
+
 /// A self-signed serving certificate for `localhost`, written to `dir`.
 fn serving_cert(dir: &Path) -> (PathBuf, PathBuf, CertificateDer<'static>) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
