@@ -299,12 +299,21 @@ fn inject_output_means_the_same_to_kubectl_yaml_1_1() {
     else {
         return eprintln!("SKIPPED the PyYAML cross-check: python3 is not installed");
     };
-    child.stdin.take().unwrap().write_all(out.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(out.as_bytes())
+        .unwrap();
     let result = child.wait_with_output().unwrap();
     if String::from_utf8_lossy(&result.stderr).contains("No module named 'yaml'") {
         return eprintln!("SKIPPED the PyYAML cross-check: python3 has no yaml module");
     }
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let read: Value = serde_json::from_slice(&result.stdout).unwrap();
     assert_eq!(
         read[0],
@@ -337,7 +346,10 @@ fn a_users_container_or_volume_named_like_the_sidecars_is_refused_not_replaced()
     let pod = read(&fixture("pod.yaml"));
     let app = "    - name: app\n";
     for (added, clash) in [
-        ("    - name: idgate\n      image: mine:1\n", "spec.containers[0]"),
+        (
+            "    - name: idgate\n      image: mine:1\n",
+            "spec.containers[0]",
+        ),
         (
             "  initContainers:\n    - name: idgate\n      image: mine:1\n",
             "spec.initContainers[0]",
@@ -371,10 +383,12 @@ fn a_users_container_or_volume_named_like_the_sidecars_is_refused_not_replaced()
     let mut legacy = once.clone();
     let sidecar = legacy["spec"]["initContainers"][0].clone();
     legacy["spec"]["initContainers"] = json!([]);
-    legacy["spec"]["containers"].as_array_mut().unwrap().push(sidecar);
+    legacy["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(sidecar);
     let again: Value =
-        serde_yaml_ng::from_str(&inject(&[], &serde_yaml_ng::to_string(&legacy).unwrap()))
-            .unwrap();
+        serde_yaml_ng::from_str(&inject(&[], &serde_yaml_ng::to_string(&legacy).unwrap())).unwrap();
     assert_eq!(again, once);
 }
 
@@ -391,16 +405,25 @@ fn sidecar_ports_a_container_declares_are_refused() {
     };
     // App ports [8080, 8443, 15000]: the default inbound port, then the admin port.
     let stderr = inject_refused(&with_ports(&[8443, 15000]));
-    assert!(stderr.contains("idgate.io/inbound-port: port 8443"), "{stderr}");
+    assert!(
+        stderr.contains("idgate.io/inbound-port: port 8443"),
+        "{stderr}"
+    );
     let input = with_ports(&[8443, 15000]).replace(
         "    idgate.io/inject: \"true\"\n",
         "    idgate.io/inject: \"true\"\n    idgate.io/inbound-port: \"9443\"\n",
     );
     let stderr = inject_refused(&input);
-    assert!(stderr.contains("idgate.io/admin-port: port 15000"), "{stderr}");
+    assert!(
+        stderr.contains("idgate.io/admin-port: port 15000"),
+        "{stderr}"
+    );
     // Upstream 8080 while the app also declares 8443.
     let stderr = inject_refused(&with_ports(&[8443]));
-    assert!(stderr.contains("idgate.io/inbound-port: port 8443"), "{stderr}");
+    assert!(
+        stderr.contains("idgate.io/inbound-port: port 8443"),
+        "{stderr}"
+    );
     // Another container (an init container too) holding an outbound local port.
     let input = format!(
         "{}  initContainers:\n    - name: warm\n      image: w:1\n      ports:\n        - containerPort: 15001\n",
@@ -489,13 +512,22 @@ fn a_network_policy_lets_only_the_webhook_port_in_and_nothing_out() {
         .iter()
         .find(|o| o["kind"] == "NetworkPolicy")
         .expect("docker/k8s has a NetworkPolicy for the webhook");
-    assert_eq!(policy["metadata"]["namespace"], deployment["metadata"]["namespace"]);
+    assert_eq!(
+        policy["metadata"]["namespace"],
+        deployment["metadata"]["namespace"]
+    );
     let spec = &policy["spec"];
     for (key, value) in spec["podSelector"]["matchLabels"].as_object().unwrap() {
-        assert_eq!(&labels[key], value, "podSelector must select the webhook pods");
+        assert_eq!(
+            &labels[key], value,
+            "podSelector must select the webhook pods"
+        );
     }
     assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
-    assert_eq!(spec["ingress"], json!([{"ports": [{"protocol": "TCP", "port": port}]}]));
+    assert_eq!(
+        spec["ingress"],
+        json!([{"ports": [{"protocol": "TCP", "port": port}]}])
+    );
     assert_eq!(spec["egress"], json!([]));
 }
 
@@ -538,7 +570,10 @@ async fn post_mutate(
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status();
-    (status, response.into_body().collect().await.unwrap().to_bytes())
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
 }
 
 async fn post_review(
@@ -616,7 +651,10 @@ async fn webhook_big_unannotated_review_costs_little_and_oversize_is_refused() {
     let child = Child(child);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "webhook did not listen");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook did not listen"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     // Warm up (TLS, HTTP, first allocations), then measure the big review alone.
@@ -625,7 +663,11 @@ async fn webhook_big_unannotated_review_costs_little_and_oversize_is_refused() {
     let before = peak_rss(child.0.id());
 
     let body = big_unannotated_review(3 << 20);
-    assert!(body.len() <= idgate::k8s::server::MAX_BODY, "{}", body.len());
+    assert!(
+        body.len() <= idgate::k8s::server::MAX_BODY,
+        "{}",
+        body.len()
+    );
     let answer = post_review(addr, ca.clone(), body.clone()).await;
     assert_eq!(answer["response"], json!({"uid": "big", "allowed": true}));
     let grown = peak_rss(child.0.id()).saturating_sub(before);

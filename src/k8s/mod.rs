@@ -17,7 +17,6 @@ mod yaml11;
 pub use settings::{Settings, SocketSource, DEFAULT_IMAGE};
 pub use workload::{inject_kind, inject_object};
 
-
 /// Why a manifest or a pod could not be injected.
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
@@ -60,7 +59,7 @@ pub enum InjectError {
 
 /// Injects the sidecar into every annotated pod of a (multi-document) YAML stream.
 /// Documents that do not change are returned exactly as written; changed ones are read and
-/// written as kubectl reads YAML (1.1, see [`yaml11`]), so they mean the same to it.
+/// written as kubectl reads YAML (1.1, see the `yaml11` module), so they mean the same to it.
 pub fn inject_yaml(text: &str) -> Result<String, InjectError> {
     let mut out = String::with_capacity(text.len() * 2);
     for (i, doc) in documents::split(text).iter().enumerate() {
@@ -85,8 +84,8 @@ pub fn inject_yaml(text: &str) -> Result<String, InjectError> {
             continue;
         }
         out.push_str(leading_comments(doc.body));
-        let yaml =
-            yaml11::to_string(&injected, &source).map_err(|e| InjectError::Render(e.to_string()))?;
+        let yaml = yaml11::to_string(&injected, &source)
+            .map_err(|e| InjectError::Render(e.to_string()))?;
         out.push_str(&yaml);
         out.push_str(document_end(doc.body));
     }

@@ -284,7 +284,9 @@ mod tests {
         let id = "spiffe://example.org/x";
         let outbounds = [
             None,
-            Some(format!("15001=a:1@{id}, 15002=a:2@{id}, 15003=a-15001:1@{id}")),
+            Some(format!(
+                "15001=a:1@{id}, 15002=a:2@{id}, 15003=a-15001:1@{id}"
+            )),
             Some(format!("15001=a:1@{id}, 15002=a:1@{id}")),
             Some(format!("15001=a-1:1@{id}, 1=a:1@{id}, 15002=a.b:1@{id}")),
             Some(format!("8443=billing:8443@{id}")),
@@ -305,9 +307,8 @@ mod tests {
                                     (ADMIN_PORT, admin),
                                     (SPIFFE_ID, spiffe_id),
                                 ];
-                                pairs.extend(
-                                    optional.iter().filter_map(|(k, v)| Some((*k, (*v)?))),
-                                );
+                                pairs
+                                    .extend(optional.iter().filter_map(|(k, v)| Some((*k, (*v)?))));
                                 tried += 1;
                                 let Ok(s) = settings(&pairs) else { continue };
                                 accepted += 1;

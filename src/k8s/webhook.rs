@@ -4,7 +4,7 @@
 //! Annotations are read straight from the parsed JSON, so a pod that does not ask for
 //! injection (nearly every pod the API server sends) is answered without converting or
 //! copying any of it. For one that asks, only the spec lists injection changes go through
-//! [`super::workload::inject_spec`], the code `idgate inject` runs, so applying the patch
+//! `workload::inject_spec`, the code `idgate inject` runs, so applying the patch
 //! gives exactly what `idgate inject` writes. Pure functions only: sockets and TLS live in
 //! [`super::server`].
 
@@ -115,7 +115,10 @@ fn collect(
         .get("spec")
         .and_then(Value::as_object)
         .ok_or_else(|| InjectError::Shape {
-            field: [dotted.as_str(), "spec"].join(".").trim_start_matches('.').into(),
+            field: [dotted.as_str(), "spec"]
+                .join(".")
+                .trim_start_matches('.')
+                .into(),
             message: "missing or not a mapping".into(),
         })?;
     let render = |e: &dyn std::fmt::Display| InjectError::Render(e.to_string());

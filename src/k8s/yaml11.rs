@@ -16,9 +16,9 @@ use serde_yaml_ng::{Mapping, Number, Value};
 /// Plain scalars YAML 1.1 gives a non-string meaning that are not numeric-looking.
 pub const AMBIGUOUS: &[&str] = &[
     "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
-    "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "~", "null", "Null", "NULL", "",
-    "<<", "=", ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF",
-    ".nan", ".NaN", ".NAN",
+    "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "~", "null", "Null", "NULL", "", "<<",
+    "=", ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF", ".nan",
+    ".NaN", ".NAN",
 ];
 
 /// The bools go-yaml v2 reads that YAML 1.2 does not (true/false forms it shares).
@@ -219,7 +219,11 @@ pub fn to_string(value: &Value, source: &str) -> Result<String, serde_yaml_ng::E
 
 /// `value` with each string serde_yaml_ng would leave plain but YAML 1.1 misreads replaced
 /// by `{prefix}{index}z` (index into `quoted`).
-fn mark(value: &Value, prefix: &str, quoted: &mut Vec<String>) -> Result<Value, serde_yaml_ng::Error> {
+fn mark(
+    value: &Value,
+    prefix: &str,
+    quoted: &mut Vec<String>,
+) -> Result<Value, serde_yaml_ng::Error> {
     Ok(match value {
         Value::String(s) if is_ambiguous(s) && written_plain(s)? => {
             quoted.push(s.clone());
@@ -294,12 +298,43 @@ mod tests {
     /// timestamp, merge or value key to PyYAML (checked with PyYAML 6), or, for `y` and `n`,
     /// a bool to go-yaml v2 (kubectl).
     const QUOTED: &[&str] = &[
-        "on", "Off", "y", "n", "yes", "NO", "~", "null", "", "0644", "0x1F", "0b101", "1_000",
-        "1:20", "190:20:30.15", ".inf", "-.INF", ".NaN", "1.5", "6.8523015e+5", "2001-12-14",
-        "2001-12-14t21:59:43.10-05:00", "<<", "=", "+12", "-7",
+        "on",
+        "Off",
+        "y",
+        "n",
+        "yes",
+        "NO",
+        "~",
+        "null",
+        "",
+        "0644",
+        "0x1F",
+        "0b101",
+        "1_000",
+        "1:20",
+        "190:20:30.15",
+        ".inf",
+        "-.INF",
+        ".NaN",
+        "1.5",
+        "6.8523015e+5",
+        "2001-12-14",
+        "2001-12-14t21:59:43.10-05:00",
+        "<<",
+        "=",
+        "+12",
+        "-7",
     ];
     /// Strings written plain: strings to every YAML 1.1 reader.
-    const PLAIN: &[&str] = &["onion", "10m", "32Mi", "app", "Always", "yes-please", "x1:20"];
+    const PLAIN: &[&str] = &[
+        "onion",
+        "10m",
+        "32Mi",
+        "app",
+        "Always",
+        "yes-please",
+        "x1:20",
+    ];
 
     #[test]
     fn strings_a_yaml_1_1_reader_would_misread_are_quoted() {
