@@ -12,11 +12,10 @@ pub mod settings;
 pub mod sidecar;
 pub mod webhook;
 mod workload;
+mod yaml11;
 
 pub use settings::{Settings, SocketSource, DEFAULT_IMAGE};
 pub use workload::{inject_kind, inject_object};
-
-use serde_yaml_ng::Value;
 
 /// Why a manifest or a pod could not be injected.
 #[derive(Debug, thiserror::Error)]
@@ -59,30 +58,58 @@ pub enum InjectError {
 }
 
 /// Injects the sidecar into every annotated pod of a (multi-document) YAML stream.
-/// Documents that do not change are returned exactly as written.
+/// Documents that do not change are returned exactly as written; changed ones are read and
+/// written as kubectl reads YAML (1.1, see the `yaml11` module), so they mean the same to it.
 pub fn inject_yaml(text: &str) -> Result<String, InjectError> {
     let mut out = String::with_capacity(text.len() * 2);
     for (i, doc) in documents::split(text).iter().enumerate() {
-        let original: Value = serde_yaml_ng::from_str(doc.body).map_err(|e| InjectError::Yaml {
+        let yaml_error = |e: serde_yaml_ng::Error| InjectError::Yaml {
             index: i + 1,
             message: e.to_string(),
-        })?;
+        };
+        let source = doc.source();
+        let mut original = yaml11::from_str(&source).map_err(yaml_error)?;
+        // `<<:` merge keys (YAML 1.1, which kubectl reads) resolved before annotations
+        // are read; a rewritten document comes out with them merged.
+        original.apply_merge().map_err(yaml_error)?;
         let mut injected = original.clone();
         inject_object(&mut injected).map_err(|e| InjectError::Object {
             object: format!("document {} ({})", i + 1, workload::describe(&original)),
             source: Box::new(e),
         })?;
+        out.push_str(doc.directives);
         out.push_str(doc.separator);
         if injected == original {
             out.push_str(doc.body);
             continue;
         }
         out.push_str(leading_comments(doc.body));
-        let yaml =
-            serde_yaml_ng::to_string(&injected).map_err(|e| InjectError::Render(e.to_string()))?;
+        let yaml = yaml11::to_string(&injected, &source)
+            .map_err(|e| InjectError::Render(e.to_string()))?;
         out.push_str(&yaml);
+        out.push_str(document_end(doc.body));
     }
     Ok(out)
+}
+
+/// A closing `...` line and what follows it (comments, blank lines), kept when the rest
+/// is rewritten: the next document's directives need it.
+fn document_end(body: &str) -> &str {
+    let mut start = body.len();
+    for line in body.split_inclusive('\n').rev() {
+        start -= line.len();
+        let blank_or_comment = |t: &str| t.is_empty() || t.starts_with('#');
+        if line
+            .strip_prefix("...")
+            .is_some_and(|rest| blank_or_comment(rest.trim()))
+        {
+            return &body[start..];
+        }
+        if !blank_or_comment(line.trim()) {
+            break;
+        }
+    }
+    ""
 }
 
 /// The comment and blank lines heading a document (kept when the rest is rewritten).

@@ -28,8 +28,13 @@ use crate::endpoint::{Endpoint, HEAD_TIMEOUT};
 
 /// How often the certificate files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
-/// Largest review body accepted (the API server caps objects at about 3 MiB).
-pub const MAX_BODY: usize = 8 << 20;
+/// Largest review body accepted: 3.5 MiB. The API server refuses request bodies over
+/// 3 MiB (its `MaxRequestBodyBytes`) and etcd stores objects up to 1.5 MiB, so a review
+/// (that object as JSON plus a small envelope; for pods made by controllers, JSON of a
+/// protobuf-sent object, somewhat larger) fits with room to spare. Anything bigger is not
+/// from the API server, and parsing it (about 10 times its size in memory) could push the
+/// webhook past its 128Mi limit.
+pub const MAX_BODY: usize = 7 << 19;
 /// Connections the webhook serves at once (the API servers' reviews in flight).
 const MAX_CONNECTIONS: usize = 128;
 

@@ -202,6 +202,27 @@ impl Settings {
         }
         Ok(())
     }
+
+    /// Refuses a sidecar port that a container of the pod declares as a `containerPort`
+    /// (`declared`: container name and port): containers share the pod's network, so idgate
+    /// and that container would both bind it. The upstream is exempt: it is the app's port.
+    pub fn check_declared_ports(&self, declared: &[(String, u16)]) -> Result<(), InjectError> {
+        let mut ours = Vec::new();
+        if self.upstream_port.is_some() {
+            ours.push((INBOUND_PORT, self.inbound_port));
+        }
+        ours.push((ADMIN_PORT, self.admin_port));
+        ours.extend(self.outbound.iter().map(|o| (OUTBOUND, o.local_port)));
+        for (key, port) in ours {
+            if let Some((container, _)) = declared.iter().find(|(_, p)| *p == port) {
+                return Err(bad(
+                    key,
+                    format!("port {port} is a containerPort of container {container:?}, and idgate would listen on it too: set {key} to a port no container uses"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn bad(annotation: &str, message: impl Into<String>) -> InjectError {
@@ -310,6 +331,24 @@ mod tests {
             s.socket,
             SocketSource::HostPath("/run/spire/agent-sockets".into())
         );
+    }
+
+    #[test]
+    fn ports_declared_by_containers_are_refused() {
+        let declared = |ports: &[u16]| -> Vec<(String, u16)> {
+            ports.iter().map(|p| ("app".to_string(), *p)).collect()
+        };
+        let s = settings(&[(OUTBOUND, "15001=a:1@spiffe://example.org/a")]).unwrap();
+        assert!(s.check_declared_ports(&declared(&[8080, 9090])).is_ok());
+        for (ports, key, port) in [
+            (&[8080, 8443, 15000][..], INBOUND_PORT, "8443"),
+            (&[8080, 15000], ADMIN_PORT, "15000"),
+            (&[8080, 15001], OUTBOUND, "15001"),
+        ] {
+            let error = s.check_declared_ports(&declared(ports)).unwrap_err();
+            let error = error.to_string();
+            assert!(error.contains(key) && error.contains(port), "{error}");
+        }
     }
 
     #[test]

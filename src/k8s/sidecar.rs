@@ -11,8 +11,11 @@ use serde_yaml_ng::Value;
 use super::settings::{Protocol, Settings, SocketSource};
 use super::InjectError;
 
-/// The sidecar container's name (and how an earlier injection is recognised).
+/// The sidecar container's name.
 pub const CONTAINER: &str = "idgate";
+/// The env variable carrying the sidecar's config. A container named [`CONTAINER`] with
+/// it is one idgate injected earlier (see [`is_injected`]); without it, it is the user's.
+pub const CONFIG_ENV: &str = "IDGATE_CONFIG_TOML";
 /// Volume holding the SPIRE agent's Workload API socket.
 pub const SOCKET_VOLUME: &str = "idgate-spiffe";
 /// Volume holding the policy ConfigMap.
@@ -49,12 +52,9 @@ pub fn config_toml(s: &Settings) -> String {
         out += &format!("policy = {}\n", q(&format!("{POLICY_DIR}/policy.toml")));
     }
     for o in &s.outbound {
-        // Unique listener names: the host, plus the local port when a host repeats.
-        let repeated = s.outbound.iter().filter(|x| x.host == o.host).count() > 1;
-        let name = match repeated {
-            true => format!("to-{}-{}", o.host, o.local_port),
-            false => format!("to-{}", o.host),
-        };
+        // Unique by construction: local ports are unique (Settings checks), and the text
+        // after the last '-' is the port, which no host can change.
+        let name = format!("to-{}-{}", o.host, o.local_port);
         out += "\n[[outbound]]\n";
         out += &format!("name = {}\n", q(&name));
         out += &format!("listen = \"127.0.0.1:{}\"\n", o.local_port);
@@ -166,7 +166,7 @@ pub fn container(s: &Settings) -> Result<Value, InjectError> {
         args: vec!["run"],
         restart_policy: "Always",
         env: vec![EnvVar {
-            name: "IDGATE_CONFIG_TOML",
+            name: CONFIG_ENV,
             value: config_toml(s),
         }],
         ports,
@@ -183,6 +183,19 @@ pub fn container(s: &Settings) -> Result<Value, InjectError> {
         volume_mounts,
     };
     serde_yaml_ng::to_value(c).map_err(|e| InjectError::Render(e.to_string()))
+}
+
+/// Whether `container` is a sidecar idgate injected: it sets the [`CONFIG_ENV`] variable,
+/// which only idgate's own config loader reads. Only such a container is replaced (and
+/// only then are the `idgate-*` volumes taken to be idgate's).
+pub fn is_injected(container: &Value) -> bool {
+    container
+        .get("env")
+        .and_then(Value::as_sequence)
+        .is_some_and(|env| {
+            env.iter()
+                .any(|e| e.get("name").and_then(Value::as_str) == Some(CONFIG_ENV))
+        })
 }
 
 /// The pod volumes the sidecar mounts, by name.
@@ -216,37 +229,98 @@ fn yaml(text: &str) -> Result<Value, InjectError> {
 mod tests {
     use std::collections::BTreeMap;
 
+    use super::super::settings::{
+        ADMIN_PORT, INBOUND_PORT, OUTBOUND, PROTOCOL, SPIFFE_ID, UPSTREAM_PORT, WORKERS,
+    };
     use super::*;
     use crate::config::{Config, SourceFile};
 
-    #[test]
-    fn rendered_config_loads_as_a_real_config() {
-        let annotations: BTreeMap<String, String> = [
-            (
-                super::super::settings::OUTBOUND,
-                "15001=billing.shop.svc:8443@spiffe://example.org/ns/shop/sa/billing",
-            ),
-            (super::super::settings::WORKERS, "2"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let s = Settings::from_annotations(&annotations, Some(8080)).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let policy = dir.path().join("policy.toml");
+    /// Loads `config_toml(s)` with idgate's own config loader (the policy path pointed at
+    /// a real file in `dir`).
+    fn load(s: &Settings, dir: &std::path::Path) -> Result<Config, String> {
+        let policy = dir.join("policy.toml");
         std::fs::write(&policy, "default = \"deny\"\n").unwrap();
-        let text = config_toml(&s).replace(
+        let text = config_toml(s).replace(
             &format!("{POLICY_DIR}/policy.toml"),
             &policy.display().to_string(),
         );
-        let config = Config::from_source(&SourceFile {
+        Config::from_source(&SourceFile {
             path: "$IDGATE_CONFIG_TOML".into(),
             text,
         })
+        .map_err(|e| e.to_string())
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, InjectError> {
+        let annotations: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_annotations(&annotations, Some(8080))
+    }
+
+    #[test]
+    fn rendered_config_loads_as_a_real_config() {
+        let s = settings(&[
+            (
+                OUTBOUND,
+                "15001=billing.shop.svc:8443@spiffe://example.org/ns/shop/sa/billing",
+            ),
+            (WORKERS, "2"),
+        ])
         .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = load(&s, dir.path()).unwrap();
         assert_eq!(config.inbound.len(), 1);
         assert_eq!(config.outbound.len(), 1);
         assert_eq!(config.admin.listen.port(), 15000);
         assert_eq!(config.runtime.workers.get(), 2);
+    }
+
+    /// Every combination of these annotation values that `Settings` accepts renders a
+    /// config idgate loads: what injection promised, the sidecar can start with.
+    #[test]
+    fn every_accepted_annotation_set_loads() {
+        let id = "spiffe://example.org/x";
+        let outbounds = [
+            None,
+            Some(format!(
+                "15001=a:1@{id}, 15002=a:2@{id}, 15003=a-15001:1@{id}"
+            )),
+            Some(format!("15001=a:1@{id}, 15002=a:1@{id}")),
+            Some(format!("15001=a-1:1@{id}, 1=a:1@{id}, 15002=a.b:1@{id}")),
+            Some(format!("8443=billing:8443@{id}")),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let (mut accepted, mut tried) = (0, 0);
+        for outbound in &outbounds {
+            for upstream in [None, Some("8080"), Some("15002")] {
+                for inbound in [None, Some("9443"), Some("15001")] {
+                    for protocol in ["http", "tcp"] {
+                        for admin in [None, Some("15003")] {
+                            for spiffe_id in [None, Some(id)] {
+                                let mut pairs = vec![(PROTOCOL, protocol)];
+                                let optional = [
+                                    (OUTBOUND, outbound.as_deref()),
+                                    (UPSTREAM_PORT, upstream),
+                                    (INBOUND_PORT, inbound),
+                                    (ADMIN_PORT, admin),
+                                    (SPIFFE_ID, spiffe_id),
+                                ];
+                                pairs
+                                    .extend(optional.iter().filter_map(|(k, v)| Some((*k, (*v)?))));
+                                tried += 1;
+                                let Ok(s) = settings(&pairs) else { continue };
+                                accepted += 1;
+                                if let Err(error) = load(&s, dir.path()) {
+                                    panic!("{pairs:?} was accepted but its config fails: {error}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(accepted > tried / 4, "{accepted} of {tried} accepted");
     }
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use serde_yaml_ng::{Mapping, Value};
 
-use super::settings::{wants_injection, Settings};
-use super::sidecar::{self, CONTAINER, POLICY_VOLUME};
+use super::settings::{wants_injection, Settings, INJECT};
+use super::sidecar::{self, CONTAINER, POLICY_VOLUME, SOCKET_VOLUME};
 use super::InjectError;
 
 /// Injects the sidecar into every annotated pod template of `object`, whatever its kind
@@ -27,17 +27,11 @@ pub fn inject_object(object: &mut Value) -> Result<(), InjectError> {
 /// Injects into `object` treating it as a `kind` (the webhook knows the kind from the
 /// request even when the object omits it).
 pub fn inject_kind(kind: &str, object: &mut Value) -> Result<(), InjectError> {
-    let template_path: &[&str] = match kind {
-        "Pod" => &[],
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "Job"
-        | "ReplicationController" => &["spec", "template"],
-        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
-        k if k.ends_with("List") => return inject_items(object),
-        _ => return Ok(()),
+    if kind.ends_with("List") {
+        return inject_items(object);
+    }
+    let Some(template_path) = template_path(kind) else {
+        return Ok(());
     };
     let mut template = Some(object);
     for key in template_path {
@@ -46,6 +40,22 @@ pub fn inject_kind(kind: &str, object: &mut Value) -> Result<(), InjectError> {
     match template {
         Some(template) => inject_template(template, &template_path.join(".")),
         None => Ok(()),
+    }
+}
+
+/// Where an object of `kind` keeps its pod template (empty for a Pod, which is one);
+/// `None` for kinds without one (`*List`s hold objects, see [`inject_kind`]).
+pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "Pod" => Some(&[]),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => Some(&["spec", "template"]),
+        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
+        _ => None,
     }
 }
 
@@ -75,21 +85,72 @@ pub fn describe(object: &Value) -> String {
     }
 }
 
+/// The only keys of a pod spec that injection changes (the webhook converts and patches
+/// just these).
+pub const SPEC_KEYS: [&str; 3] = ["containers", "initContainers", "volumes"];
+
 /// A pod (or pod template): `metadata.annotations` decide, `spec` is changed.
 fn inject_template(template: &mut Value, at: &str) -> Result<(), InjectError> {
     let annotations = annotations(template);
     if !wants_injection(&annotations) {
         return Ok(());
     }
-    let field = |name: &str| match at {
-        "" => name.to_string(),
-        _ => format!("{at}.{name}"),
-    };
     let spec = template
         .get_mut("spec")
         .and_then(Value::as_mapping_mut)
-        .ok_or_else(|| shape(&field("spec"), "missing or not a mapping"))?;
-    let settings = Settings::from_annotations(&annotations, first_container_port(spec))?;
+        .ok_or_else(|| shape(&field(at, "spec"), "missing or not a mapping"))?;
+    inject_spec(&annotations, spec, at)
+}
+
+/// `at.name`, or `name` at the top.
+fn field(at: &str, name: &str) -> String {
+    match at {
+        "" => name.to_string(),
+        _ => format!("{at}.{name}"),
+    }
+}
+
+/// Adds the sidecar to the spec of a pod template at `at` whose `annotations` ask for it.
+/// Changes only the [`SPEC_KEYS`] of `spec`, nothing else.
+pub fn inject_spec(
+    annotations: &BTreeMap<String, String>,
+    spec: &mut Mapping,
+    at: &str,
+) -> Result<(), InjectError> {
+    let field = |name: &str| field(at, name);
+    let settings = Settings::from_annotations(annotations, first_container_port(spec))?;
+    settings.check_declared_ports(&declared_ports(spec))?;
+
+    let mut injected_before = false;
+    for key in ["containers", "initContainers"] {
+        let list = seq_mut(spec, key, &field(&format!("spec.{key}")))?;
+        for (i, c) in list.iter().enumerate() {
+            if name_of(c) != Some(CONTAINER) {
+                continue;
+            }
+            if !sidecar::is_injected(c) {
+                return Err(clash(format!(
+                    "{}[{i}] is named {CONTAINER:?}, the name of idgate's sidecar, but idgate did not add it (it has no {} env variable): rename it",
+                    field(&format!("spec.{key}")),
+                    sidecar::CONFIG_ENV
+                )));
+            }
+            injected_before = true;
+        }
+    }
+    let volumes = seq_mut(spec, "volumes", &field("spec.volumes"))?;
+    if !injected_before {
+        if let Some((i, name)) = volumes.iter().enumerate().find_map(|(i, v)| {
+            name_of(v)
+                .filter(|n| [SOCKET_VOLUME, POLICY_VOLUME].contains(n))
+                .map(|n| (i, n))
+        }) {
+            return Err(clash(format!(
+                "{}[{i}] is named {name:?}, a volume name idgate's sidecar needs, but the pod has no sidecar injected by idgate: rename the volume",
+                field("spec.volumes")
+            )));
+        }
+    }
 
     let containers = seq_mut(spec, "containers", &field("spec.containers"))?;
     containers.retain(|c| name_of(c) != Some(CONTAINER));
@@ -140,6 +201,27 @@ fn first_container_port(spec: &Mapping) -> Option<u16> {
         .and_then(|p| u16::try_from(p).ok())
 }
 
+/// Every `containerPort` of the pod's containers and init containers, with the container's
+/// name (idgate's own sidecar left out).
+fn declared_ports(spec: &Mapping) -> Vec<(String, u16)> {
+    let containers = ["containers", "initContainers"]
+        .into_iter()
+        .filter_map(|key| spec.get(key)?.as_sequence())
+        .flatten()
+        .filter(|c| !(name_of(c) == Some(CONTAINER) && sidecar::is_injected(c)));
+    let mut declared = Vec::new();
+    for c in containers {
+        let ports = c.get("ports").and_then(Value::as_sequence);
+        for port in ports.into_iter().flatten() {
+            let port = port.get("containerPort").and_then(Value::as_u64);
+            if let Some(port) = port.and_then(|p| u16::try_from(p).ok()) {
+                declared.push((name_of(c).unwrap_or("").to_string(), port));
+            }
+        }
+    }
+    declared
+}
+
 fn name_of(item: &Value) -> Option<&str> {
     item.get("name").and_then(Value::as_str)
 }
@@ -158,6 +240,14 @@ fn seq_mut<'a>(
     }
     slot.as_sequence_mut()
         .ok_or_else(|| shape(field, "not a list"))
+}
+
+/// A user's container or volume has a name the sidecar needs.
+fn clash(message: String) -> InjectError {
+    InjectError::Annotation {
+        annotation: INJECT.to_string(),
+        message,
+    }
 }
 
 fn shape(field: &str, message: &str) -> InjectError {
