@@ -541,12 +541,11 @@ fn serving_cert(dir: &Path) -> (PathBuf, PathBuf, CertificateDer<'static>) {
     (cert, key, der)
 }
 
-/// Posts `body` to `/mutate`; returns the status and the body.
-async fn post_mutate(
+/// A TLS connection to the webhook at `addr`, whose certificate `ca` issued.
+async fn webhook_connection(
     addr: std::net::SocketAddr,
     ca: CertificateDer<'static>,
-    body: String,
-) -> (http::StatusCode, Bytes) {
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(idgate::tls::provider())
@@ -555,10 +554,19 @@ async fn post_mutate(
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Posts `body` to `/mutate`; returns the status and the body.
+async fn post_mutate(
+    addr: std::net::SocketAddr,
+    ca: CertificateDer<'static>,
+    body: String,
+) -> (http::StatusCode, Bytes) {
+    let tls = webhook_connection(addr, ca).await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -731,9 +739,22 @@ async fn webhook_patch_over_https_equals_inject_output() {
     // The injected pod comes back with no patch: the webhook is idempotent too.
     let mut again = review.clone();
     again["request"]["object"] = patched;
-    let answer = post_review(addr, ca, again.to_string()).await;
+    let answer = post_review(addr, ca.clone(), again.to_string()).await;
     assert_eq!(answer["response"]["allowed"], true);
     assert!(answer["response"].get("patch").is_none(), "{answer}");
+
+    // A body that never arrives does not hold a review's turn.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut trickle = webhook_connection(addr, ca).await;
+    let head = "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n{";
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let mut status = [0; 12];
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        trickle.read_exact(&mut status),
+    );
+    answered.await.expect("answered").unwrap();
+    assert_eq!(&status, b"HTTP/1.1 408");
 
     shutdown.cancel();
     server.await.unwrap().unwrap();

@@ -21,6 +21,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,13 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
 pub const MAX_BODY: usize = 7 << 19;
 /// Connections the webhook serves at once (the API servers' reviews in flight).
 const MAX_CONNECTIONS: usize = 128;
+/// Reviews read and answered at once: with [`MAX_BODY`] and the ~10x a body costs to
+/// parse, two keep the webhook well inside its 128Mi however many connections send.
+/// (A review takes milliseconds; others wait for their turn.)
+static REVIEWS_AT_ONCE: Semaphore = Semaphore::const_new(2);
+/// How long a review's body may take to arrive once its turn came (the API server sends
+/// it at once; a client that trickles it must not hold a turn).
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the webhook's certificate could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -172,12 +180,22 @@ async fn respond(request: Request<Incoming>) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
         (&Method::POST, "/mutate") => {
-            let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(error) => {
+            let Ok(_turn) = REVIEWS_AT_ONCE.acquire().await else {
+                unreachable!("the semaphore is never closed");
+            };
+            let body = Limited::new(request.into_body(), MAX_BODY).collect();
+            let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+                Ok(Ok(body)) => body.to_bytes(),
+                Ok(Err(error)) => {
                     return text(
                         StatusCode::BAD_REQUEST,
                         format!("cannot read the body: {error}\n"),
+                    )
+                }
+                Err(_) => {
+                    return text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("the body did not arrive within {BODY_TIMEOUT:?}\n"),
                     )
                 }
             };
