@@ -12,7 +12,7 @@ pub mod settings;
 pub mod sidecar;
 pub mod webhook;
 mod workload;
-mod yaml11;
+pub mod yaml11;
 
 pub use settings::{Settings, SocketSource, DEFAULT_IMAGE};
 pub use workload::{inject_kind, inject_object};
