@@ -122,6 +122,9 @@ async fn rules_are_enforced_in_order_on_normalised_paths() {
         case("frontend", "GET", "/api/a%2Fb", 400, None),
         case("frontend", "GET", "/api/a%5cb", 400, None),
         case("frontend", "GET", "/api/a%00b", 400, None),
+        // servlet containers would resolve these to /admin
+        case("frontend", "GET", "/api/..;/admin", 400, None),
+        case("frontend", "GET", "/api/%2e%2e;x=1/admin", 400, None),
         // trailing-segment principal pattern, any method
         case(
             "reports",

@@ -118,6 +118,10 @@ pub enum PathError {
     /// A raw NUL byte (`%00` is [`PathError::ForbiddenEncoding`]).
     #[error("NUL byte in path")]
     Nul,
+    /// A `.` or `..` segment with `;` parameters (`/a/..;/b`), which servlet containers
+    /// resolve as `..`.
+    #[error("'.' or '..' segment with ';' parameters (some servers resolve it as a dot segment)")]
+    DotSegmentParameters,
 }
 
 /// A compiled policy, ready to judge requests.

@@ -15,22 +15,20 @@ use super::PathError;
 /// Anything from `?` on is dropped; unreserved `%HH` escapes are decoded and the others
 /// upper-cased; every byte RFC 3986 does not allow raw in a path (non-ASCII, space, `"`,
 /// `{`, control bytes, ...) is encoded as `%HH`; `.`/`..` segments are resolved (never
-/// above the root) and `//` merged; a trailing slash is kept. `%2F`, `%5C`, `%00` and a
-/// raw `\` or NUL are refused.
+/// above the root) and `//` merged; a trailing slash is kept. `%2F`, `%5C`, `%00`, a raw
+/// `\` or NUL, and a `.` or `..` segment with `;` parameters are refused.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let path = raw.split_once('?').map_or(raw, |(p, _)| p);
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    let bytes_dirty = check_bytes(path.as_bytes())?;
-    if !bytes_dirty && segments_clean(path) {
-        return Ok(Cow::Borrowed(path));
-    }
-    let rewritten = if bytes_dirty {
-        Cow::Owned(rewrite_bytes(path)?)
-    } else {
-        Cow::Borrowed(path)
+    let rewritten = match check_bytes(path.as_bytes())? {
+        true => Cow::Owned(rewrite_bytes(path)?),
+        false => Cow::Borrowed(path),
     };
+    if segments_clean(&rewritten)? {
+        return Ok(rewritten);
+    }
     Ok(Cow::Owned(resolve_segments(&rewritten)))
 }
 
@@ -113,16 +111,30 @@ fn escape_at(bytes: &[u8], i: usize) -> Result<(u8, bool), PathError> {
     Ok((value, !hi.is_ascii_lowercase() && !lo.is_ascii_lowercase()))
 }
 
-/// True when no segment is empty (except a trailing one), `.` or `..`.
-fn segments_clean(path: &str) -> bool {
+/// True when no segment is empty (except a trailing one), `.` or `..`. Refuses a `.` or
+/// `..` segment with `;` parameters (raw or `%3B`): servlet containers drop a segment's
+/// parameters before resolving dots, so `/public/..;/admin` is `/admin` to them while it
+/// is a path below `/public/` to anyone else.
+fn segments_clean(path: &str) -> Result<bool, PathError> {
+    let mut clean = true;
     let mut segments = path[1..].split('/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
         if (segment.is_empty() && !last) || segment == "." || segment == ".." {
-            return false;
+            clean = false;
+        }
+        if segment.starts_with('.') && is_dot_with_parameters(segment) {
+            return Err(PathError::DotSegmentParameters);
         }
     }
-    true
+    Ok(clean)
+}
+
+/// Whether `segment` is `.` or `..` followed by `;` (raw or `%3B`) and parameters.
+fn is_dot_with_parameters(segment: &str) -> bool {
+    let dots = segment.len() - segment.trim_start_matches('.').len();
+    let rest = &segment[dots..];
+    matches!(dots, 1 | 2) && (rest.starts_with(';') || rest.starts_with("%3B"))
 }
 
 /// Decodes unreserved escapes, upper-cases the others and encodes the bytes not allowed

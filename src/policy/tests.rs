@@ -585,7 +585,7 @@ expires = 2030-01-01T00:00:00+02:00
 
 #[test]
 fn path_normalisation() {
-    let cases: [(&str, Result<&str, PathError>); 29] = [
+    let cases: [(&str, Result<&str, PathError>); 39] = [
         ("/", Ok("/")),
         ("/a/b", Ok("/a/b")),
         ("/p/", Ok("/p/")),
@@ -613,6 +613,20 @@ fn path_normalisation() {
         ("/\0/\0/", Err(PathError::Nul)),
         ("/a%zz", Err(PathError::BadEncoding)),
         ("/a%2", Err(PathError::BadEncoding)),
+        // Servlet containers drop `;` parameters before resolving dots.
+        ("/public/..;/admin", Err(PathError::DotSegmentParameters)),
+        ("/public/..;x=1/admin", Err(PathError::DotSegmentParameters)),
+        ("/public/.;/admin", Err(PathError::DotSegmentParameters)),
+        (
+            "/public/%2e%2e;/admin",
+            Err(PathError::DotSegmentParameters),
+        ),
+        ("/public/..%3b/admin", Err(PathError::DotSegmentParameters)),
+        ("/public/..%3B", Err(PathError::DotSegmentParameters)),
+        ("/public/a..;/b", Ok("/public/a..;/b")),
+        ("/public/...;/b", Ok("/public/...;/b")),
+        ("/public/;/b", Ok("/public/;/b")),
+        ("/admin;jsessionid=1/users", Ok("/admin;jsessionid=1/users")),
         ("a/b", Err(PathError::NotAbsolute)),
         ("*", Err(PathError::NotAbsolute)),
     ];
