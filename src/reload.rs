@@ -1,10 +1,12 @@
 //! Hot reload: policy files and `files` identity, on change (notify) and on SIGHUP.
 //!
 //! Watches the parent directory of every file (editors rename over files; Kubernetes
-//! swaps a `..data` symlink), so a change is seen within a second. A file that fails to
-//! parse or validate is refused with a logged `file:line: field:` error and the last
-//! good version stays in force; a later good write is picked up. Each swap is one
-//! atomic store, so every request is judged by exactly one policy version.
+//! swaps a `..data` symlink), so a change is seen within a second. A reload waits until
+//! the files have been quiet for [`QUIET`] (at most [`MAX_WAIT`]), so a file being
+//! written is not read half-way. A file that fails to parse or validate, or a policy file
+//! that is empty, is refused with a logged `file:line: field:` error and the last good
+//! version stays in force; a later good write is picked up. Each swap is one atomic
+//! store, so every request is judged by exactly one policy version.
 
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -20,13 +22,20 @@ use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::{self, IdentityHandle};
 use crate::policy::{Policy, PolicyHandle};
 
-/// Events closer together than this are handled as one reload.
-const SETTLE: Duration = Duration::from_millis(150);
+/// A reload waits until no file event came for this long (each event restarts the wait):
+/// `render > policy.toml` truncates the file first, and a slow writer pauses between
+/// writes; reading right after the first event would load what was written so far.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// ...but never longer than this after the first event, so a file written without pause
+/// is still reloaded within SPEC's second.
+const MAX_WAIT: Duration = Duration::from_millis(700);
 
 /// One inbound listener's policy file and the slot requests read it from.
 pub struct PolicySlot {
@@ -150,8 +159,7 @@ impl Reloader {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 Some(()) = self.changes.recv() => {
-                    tokio::time::sleep(SETTLE).await;
-                    while self.changes.try_recv().is_ok() {}
+                    settle(&mut self.changes).await;
                     tracing::info!("files changed: reloading policy and identity files");
                 }
                 Some(()) = async { hangup.as_mut()?.recv().await } => {
@@ -180,6 +188,21 @@ impl Reloader {
         }
         if let Some((files, digest)) = &mut self.identity {
             reload_identity(files, digest, &self.metrics);
+        }
+    }
+}
+
+/// Waits until `changes` has been quiet for [`QUIET`], or [`MAX_WAIT`] has passed since
+/// the event that woke the reloader, whichever comes first.
+async fn settle(changes: &mut mpsc::UnboundedReceiver<()>) {
+    let deadline = Instant::now() + MAX_WAIT;
+    loop {
+        let quiet = (Instant::now() + QUIET).min(deadline);
+        tokio::select! {
+            () = tokio::time::sleep_until(quiet) => return,
+            event = changes.recv() => if event.is_none() || Instant::now() >= deadline {
+                return;
+            },
         }
     }
 }
@@ -271,3 +294,6 @@ fn digest_files<'a>(paths: impl Iterator<Item = &'a Path>) -> [u8; 32] {
     }
     hash.finalize().into()
 }
+
+#[cfg(test)]
+mod tests;
