@@ -156,3 +156,120 @@ async fn an_empty_policy_file_is_refused() {
     assert_eq!(fixture.version(), version_of("default = \"deny\"\n"));
     assert_eq!(fixture.reloads("ok"), 1);
 }
+
+const API: &str = "spiffe://example.org/ns/billing/sa/api";
+
+/// A `files` identity in a temp dir: a dev CA's bundle and an SVID for [`API`], loaded
+/// as `idgate run` loads it.
+struct IdentityFixture {
+    dir: tempfile::TempDir,
+    ca: crate::devpki::DevCa,
+    handle: IdentityHandle,
+    loaded: Fingerprint,
+    registry: Registry,
+}
+
+impl IdentityFixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::devpki::DevCa::new("example.org").unwrap();
+        std::fs::write(dir.path().join("bundle.pem"), ca.root_pem()).unwrap();
+        let fixture = Self {
+            dir,
+            ca,
+            handle: IdentityHandle::new("files"),
+            loaded: Fingerprint::of_files(std::iter::empty()),
+            registry: Registry::default(),
+        };
+        fixture.write(fixture.spec());
+        let d = fixture.dir.path();
+        let loaded = identity::files::load_fingerprinted(
+            &d.join("api.pem"),
+            &d.join("api-key.pem"),
+            &d.join("bundle.pem"),
+            &[],
+        )
+        .unwrap();
+        fixture.handle.publish(loaded.svid, loaded.bundles);
+        Self {
+            loaded: loaded.fingerprint,
+            ..fixture
+        }
+    }
+
+    fn spec(&self) -> crate::devpki::LeafSpec {
+        crate::devpki::LeafSpec::svid(&crate::spiffe_id::SpiffeId::parse(API).unwrap())
+    }
+
+    /// Issues `spec` and replaces the key and the chain with it.
+    fn write(&self, spec: crate::devpki::LeafSpec) {
+        let issued = self.ca.issue(&spec).unwrap();
+        replace(&self.dir.path().join("api-key.pem"), &issued.key_pem);
+        replace(&self.dir.path().join("api.pem"), &issued.chain_pem);
+    }
+
+    fn reloader(&mut self) -> Reloader {
+        let d = self.dir.path();
+        let files = IdentityFiles {
+            in_force: self.loaded,
+            handle: self.handle.clone(),
+            cert: d.join("api.pem"),
+            key: d.join("api-key.pem"),
+            bundle: d.join("bundle.pem"),
+            federation: Vec::new(),
+        };
+        Reloader::new(
+            Vec::new(),
+            Some(files),
+            ReloadMetrics::register(&mut self.registry),
+        )
+    }
+
+    fn serial(&self) -> String {
+        self.handle.current().unwrap().svid.serial.clone()
+    }
+
+    fn reloads(&self, result: &str) -> u64 {
+        counter(
+            &self.registry,
+            &format!("idgate_identity_reloads_total{{result=\"{result}\"}}"),
+        )
+    }
+}
+
+/// The files are rewritten after `idgate run` loaded them and before the reloader
+/// watches them: no event will ever come, yet the new SVID is loaded at once.
+#[tokio::test]
+async fn an_svid_rotated_during_start_up_is_loaded() {
+    let mut fixture = IdentityFixture::new();
+    let serial = fixture.serial();
+    fixture.write(fixture.spec());
+    let reloader = fixture.reloader();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(reloader.run(shutdown.clone()));
+    for _ in 0..100 {
+        if fixture.serial() != serial {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(
+        fixture.serial(),
+        serial,
+        "the rotated SVID was never loaded"
+    );
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+/// SIGHUP's reload takes files that differ from the identity in force, even when they
+/// changed before the reloader was made.
+#[tokio::test]
+async fn a_reload_compares_with_the_bytes_in_force() {
+    let mut fixture = IdentityFixture::new();
+    let serial = fixture.serial();
+    fixture.write(fixture.spec());
+    let mut reloader = fixture.reloader();
+    reloader.reload();
+    assert_ne!(fixture.serial(), serial);
+}
