@@ -272,7 +272,9 @@ fn reload_policy(slot: &PolicySlot, metrics: &ReloadMetrics) {
     }
 }
 
-/// Loads the identity files when they differ from the bytes in force, and publishes them.
+/// Loads the identity files when they differ from the bytes in force, and publishes
+/// them unless [`identity::files::check_replacement`] refuses the new SVID (expired, or
+/// not valid yet while the one in use still is).
 fn reload_identity(files: &mut IdentityFiles, metrics: &ReloadMetrics) {
     if Fingerprint::of_files(files.paths()) == files.in_force {
         return;
@@ -283,7 +285,13 @@ fn reload_identity(files: &mut IdentityFiles, metrics: &ReloadMetrics) {
         &files.key,
         &files.bundle,
         &files.federation,
-    );
+    )
+    .and_then(|loaded| {
+        let now = identity::unix_seconds(std::time::SystemTime::now());
+        let svid = current.as_ref().map(|m| &m.svid);
+        identity::files::check_replacement(&files.cert, &loaded.svid, svid, now)?;
+        Ok(loaded)
+    });
     match loaded {
         Ok(loaded) => {
             tracing::info!(spiffe_id = %loaded.svid.spiffe_id, serial = %loaded.svid.serial, "identity files reloaded");

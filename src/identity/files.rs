@@ -114,6 +114,24 @@ pub fn load_fingerprinted(
     })
 }
 
+/// Whether a newly loaded SVID from `cert` may replace `current` at `now` (seconds since
+/// the Unix epoch). An expired one never may. One that is not valid yet (notBefore more
+/// than [`super::NOT_BEFORE_SKEW`] ahead) may not while `current` is still valid; when
+/// there is none, or it has expired too, it may: peers refuse both, and only the new one
+/// will become good without another write.
+pub fn check_replacement(
+    cert: &Path,
+    new: &Svid,
+    current: Option<&Svid>,
+    now: i64,
+) -> Result<(), IdentityError> {
+    let current_valid = current.is_some_and(|svid| svid.check_validity(now).is_ok());
+    match new.check_validity(now) {
+        Err(IdentityError::NotYetValid { .. }) if !current_valid => Ok(()),
+        checked => checked.map_err(|e| in_file(cert, e)),
+    }
+}
+
 /// Every certificate in a PEM file, in order; at least one.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let bytes = std::fs::read(path).map_err(|e| file_error(path, e.to_string()))?;

@@ -237,6 +237,34 @@ impl IdentityFixture {
     }
 }
 
+/// An expired SVID, or one not valid for another hour, never replaces a valid one; the
+/// refusal is counted; a valid one is then taken.
+#[tokio::test]
+async fn an_expired_or_future_svid_does_not_replace_a_valid_one() {
+    let mut fixture = IdentityFixture::new();
+    let mut reloader = fixture.reloader();
+    let serial = fixture.serial();
+    let now = time::OffsetDateTime::now_utc();
+    let mut expired = fixture.spec();
+    expired.not_before = now - time::Duration::days(2);
+    expired.not_after = now - time::Duration::days(1);
+    let mut future = fixture.spec();
+    future.not_before = now + time::Duration::hours(1);
+    future.not_after = now + time::Duration::days(1);
+    for (n, spec) in [expired, future].into_iter().enumerate() {
+        fixture.write(spec);
+        reloader.reload();
+        assert_eq!(fixture.serial(), serial, "refused #{n}");
+        assert_eq!(fixture.reloads("error"), n as u64 + 1);
+    }
+    let mut skewed = fixture.spec();
+    skewed.not_before = now + time::Duration::seconds(30);
+    fixture.write(skewed);
+    reloader.reload();
+    assert_ne!(fixture.serial(), serial, "30 s ahead is within the skew");
+    assert_eq!(fixture.reloads("ok"), 1);
+}
+
 /// The files are rewritten after `idgate run` loaded them and before the reloader
 /// watches them: no event will ever come, yet the new SVID is loaded at once.
 #[tokio::test]
