@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::{Config, IdentityConfig, Protocol};
+use crate::identity::files::Fingerprint;
 use crate::identity::spire::SpireSource;
 use crate::identity::{self, HealthSettings, IdentityHandle, IdentityHealth, IdentityMetrics};
 use crate::policy::RuleHits;
@@ -55,7 +56,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         Workers::start(config.runtime.workers).context("cannot start the worker threads")?,
     );
     let shutdown = CancellationToken::new();
-    let (identity, health) = start_identity(&config.identity, &mut registry, &shutdown)?;
+    let (identity, health, in_force) = start_identity(&config.identity, &mut registry, &shutdown)?;
     tokio::spawn(health.clone().watch(identity.clone(), shutdown.clone()));
     let shared = Shared {
         identity: identity.clone(),
@@ -112,7 +113,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
     rule_hits.register(&mut registry);
     let reloader = Reloader::new(
         policies,
-        identity_files(&config.identity, &identity),
+        identity_files(&config.identity, &identity, in_force),
         ReloadMetrics::register(&mut registry),
     );
     tokio::spawn(reloader.run(shared.shutdown.clone()));
@@ -150,12 +151,13 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
 }
 
 /// Starts the identity source; listeners may bind before it has an SVID (they refuse
-/// handshakes until then, and `/readyz` says what it waits for).
+/// handshakes until then, and `/readyz` says what it waits for). For `files`, also the
+/// fingerprint of the bytes loaded, so the reloader sees any later rewrite.
 fn start_identity(
     config: &IdentityConfig,
     registry: &mut Registry,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(IdentityHandle, IdentityHealth)> {
+) -> anyhow::Result<(IdentityHandle, IdentityHealth, Option<Fingerprint>)> {
     match config {
         IdentityConfig::Files {
             cert,
@@ -164,9 +166,10 @@ fn start_identity(
             federation,
         } => {
             let handle = IdentityHandle::new(format!("files {}", cert.display()));
-            let (svid, bundles) = identity::files::load(cert, key, bundle, federation)?;
-            handle.publish(svid, bundles);
-            Ok((handle, IdentityHealth::new(HealthSettings::files())))
+            let loaded = identity::files::load_fingerprinted(cert, key, bundle, federation)?;
+            handle.publish(loaded.svid, loaded.bundles);
+            let health = IdentityHealth::new(HealthSettings::files());
+            Ok((handle, health, Some(loaded.fingerprint)))
         }
         IdentityConfig::Spire {
             socket,
@@ -183,27 +186,35 @@ fn start_identity(
             let source =
                 SpireSource::new(socket, spiffe_id.clone(), handle.clone(), health.clone())?;
             tokio::spawn(source.run(shutdown.clone()));
-            Ok((handle, health))
+            Ok((handle, health, None))
         }
     }
 }
 
 /// The files a `files` identity is reloaded from (none for SPIRE, which streams updates).
-fn identity_files(config: &IdentityConfig, handle: &IdentityHandle) -> Option<IdentityFiles> {
-    match config {
-        IdentityConfig::Files {
-            cert,
-            key,
-            bundle,
-            federation,
-        } => Some(IdentityFiles {
+fn identity_files(
+    config: &IdentityConfig,
+    handle: &IdentityHandle,
+    in_force: Option<Fingerprint>,
+) -> Option<IdentityFiles> {
+    match (config, in_force) {
+        (
+            IdentityConfig::Files {
+                cert,
+                key,
+                bundle,
+                federation,
+            },
+            Some(in_force),
+        ) => Some(IdentityFiles {
+            in_force,
             handle: handle.clone(),
             cert: cert.clone(),
             key: key.clone(),
             bundle: bundle.clone(),
             federation: federation.clone(),
         }),
-        IdentityConfig::Spire { .. } => None,
+        _ => None,
     }
 }
 

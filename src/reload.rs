@@ -1,10 +1,12 @@
 //! Hot reload: policy files and `files` identity, on change (notify) and on SIGHUP.
 //!
 //! Watches the parent directory of every file (editors rename over files; Kubernetes
-//! swaps a `..data` symlink), so a change is seen within a second. A file that fails to
-//! parse or validate is refused with a logged `file:line: field:` error and the last
-//! good version stays in force; a later good write is picked up. Each swap is one
-//! atomic store, so every request is judged by exactly one policy version.
+//! swaps a `..data` symlink), so a change is seen within a second. A reload waits until
+//! the files have been quiet for [`QUIET`] (at most [`MAX_WAIT`]), so a file being
+//! written is not read half-way. A file that fails to parse or validate, or a policy file
+//! that is empty, is refused with a logged `file:line: field:` error and the last good
+//! version stays in force; a later good write is picked up. Each swap is one atomic
+//! store, so every request is judged by exactly one policy version.
 
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -17,16 +19,23 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::files::Fingerprint;
 use crate::identity::{self, IdentityHandle};
 use crate::policy::{Policy, PolicyHandle};
 
-/// Events closer together than this are handled as one reload.
-const SETTLE: Duration = Duration::from_millis(150);
+/// A reload waits until no file event came for this long (each event restarts the wait):
+/// `render > policy.toml` truncates the file first, and a slow writer pauses between
+/// writes; reading right after the first event would load what was written so far.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// ...but never longer than this after the first event, so a file written without pause
+/// is still reloaded within SPEC's second.
+const MAX_WAIT: Duration = Duration::from_millis(700);
 
 /// One inbound listener's policy file and the slot requests read it from.
 pub struct PolicySlot {
@@ -42,6 +51,10 @@ pub struct PolicySlot {
 
 /// The `files` identity to reload.
 pub struct IdentityFiles {
+    /// Fingerprint of the bytes the identity in force was built from (from
+    /// [`identity::files::load_fingerprinted`]), not of the files as they are now: a
+    /// rewrite after that load differs from it, whenever it happened.
+    pub in_force: Fingerprint,
     /// Where new material is published.
     pub handle: IdentityHandle,
     /// Chain, leaf first.
@@ -102,7 +115,7 @@ impl ReloadMetrics {
 /// Everything that is reloaded, what it was built from last time, and the watches.
 pub struct Reloader {
     policies: Vec<PolicySlot>,
-    identity: Option<(IdentityFiles, [u8; 32])>,
+    identity: Option<IdentityFiles>,
     metrics: ReloadMetrics,
     changes: mpsc::UnboundedReceiver<()>,
     watcher: Option<RecommendedWatcher>,
@@ -111,24 +124,27 @@ pub struct Reloader {
 
 impl Reloader {
     /// Starts watching the files' directories and SIGHUP at once (so a change made right
-    /// after start-up is not missed); [`Reloader::run`] acts on them.
+    /// after start-up is not missed); [`Reloader::run`] acts on them. Identity files
+    /// that changed since they were loaded (before the watch began) are reloaded at once.
     pub fn new(
         policies: Vec<PolicySlot>,
         identity: Option<IdentityFiles>,
         metrics: ReloadMetrics,
     ) -> Self {
-        let identity = identity.map(|files| {
-            let digest = digest_files(files.paths());
-            (files, digest)
-        });
         let (tx, changes) = mpsc::unbounded_channel();
         let paths = policies
             .iter()
             .map(|slot| slot.path.as_path())
-            .chain(identity.iter().flat_map(|(files, _)| files.paths()));
-        let watcher = watch_dirs(&paths.collect::<Vec<_>>(), tx)
+            .chain(identity.iter().flat_map(IdentityFiles::paths));
+        let watcher = watch_dirs(&paths.collect::<Vec<_>>(), tx.clone())
             .inspect_err(|error| tracing::warn!(%error, "cannot watch files for changes; reload with SIGHUP"))
             .ok();
+        if identity
+            .as_ref()
+            .is_some_and(|files| Fingerprint::of_files(files.paths()) != files.in_force)
+        {
+            let _ = tx.send(());
+        }
         let hangup = signal(SignalKind::hangup())
             .inspect_err(|error| tracing::warn!(%error, "cannot watch SIGHUP"))
             .ok();
@@ -150,8 +166,7 @@ impl Reloader {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 Some(()) = self.changes.recv() => {
-                    tokio::time::sleep(SETTLE).await;
-                    while self.changes.try_recv().is_ok() {}
+                    settle(&mut self.changes).await;
                     tracing::info!("files changed: reloading policy and identity files");
                 }
                 Some(()) = async { hangup.as_mut()?.recv().await } => {
@@ -178,8 +193,23 @@ impl Reloader {
         for slot in &self.policies {
             reload_policy(slot, &self.metrics);
         }
-        if let Some((files, digest)) = &mut self.identity {
-            reload_identity(files, digest, &self.metrics);
+        if let Some(files) = &mut self.identity {
+            reload_identity(files, &self.metrics);
+        }
+    }
+}
+
+/// Waits until `changes` has been quiet for [`QUIET`], or [`MAX_WAIT`] has passed since
+/// the event that woke the reloader, whichever comes first.
+async fn settle(changes: &mut mpsc::UnboundedReceiver<()>) {
+    let deadline = Instant::now() + MAX_WAIT;
+    loop {
+        let quiet = (Instant::now() + QUIET).min(deadline);
+        tokio::select! {
+            () = tokio::time::sleep_until(quiet) => return,
+            event = changes.recv() => if event.is_none() || Instant::now() >= deadline {
+                return;
+            },
         }
     }
 }
@@ -242,32 +272,40 @@ fn reload_policy(slot: &PolicySlot, metrics: &ReloadMetrics) {
     }
 }
 
-fn reload_identity(files: &IdentityFiles, digest: &mut [u8; 32], metrics: &ReloadMetrics) {
-    let now = digest_files(files.paths());
-    if now == *digest {
+/// Loads the identity files when they differ from the bytes in force, and publishes
+/// them unless [`identity::files::check_replacement`] refuses the new SVID (expired, or
+/// not valid yet while the one in use still is).
+fn reload_identity(files: &mut IdentityFiles, metrics: &ReloadMetrics) {
+    if Fingerprint::of_files(files.paths()) == files.in_force {
         return;
     }
-    match identity::files::load(&files.cert, &files.key, &files.bundle, &files.federation) {
-        Ok((svid, bundles)) => {
-            tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "identity files reloaded");
-            files.handle.publish(svid, bundles);
-            *digest = now;
+    let current = files.handle.current();
+    let loaded = identity::files::load_fingerprinted(
+        &files.cert,
+        &files.key,
+        &files.bundle,
+        &files.federation,
+    )
+    .and_then(|loaded| {
+        let now = identity::unix_seconds(std::time::SystemTime::now());
+        let svid = current.as_ref().map(|m| &m.svid);
+        identity::files::check_replacement(&files.cert, &loaded.svid, svid, now)?;
+        Ok(loaded)
+    });
+    match loaded {
+        Ok(loaded) => {
+            tracing::info!(spiffe_id = %loaded.svid.spiffe_id, serial = %loaded.svid.serial, "identity files reloaded");
+            files.handle.publish(loaded.svid, loaded.bundles);
+            files.in_force = loaded.fingerprint;
             ReloadMetrics::count(&metrics.identity, true);
         }
         Err(error) => {
-            tracing::error!("identity reload refused, keeping the SVID in use: {error}");
+            let serial = current.as_ref().map(|m| m.svid.serial.clone());
+            tracing::error!(serial = ?serial, "identity reload refused, keeping the SVID in use: {error}");
             ReloadMetrics::count(&metrics.identity, false);
         }
     }
 }
 
-/// Hash of the files' contents (unreadable files hash as empty, so a later write differs).
-fn digest_files<'a>(paths: impl Iterator<Item = &'a Path>) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    for path in paths {
-        let bytes = std::fs::read(path).unwrap_or_default();
-        hash.update((bytes.len() as u64).to_le_bytes());
-        hash.update(&bytes);
-    }
-    hash.finalize().into()
-}
+#[cfg(test)]
+mod tests;

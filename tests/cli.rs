@@ -151,6 +151,28 @@ fn missing_file_is_refused() {
     );
 }
 
+/// An empty policy file would deny everything; at start-up it is a config error (exit 2),
+/// as it is on reload, where it is what a file caught mid-rewrite looks like.
+#[test]
+fn an_empty_policy_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = broken_config(dir.path(), "listen", "listen");
+    let policy = dir.path().join("billing-policy.toml");
+    for text in ["", "# rendered by the deploy job\n\n"] {
+        std::fs::write(&policy, text).unwrap();
+        for command in ["run", "validate"] {
+            let (out, _) = idgate_within(&[command, "--config", &path], Duration::from_secs(10));
+            assert_eq!(out.status.code(), Some(2), "{command} {text:?}");
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!("{}: file ", policy.display()))
+                    && err.contains("a policy must say at least its default"),
+                "{err}"
+            );
+        }
+    }
+}
+
 #[test]
 fn unusable_identity_files_are_refused_with_file_line_and_field() {
     let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev");

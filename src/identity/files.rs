@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
 
 use super::{IdentityError, Svid, TrustBundles};
 
@@ -19,8 +20,63 @@ pub fn load(
     bundle: &Path,
     federation: &[(String, PathBuf)],
 ) -> Result<(Svid, TrustBundles), IdentityError> {
-    let chain = read_certs(cert)?;
-    let key_der = read_key(key)?;
+    load_fingerprinted(cert, key, bundle, federation).map(|loaded| (loaded.svid, loaded.bundles))
+}
+
+/// What [`load_fingerprinted`] built, and the fingerprint of the very bytes it built it
+/// from (not of the files as they are later: a reloader compares against this, so a
+/// rewrite between loading and watching is still seen as a change).
+pub struct Loaded {
+    /// Our SVID.
+    pub svid: Svid,
+    /// Our own and the federated bundles.
+    pub bundles: TrustBundles,
+    /// SHA-256 over the files' bytes, in [`Fingerprint::of_files`]'s order.
+    pub fingerprint: Fingerprint,
+}
+
+/// A hash of the identity files' contents: cert, key, bundle, then each federated bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of the files as they are now (cert, key, bundle, federated bundles,
+    /// in that order); an unreadable file counts as empty, so a later write differs.
+    pub fn of_files<'a>(paths: impl Iterator<Item = &'a Path>) -> Self {
+        let contents: Vec<Vec<u8>> = paths
+            .map(|path| std::fs::read(path).unwrap_or_default())
+            .collect();
+        Self::of(contents.iter().map(Vec::as_slice))
+    }
+
+    fn of<'a>(contents: impl Iterator<Item = &'a [u8]>) -> Self {
+        let mut hash = Sha256::new();
+        for bytes in contents {
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(bytes);
+        }
+        Self(hash.finalize().into())
+    }
+}
+
+/// [`load`], reading each file once and fingerprinting what was read.
+pub fn load_fingerprinted(
+    cert: &Path,
+    key: &Path,
+    bundle: &Path,
+    federation: &[(String, PathBuf)],
+) -> Result<Loaded, IdentityError> {
+    let paths: Vec<&Path> = [cert, key, bundle]
+        .into_iter()
+        .chain(federation.iter().map(|(_, path)| path.as_path()))
+        .collect();
+    let contents = paths
+        .iter()
+        .map(|path| std::fs::read(path).map_err(|e| file_error(path, e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fingerprint = Fingerprint::of(contents.iter().map(Vec::as_slice));
+    let chain = certs_in(cert, &contents[0])?;
+    let key_der = key_in(key, &contents[1])?;
     let svid = Svid::from_der(chain, key_der).map_err(|error| {
         let path = match error {
             IdentityError::BadKey(_) | IdentityError::KeyMismatch => key,
@@ -30,11 +86,11 @@ pub fn load(
     })?;
     let own = svid.spiffe_id.trust_domain_name().to_owned();
     let mut bundles = TrustBundles::default();
-    let certs = read_certs(bundle)?;
+    let certs = certs_in(bundle, &contents[2])?;
     bundles
         .insert_der(&own, &certs)
         .map_err(|e| in_file(bundle, e))?;
-    for (trust_domain, path) in federation {
+    for ((trust_domain, path), bytes) in federation.iter().zip(&contents[3..]) {
         if trust_domain
             .strip_prefix("spiffe://")
             .unwrap_or(trust_domain)
@@ -46,18 +102,45 @@ pub fn load(
             );
             return Err(file_error(path, reason));
         }
-        let certs = read_certs(path)?;
+        let certs = certs_in(path, bytes)?;
         bundles
             .insert_der(trust_domain, &certs)
             .map_err(|e| in_file(path, e))?;
     }
-    Ok((svid, bundles))
+    Ok(Loaded {
+        svid,
+        bundles,
+        fingerprint,
+    })
+}
+
+/// Whether a newly loaded SVID from `cert` may replace `current` at `now` (seconds since
+/// the Unix epoch). An expired one never may. One that is not valid yet (notBefore more
+/// than [`super::NOT_BEFORE_SKEW`] ahead) may not while `current` is still valid; when
+/// there is none, or it has expired too, it may: peers refuse both, and only the new one
+/// will become good without another write.
+pub fn check_replacement(
+    cert: &Path,
+    new: &Svid,
+    current: Option<&Svid>,
+    now: i64,
+) -> Result<(), IdentityError> {
+    let current_valid = current.is_some_and(|svid| svid.check_validity(now).is_ok());
+    match new.check_validity(now) {
+        Err(IdentityError::NotYetValid { .. }) if !current_valid => Ok(()),
+        checked => checked.map_err(|e| in_file(cert, e)),
+    }
 }
 
 /// Every certificate in a PEM file, in order; at least one.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, e))?
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, e.to_string()))?;
+    certs_in(path, &bytes)
+}
+
+/// Every certificate in `bytes` (read from `path`), in order; at least one.
+fn certs_in(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(path, e))?;
     if certs.is_empty() {
@@ -66,9 +149,9 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityE
     Ok(certs)
 }
 
-/// The first private key in a PEM file (PKCS#8, SEC1 or RSA).
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, IdentityError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+/// The first private key in `bytes` (read from `path`): PKCS#8, SEC1 or RSA.
+fn key_in(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, IdentityError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         pem::Error::NoItemsFound => file_error(
             path,
             "no private key found (expected PKCS#8, SEC1 or RSA PEM)",

@@ -7,10 +7,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::spiffe_id::{SpiffeId, SpiffeIdError};
@@ -50,6 +52,12 @@ pub enum IdentityError {
     /// A trust domain name is malformed.
     #[error("{name:?} is not a valid trust domain: {reason}")]
     TrustDomain { name: String, reason: SpiffeIdError },
+    /// The SVID's leaf has expired.
+    #[error("the certificate expired at {} (now {})", rfc3339(*not_after), rfc3339(*now))]
+    Expired { not_after: i64, now: i64 },
+    /// The SVID's leaf is not valid yet (beyond the allowed clock skew).
+    #[error("the certificate is not valid before {} (now {}; {} s of clock skew are allowed)", rfc3339(*not_before), rfc3339(*now), NOT_BEFORE_SKEW.as_secs())]
+    NotYetValid { not_before: i64, now: i64 },
     /// A file could not be read or holds the wrong thing.
     #[error("{}: {reason}", path.display())]
     File { path: PathBuf, reason: String },
@@ -59,6 +67,19 @@ pub enum IdentityError {
         path: PathBuf,
         error: Box<IdentityError>,
     },
+}
+
+/// How far in the future a new SVID's notBefore may lie and still be taken on reload:
+/// the issuer's clock and ours may differ a little, and an SVID issued a second ago by a
+/// CA whose clock runs ahead is still a good SVID.
+pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
+
+/// Seconds since the Unix epoch as RFC 3339 (or the number, if out of range).
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
 }
 
 /// Our own X.509-SVID: certificate chain (leaf first) and private key.
@@ -111,6 +132,31 @@ impl Svid {
             serial,
             not_after,
         })
+    }
+
+    /// Refuses a leaf that has expired at `now` (seconds since the Unix epoch) or whose
+    /// notBefore lies more than [`NOT_BEFORE_SKEW`] after it.
+    pub fn check_validity(&self, now: i64) -> Result<(), IdentityError> {
+        if self.not_after < now {
+            return Err(IdentityError::Expired {
+                not_after: self.not_after,
+                now,
+            });
+        }
+        let skew = i64::try_from(NOT_BEFORE_SKEW.as_secs()).unwrap_or(i64::MAX);
+        match self.not_before() {
+            Some(not_before) if not_before > now.saturating_add(skew) => {
+                Err(IdentityError::NotYetValid { not_before, now })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The leaf's notBefore, seconds since the Unix epoch (parsed again: only reloads ask).
+    fn not_before(&self) -> Option<i64> {
+        let leaf = self.certified_key.cert.first()?;
+        let (_, leaf) = X509Certificate::from_der(leaf).ok()?;
+        Some(leaf.validity().not_before.timestamp())
     }
 }
 

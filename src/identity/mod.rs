@@ -15,7 +15,7 @@ pub use health::{
 };
 pub use metrics::IdentityMetrics;
 
-pub use material::{IdentityError, Material, Svid, TrustBundles};
+pub use material::{IdentityError, Material, Svid, TrustBundles, NOT_BEFORE_SKEW};
 
 use std::sync::Arc;
 

@@ -131,9 +131,18 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Reads, validates and compiles a policy file.
+    /// Reads, validates and compiles a policy file. A file with nothing in it but blanks
+    /// and comments is refused: it would compile to "deny everything", and it is what a
+    /// reload sees of a file caught mid-rewrite (`render > policy.toml` truncates first).
     pub fn load(path: &Path) -> Result<Self, FileError> {
-        Self::from_source(&SourceFile::read(path)?)
+        let source = SourceFile::read(path)?;
+        if let Some(what) = says_nothing(&source.text) {
+            return Err(FileError::file(
+                path,
+                format!("file {what}: a policy must say at least its default (default = \"deny\" or \"allow\")"),
+            ));
+        }
+        Self::from_source(&source)
     }
 
     /// Validates and compiles an already read policy file.
@@ -220,6 +229,20 @@ impl Policy {
         } else {
             SystemTime::UNIX_EPOCH
         }
+    }
+}
+
+/// `Some("is empty")` or `Some("holds only comments")` when no line of `text` says
+/// anything (TOML: every key and table header is on a line of its own that is neither
+/// blank nor a comment).
+fn says_nothing(text: &str) -> Option<&'static str> {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    if text.trim().is_empty() {
+        Some("is empty")
+    } else if lines.all(|l| l.starts_with('#')) {
+        Some("holds only comments")
+    } else {
+        None
     }
 }
 
