@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SourceFile;
 use crate::identity::files::Fingerprint;
 use crate::identity::{self, IdentityHandle};
 use crate::policy::{Policy, PolicyHandle};
@@ -116,6 +117,9 @@ impl ReloadMetrics {
 pub struct Reloader {
     policies: Vec<PolicySlot>,
     identity: Option<IdentityFiles>,
+    /// What was refused last, so an unchanged bad file is reported once, not again at
+    /// every reload another file's change or a SIGHUP starts.
+    refused: Refused,
     metrics: ReloadMetrics,
     changes: mpsc::UnboundedReceiver<()>,
     watcher: Option<RecommendedWatcher>,
@@ -149,6 +153,10 @@ impl Reloader {
             .inspect_err(|error| tracing::warn!(%error, "cannot watch SIGHUP"))
             .ok();
         Self {
+            refused: Refused {
+                policies: vec![None; policies.len()],
+                identity: None,
+            },
             policies,
             identity,
             metrics,
@@ -190,13 +198,22 @@ impl Reloader {
 
     /// Reloads whatever changed on disk since the last successful load.
     pub fn reload(&mut self) {
-        for slot in &self.policies {
-            reload_policy(slot, &self.metrics);
+        for (slot, refused) in self.policies.iter().zip(&mut self.refused.policies) {
+            reload_policy(slot, refused, &self.metrics);
         }
         if let Some(files) = &mut self.identity {
-            reload_identity(files, &self.metrics);
+            reload_identity(files, &mut self.refused.identity, &self.metrics);
         }
     }
+}
+
+/// The content of the files last refused.
+struct Refused {
+    /// Per policy slot: the version (content hash) of the file refused.
+    policies: Vec<Option<String>>,
+    /// The identity files refused for good (an SVID not valid *yet* is not remembered:
+    /// the same files become acceptable with time).
+    identity: Option<Fingerprint>,
 }
 
 /// Waits until `changes` has been quiet for [`QUIET`], or [`MAX_WAIT`] has passed since
@@ -248,15 +265,31 @@ fn watch_dirs(
     Ok(watcher)
 }
 
-fn reload_policy(slot: &PolicySlot, metrics: &ReloadMetrics) {
-    let loaded = Policy::load(&slot.path).and_then(|policy| {
-        if slot.tcp_only {
-            policy.check_tcp_only()?;
+/// Loads a policy file whose content differs from the policy in force and from the
+/// content refused last, and swaps it in unless it is refused.
+fn reload_policy(slot: &PolicySlot, refused: &mut Option<String>, metrics: &ReloadMetrics) {
+    let source = SourceFile::read(&slot.path);
+    let content = source.as_ref().ok().map(|s| Policy::version_of(&s.text));
+    if let Some(content) = &content {
+        if content == slot.policy.load().version() {
+            // Back to what is in force: a bad edit made again is reported again.
+            *refused = None;
+            return;
         }
-        Ok(policy)
-    });
+        if refused.as_ref() == Some(content) {
+            return;
+        }
+    }
+    let loaded = source
+        .and_then(|source| Policy::from_file(&source))
+        .and_then(|policy| {
+            if slot.tcp_only {
+                policy.check_tcp_only()?;
+            }
+            Ok(policy)
+        });
+    *refused = loaded.is_err().then_some(content).flatten();
     match loaded {
-        Ok(policy) if policy.version() == slot.policy.load().version() => {}
         Ok(policy) => {
             let old = slot.policy.load().version().to_string();
             tracing::info!(listener = %slot.listener, old_version = %old, new_version = %policy.version(), "policy reloaded");
@@ -275,8 +308,17 @@ fn reload_policy(slot: &PolicySlot, metrics: &ReloadMetrics) {
 /// Loads the identity files when they differ from the bytes in force, and publishes
 /// them unless [`identity::files::check_replacement`] refuses the new SVID (expired, or
 /// not valid yet while the one in use still is).
-fn reload_identity(files: &mut IdentityFiles, metrics: &ReloadMetrics) {
-    if Fingerprint::of_files(files.paths()) == files.in_force {
+fn reload_identity(
+    files: &mut IdentityFiles,
+    refused: &mut Option<Fingerprint>,
+    metrics: &ReloadMetrics,
+) {
+    let on_disk = Fingerprint::of_files(files.paths());
+    if on_disk == files.in_force {
+        *refused = None;
+        return;
+    }
+    if refused.as_ref() == Some(&on_disk) {
         return;
     }
     let current = files.handle.current();
@@ -297,9 +339,11 @@ fn reload_identity(files: &mut IdentityFiles, metrics: &ReloadMetrics) {
             tracing::info!(spiffe_id = %loaded.svid.spiffe_id, serial = %loaded.svid.serial, "identity files reloaded");
             files.handle.publish(loaded.svid, loaded.bundles);
             files.in_force = loaded.fingerprint;
+            *refused = None;
             ReloadMetrics::count(&metrics.identity, true);
         }
         Err(error) => {
+            *refused = (!error.is_not_yet_valid()).then_some(on_disk);
             let serial = current.as_ref().map(|m| m.svid.serial.clone());
             tracing::error!(serial = ?serial, "identity reload refused, keeping the SVID in use: {error}");
             ReloadMetrics::count(&metrics.identity, false);

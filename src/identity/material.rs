@@ -69,6 +69,18 @@ pub enum IdentityError {
     },
 }
 
+impl IdentityError {
+    /// Whether this is (or wraps) [`IdentityError::NotYetValid`]: the same material
+    /// becomes acceptable with time, unchanged.
+    pub fn is_not_yet_valid(&self) -> bool {
+        match self {
+            Self::NotYetValid { .. } => true,
+            Self::InFile { error, .. } => error.is_not_yet_valid(),
+            _ => false,
+        }
+    }
+}
+
 /// How far in the future a new SVID's notBefore may lie and still be taken on reload:
 /// the issuer's clock and ours may differ a little, and an SVID issued a second ago by a
 /// CA whose clock runs ahead is still a good SVID.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue, Method};
-use sha2::{Digest, Sha256};
+
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use toml::Spanned;
@@ -19,6 +19,7 @@ use super::path::{PathPattern, PathSet};
 use super::principal::{PrincipalIndex, PrincipalPattern};
 use super::rule::{Rare, Rule};
 use super::stats::RuleStats;
+use super::Policy;
 use crate::config::{FileError, SourceFile};
 
 /// Everything `Policy` holds, built from one file.
@@ -78,7 +79,7 @@ pub(super) fn compile(source: &SourceFile) -> Result<Compiled, FileError> {
     Ok(Compiled {
         mode: raw.mode,
         default: raw.default,
-        version: hex::encode(Sha256::digest(source.text.as_bytes()))[..12].to_string(),
+        version: Policy::version_of(&source.text),
         has_expiry: rules.iter().any(|r| r.expires().is_some()),
         stats: RuleStats::new(&rules),
         rules,

@@ -20,6 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use sha2::{Digest, Sha256};
+
 use crate::config::{FileError, SourceFile};
 use crate::spiffe_id::SpiffeId;
 use compile::Compiled;
@@ -135,14 +137,19 @@ impl Policy {
     /// and comments is refused: it would compile to "deny everything", and it is what a
     /// reload sees of a file caught mid-rewrite (`render > policy.toml` truncates first).
     pub fn load(path: &Path) -> Result<Self, FileError> {
-        let source = SourceFile::read(path)?;
+        Self::from_file(&SourceFile::read(path)?)
+    }
+
+    /// Validates and compiles a policy file already read: [`Policy::from_source`], and a
+    /// file that says nothing (empty, only comments) is refused.
+    pub fn from_file(source: &SourceFile) -> Result<Self, FileError> {
         if let Some(what) = says_nothing(&source.text) {
             return Err(FileError::file(
-                path,
+                &source.path,
                 format!("file {what}: a policy must say at least its default (default = \"deny\" or \"allow\")"),
             ));
         }
-        Self::from_source(&source)
+        Self::from_source(source)
     }
 
     /// Validates and compiles an already read policy file.
@@ -190,6 +197,11 @@ impl Policy {
     /// Short content hash of the file (first 12 hex digits of its SHA-256), for logs.
     pub fn version(&self) -> &str {
         &self.compiled.version
+    }
+
+    /// The [`Policy::version`] a file of this text gets.
+    pub fn version_of(text: &str) -> String {
+        hex::encode(Sha256::digest(text.as_bytes()))[..12].to_string()
     }
 
     /// The rule names in file order.

@@ -301,3 +301,52 @@ async fn a_reload_compares_with_the_bytes_in_force() {
     reloader.reload();
     assert_ne!(fixture.serial(), serial);
 }
+
+/// A refused policy file is reported once: reloads another file's change or a SIGHUP
+/// starts do not count it again while it is unchanged; an edit is judged again, and so
+/// is the same bad edit made again after the file went back to the policy in force.
+#[tokio::test]
+async fn an_unchanged_refused_policy_is_reported_once() {
+    let (fixture, mut reloader) = Fixture::new(TWO_RULES);
+    let good = fixture.version();
+    replace(&fixture.path(), "default = \"maybe\"\n");
+    for _ in 0..3 {
+        reloader.reload();
+    }
+    assert_eq!(fixture.reloads("error"), 1);
+    replace(&fixture.path(), "default = \"perhaps\"\n");
+    reloader.reload();
+    reloader.reload();
+    assert_eq!(fixture.reloads("error"), 2, "an edit is judged again");
+    replace(&fixture.path(), TWO_RULES);
+    reloader.reload();
+    replace(&fixture.path(), "default = \"perhaps\"\n");
+    reloader.reload();
+    assert_eq!(fixture.reloads("error"), 3, "the same bad edit, made again");
+    assert_eq!(fixture.version(), good);
+    assert_eq!(fixture.reloads("ok"), 0);
+}
+
+/// Refused identity files are reported once while unchanged, unless what was refused
+/// is an SVID not valid *yet*: the same files become acceptable with time.
+#[tokio::test]
+async fn an_unchanged_refused_identity_is_reported_once_unless_it_may_become_valid() {
+    let mut fixture = IdentityFixture::new();
+    let mut reloader = fixture.reloader();
+    let now = time::OffsetDateTime::now_utc();
+    let mut expired = fixture.spec();
+    expired.not_before = now - time::Duration::days(2);
+    expired.not_after = now - time::Duration::days(1);
+    fixture.write(expired);
+    for _ in 0..3 {
+        reloader.reload();
+    }
+    assert_eq!(fixture.reloads("error"), 1);
+    let mut future = fixture.spec();
+    future.not_before = now + time::Duration::hours(1);
+    future.not_after = now + time::Duration::days(1);
+    fixture.write(future);
+    reloader.reload();
+    reloader.reload();
+    assert_eq!(fixture.reloads("error"), 3, "judged again at each reload");
+}
