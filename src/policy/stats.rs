@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -43,6 +43,17 @@ pub(super) struct RuleStats {
     slots: PerWorker<Box<[Slot]>>,
     /// Slots per worker.
     len: usize,
+    /// The policy these counters continue after a reload, counted live while requests
+    /// may still record hits on it, then folded into the slots.
+    predecessor: Mutex<Option<Predecessor>>,
+}
+
+/// A replaced policy whose hits still count as this one's.
+#[derive(Debug)]
+struct Predecessor {
+    policy: Arc<Policy>,
+    /// For each of this policy's slots, the predecessor's slot it continues, if any.
+    continues: Box<[Option<usize>]>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +88,15 @@ struct Totals {
 }
 
 impl Totals {
+    /// These totals and `other`'s.
+    fn plus(mut self, other: &Totals) -> Self {
+        for (total, hits) in self.hits.iter_mut().zip(other.hits) {
+            *total += hits;
+        }
+        self.last_hit_ms = self.last_hit_ms.max(other.last_hit_ms);
+        self
+    }
+
     fn add(mut self, slot: &Slot) -> Self {
         for (total, hits) in self.hits.iter_mut().zip(&slot.hits) {
             *total += hits.load(Ordering::Relaxed);
@@ -120,6 +140,7 @@ impl RuleStats {
             index,
             slots: PerWorker::default(),
             len: rules.len() + 1,
+            predecessor: Mutex::default(),
         }
     }
 
@@ -139,11 +160,33 @@ impl RuleStats {
         &slots[n]
     }
 
-    /// Slot `n` over all workers.
+    /// Slot `n` over all workers, with what the slot continues of a replaced policy.
     fn totals(&self, n: usize) -> Totals {
-        self.slots
+        let mut predecessor = self
+            .predecessor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Once no request holds the replaced policy (a swap turns the guards readers
+        // still hold into references), none can hit it: its counts join these slots.
+        if let Some(replaced) = predecessor.take_if(|p| Arc::strong_count(&p.policy) == 1) {
+            for (mine, theirs) in replaced.continues.iter().enumerate() {
+                if let Some(theirs) = theirs {
+                    self.local(mine)
+                        .inherit(&replaced.policy.compiled.stats.totals(*theirs));
+                }
+            }
+        }
+        let own = self
+            .slots
             .iter()
-            .fold(Totals::default(), |totals, slots| totals.add(&slots[n]))
+            .fold(Totals::default(), |totals, slots| totals.add(&slots[n]));
+        match predecessor
+            .as_ref()
+            .and_then(|p| Some((p, p.continues[n]?)))
+        {
+            Some((replaced, theirs)) => own.plus(&replaced.policy.compiled.stats.totals(theirs)),
+            None => own,
+        }
     }
 }
 
@@ -180,9 +223,11 @@ impl Policy {
         }
     }
 
-    /// Carries the counts of `previous` over to this policy (after a reload), for rules
-    /// with the same name and action, and for the default: counters stay monotonic.
-    pub fn inherit_stats(&self, previous: &Policy) {
+    /// Makes this policy's counters continue those of `previous` (the one it replaces
+    /// at a reload), for rules with the same name and action, and for the default: hits
+    /// `previous` records later (requests that loaded it before the swap) count too, so
+    /// the counters never go down.
+    pub fn inherit_stats(&self, previous: &Arc<Policy>) {
         let (mine, theirs) = (&self.compiled, &previous.compiled);
         let same_action = |name: &str| {
             let action = |c: &super::compile::Compiled| {
@@ -191,12 +236,19 @@ impl Policy {
             action(mine) == action(theirs)
         };
         let (old, new) = (&theirs.stats, &mine.stats);
+        let mut continues = vec![None; new.len];
         for (name, &n) in &new.index {
-            if let (Some(&o), true) = (old.index.get(name), same_action(name)) {
-                new.local(n).inherit(&old.totals(o));
+            if same_action(name) {
+                continues[n] = old.index.get(name).copied();
             }
         }
-        new.local(new.len - 1).inherit(&old.totals(old.len - 1));
+        continues[new.len - 1] = Some(old.len - 1);
+        *new.predecessor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Predecessor {
+            policy: Arc::clone(previous),
+            continues: continues.into(),
+        });
     }
 
     /// This policy's rules with their hits, as the admin `GET /policy` lists them.
@@ -398,7 +450,7 @@ mod tests {
 
     #[test]
     fn reload_inherits_counts_of_unchanged_rules() {
-        let old = policy(POLICY);
+        let old = Arc::new(policy(POLICY));
         judge(&old, "GET", "/a");
         on_worker(1, || {
             judge(&old, "POST", "/b");
@@ -419,5 +471,32 @@ mod tests {
         assert_eq!(l["rules"][0]["hits"]["allow"], 2);
         assert_eq!(l["rules"][1]["hits"]["audit_deny"], 0);
         assert_eq!(l["default"]["hits"]["audit_deny"], 1);
+    }
+
+    /// Requests that loaded the old policy before the swap record their hits on it after
+    /// the new one took over: they still count, before and after the old one is gone, so
+    /// `idgate_rule_hits_total` never goes down across a reload.
+    #[test]
+    fn hits_on_the_replaced_policy_after_a_reload_still_count() {
+        let old = Arc::new(policy(POLICY));
+        judge(&old, "GET", "/a");
+        let new = policy(POLICY);
+        new.inherit_stats(&old);
+        let reads = |p: &Policy| p.stats_json("api")["rules"][0]["hits"]["allow"].clone();
+        assert_eq!(reads(&new), 1);
+        // In flight across the swap: decided by the old policy, recorded there.
+        judge(&old, "GET", "/b");
+        on_worker(1, || {
+            judge(&old, "GET", "/c");
+        });
+        assert_eq!(reads(&new), 3);
+        judge(&new, "GET", "/d");
+        drop(old);
+        assert_eq!(reads(&new), 4, "folded in once nothing holds the old policy");
+        assert_eq!(reads(&new), 4);
+        // A second reload continues the first one's counters.
+        let newer = Arc::new(policy(POLICY));
+        newer.inherit_stats(&Arc::new(new));
+        assert_eq!(reads(&newer), 4);
     }
 }
