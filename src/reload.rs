@@ -50,6 +50,16 @@ pub struct PolicySlot {
     pub tcp_only: bool,
 }
 
+impl PolicySlot {
+    /// Whether the file now holds other content than the policy in force (unreadable
+    /// counts as changed: the reload reports it).
+    fn changed_on_disk(&self) -> bool {
+        SourceFile::read(&self.path).map_or(true, |source| {
+            Policy::version_of(&source.text) != self.policy.load().version()
+        })
+    }
+}
+
 /// The `files` identity to reload.
 pub struct IdentityFiles {
     /// Fingerprint of the bytes the identity in force was built from (from
@@ -128,8 +138,8 @@ pub struct Reloader {
 
 impl Reloader {
     /// Starts watching the files' directories and SIGHUP at once (so a change made right
-    /// after start-up is not missed); [`Reloader::run`] acts on them. Identity files
-    /// that changed since they were loaded (before the watch began) are reloaded at once.
+    /// after start-up is not missed); [`Reloader::run`] acts on them. Files that changed
+    /// since they were loaded (before the watch began) are reloaded at once.
     pub fn new(
         policies: Vec<PolicySlot>,
         identity: Option<IdentityFiles>,
@@ -143,10 +153,10 @@ impl Reloader {
         let watcher = watch_dirs(&paths.collect::<Vec<_>>(), tx.clone())
             .inspect_err(|error| tracing::warn!(%error, "cannot watch files for changes; reload with SIGHUP"))
             .ok();
-        if identity
+        let identity_changed = identity
             .as_ref()
-            .is_some_and(|files| Fingerprint::of_files(files.paths()) != files.in_force)
-        {
+            .is_some_and(|files| Fingerprint::of_files(files.paths()) != files.in_force);
+        if identity_changed || policies.iter().any(PolicySlot::changed_on_disk) {
             let _ = tx.send(());
         }
         let hangup = signal(SignalKind::hangup())

@@ -492,7 +492,11 @@ mod tests {
         assert_eq!(reads(&new), 3);
         judge(&new, "GET", "/d");
         drop(old);
-        assert_eq!(reads(&new), 4, "folded in once nothing holds the old policy");
+        assert_eq!(
+            reads(&new),
+            4,
+            "folded in once nothing holds the old policy"
+        );
         assert_eq!(reads(&new), 4);
         // A second reload continues the first one's counters.
         let newer = Arc::new(policy(POLICY));

@@ -39,10 +39,17 @@ struct Fixture {
 
 impl Fixture {
     fn new(text: &str) -> (Self, Reloader) {
+        Self::new_then(text, |_| {})
+    }
+
+    /// [`Fixture::new`], running `meanwhile` on the file after the policy was loaded
+    /// and before the reloader watches it.
+    fn new_then(text: &str, meanwhile: impl FnOnce(&Path)) -> (Self, Reloader) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, text).unwrap();
         let handle = PolicyHandle::new(Arc::new(Policy::load(&path).unwrap()));
+        meanwhile(&path);
         let mut registry = Registry::default();
         let metrics = ReloadMetrics::register(&mut registry);
         let slot = PolicySlot {
@@ -349,4 +356,17 @@ async fn an_unchanged_refused_identity_is_reported_once_unless_it_may_become_val
     reloader.reload();
     reloader.reload();
     assert_eq!(fixture.reloads("error"), 3, "judged again at each reload");
+}
+
+/// A policy file rewritten after `idgate run` loaded it and before the reloader watches
+/// it: no event will ever come, yet the new policy is loaded at once.
+#[tokio::test]
+async fn a_policy_rewritten_during_start_up_is_loaded() {
+    let rewritten = "default = \"deny\"\n";
+    let (fixture, reloader) = Fixture::new_then(TWO_RULES, |path| replace(path, rewritten));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(reloader.run(shutdown.clone()));
+    fixture.until_version(&version_of(rewritten)).await;
+    shutdown.cancel();
+    running.await.unwrap();
 }
