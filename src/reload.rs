@@ -37,6 +37,9 @@ const QUIET: Duration = Duration::from_millis(200);
 /// ...but never longer than this after the first event, so a file written without pause
 /// is still reloaded within SPEC's second.
 const MAX_WAIT: Duration = Duration::from_millis(700);
+/// How often a replaced policy that requests still held is checked again, to fold its
+/// hit counts in and free it.
+const SETTLE_EVERY: Duration = Duration::from_millis(500);
 
 /// One inbound listener's policy file and the slot requests read it from.
 pub struct PolicySlot {
@@ -130,6 +133,9 @@ pub struct Reloader {
     /// What was refused last, so an unchanged bad file is reported once, not again at
     /// every reload another file's change or a SIGHUP starts.
     refused: Refused,
+    /// Policies put in force whose predecessor requests still hold: its hits count as
+    /// theirs until it is folded in and freed ([`Policy::settle_stats`]).
+    unsettled: Vec<Arc<Policy>>,
     metrics: ReloadMetrics,
     changes: mpsc::UnboundedReceiver<()>,
     watcher: Option<RecommendedWatcher>,
@@ -170,6 +176,7 @@ impl Reloader {
             policies,
             identity,
             metrics,
+            unsettled: Vec::new(),
             changes,
             watcher,
             hangup,
@@ -180,9 +187,15 @@ impl Reloader {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let _watching = self.watcher.take();
         let mut hangup = self.hangup.take();
+        let mut settling = tokio::time::interval(SETTLE_EVERY);
+        settling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = settling.tick(), if !self.unsettled.is_empty() => {
+                    self.unsettled.retain(|policy| !policy.settle_stats());
+                    continue;
+                }
                 Some(()) = self.changes.recv() => {
                     settle(&mut self.changes).await;
                     tracing::info!("files changed: reloading policy and identity files");
@@ -209,7 +222,11 @@ impl Reloader {
     /// Reloads whatever changed on disk since the last successful load.
     pub fn reload(&mut self) {
         for (slot, refused) in self.policies.iter().zip(&mut self.refused.policies) {
-            reload_policy(slot, refused, &self.metrics);
+            if let Some(swapped_in) = reload_policy(slot, refused, &self.metrics) {
+                if !swapped_in.settle_stats() {
+                    self.unsettled.push(swapped_in);
+                }
+            }
         }
         if let Some(files) = &mut self.identity {
             reload_identity(files, &mut self.refused.identity, &self.metrics);
@@ -276,18 +293,22 @@ fn watch_dirs(
 }
 
 /// Loads a policy file whose content differs from the policy in force and from the
-/// content refused last, and swaps it in unless it is refused.
-fn reload_policy(slot: &PolicySlot, refused: &mut Option<String>, metrics: &ReloadMetrics) {
+/// content refused last, and swaps it in unless it is refused; the policy swapped in.
+fn reload_policy(
+    slot: &PolicySlot,
+    refused: &mut Option<String>,
+    metrics: &ReloadMetrics,
+) -> Option<Arc<Policy>> {
     let source = SourceFile::read(&slot.path);
     let content = source.as_ref().ok().map(|s| Policy::version_of(&s.text));
     if let Some(content) = &content {
         if content == slot.policy.load().version() {
             // Back to what is in force: a bad edit made again is reported again.
             *refused = None;
-            return;
+            return None;
         }
         if refused.as_ref() == Some(content) {
-            return;
+            return None;
         }
     }
     let loaded = source
@@ -305,12 +326,14 @@ fn reload_policy(slot: &PolicySlot, refused: &mut Option<String>, metrics: &Relo
             tracing::info!(listener = %slot.listener, old_version = %old, new_version = %policy.version(), "policy reloaded");
             let new = Arc::new(policy);
             new.inherit_stats(&slot.policy.load());
-            slot.policy.swap(new);
+            slot.policy.swap(new.clone());
             ReloadMetrics::count(&metrics.policy, true);
+            Some(new)
         }
         Err(error) => {
             tracing::error!(listener = %slot.listener, "policy reload refused, keeping version {}: {error}", slot.policy.load().version());
             ReloadMetrics::count(&metrics.policy, false);
+            None
         }
     }
 }

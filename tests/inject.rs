@@ -172,19 +172,7 @@ fn bad_annotations_are_refused_with_the_object_named() {
         "idgate.io/upstream-port: \"8080\"",
         "idgate.io/upstream-port: \"eighty\"",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_idgate"))
-        .args(["inject", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(bad.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = inject_refused(&bad);
     assert!(
         stderr.contains("Pod shop/billing") && stderr.contains("idgate.io/upstream-port"),
         "{stderr}"

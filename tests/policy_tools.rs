@@ -61,6 +61,20 @@ fn write_log(dir: &Path) -> PathBuf {
     path
 }
 
+/// `idgate policy learn --log LOG --out OUT`, which must succeed.
+fn learn_into(log: &Path, out: &Path) -> Output {
+    let learned = idgate(&[
+        "policy",
+        "learn",
+        "--log",
+        log.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(learned.status.code(), Some(0), "{}", text(&learned.stderr));
+    learned
+}
+
 fn case(name: &str, from: &str, method: &str, path: &str, expect: &str) -> String {
     format!("[[case]]\nname = {name:?}\nfrom = {from:?}\nmethod = {method:?}\npath = {path:?}\nexpect = {expect:?}\n")
 }
@@ -70,15 +84,7 @@ fn learn_then_test_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let log = write_log(dir.path());
     let learned = dir.path().join("learned.toml");
-    let out = idgate(&[
-        "policy",
-        "learn",
-        "--log",
-        log.to_str().unwrap(),
-        "--out",
-        learned.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = learn_into(&log, &learned);
     let stderr = text(&out.stderr);
     assert!(stderr.contains("learned 8 request(s) into"), "{stderr}");
     assert!(
@@ -253,15 +259,7 @@ fn learn_never_moves_a_method_to_a_sibling_route() {
         .collect();
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
     let learned = dir.path().join("learned.toml");
-    let out = idgate(&[
-        "policy",
-        "learn",
-        "--log",
-        log.to_str().unwrap(),
-        "--out",
-        learned.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = learn_into(&log, &learned);
     let policy = std::fs::read_to_string(&learned).unwrap();
     for (method, path) in seen {
         assert_eq!(

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -160,14 +160,15 @@ impl RuleStats {
         &slots[n]
     }
 
-    /// Slot `n` over all workers, with what the slot continues of a replaced policy.
-    fn totals(&self, n: usize) -> Totals {
+    /// The replaced policy this one continues, if any, folded in first when it can be.
+    fn predecessor(&self) -> MutexGuard<'_, Option<Predecessor>> {
         let mut predecessor = self
             .predecessor
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // Once no request holds the replaced policy (a swap turns the guards readers
-        // still hold into references), none can hit it: its counts join these slots.
+        // still hold into references), none can hit it: its counts join these slots,
+        // and it is freed.
         if let Some(replaced) = predecessor.take_if(|p| Arc::strong_count(&p.policy) == 1) {
             for (mine, theirs) in replaced.continues.iter().enumerate() {
                 if let Some(theirs) = theirs {
@@ -176,6 +177,12 @@ impl RuleStats {
                 }
             }
         }
+        predecessor
+    }
+
+    /// Slot `n` over all workers, with what the slot continues of a replaced policy.
+    fn totals(&self, n: usize) -> Totals {
+        let predecessor = self.predecessor();
         let own = self
             .slots
             .iter()
@@ -249,6 +256,13 @@ impl Policy {
             policy: Arc::clone(previous),
             continues: continues.into(),
         });
+    }
+
+    /// Folds the counts of the policy this one replaced into its own once no request
+    /// holds that one any more, which frees it; true when nothing is left to fold (the
+    /// reloader calls it until then).
+    pub fn settle_stats(&self) -> bool {
+        self.compiled.stats.predecessor().is_none()
     }
 
     /// This policy's rules with their hits, as the admin `GET /policy` lists them.

@@ -370,3 +370,44 @@ async fn a_policy_rewritten_during_start_up_is_loaded() {
     shutdown.cancel();
     running.await.unwrap();
 }
+
+/// A request that loaded the policy before a reload records its hit on it afterwards:
+/// the hit counts for the policy in force, and the replaced policy is freed once the
+/// request lets go of it (without any scrape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_policy_a_request_holds_counts_then_is_freed() {
+    let (fixture, reloader) = Fixture::new(TWO_RULES);
+    let held: Arc<Policy> = Arc::clone(&fixture.handle.load());
+    let replaced = Arc::downgrade(&held);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(reloader.run(shutdown.clone()));
+    let edited =
+        format!("{TWO_RULES}\n[[rule]]\nname = \"c\"\naction = \"allow\"\npaths = [\"/c\"]\n");
+    replace(&fixture.path(), &edited);
+    fixture.until_version(&version_of(&edited)).await;
+    let source = crate::spiffe_id::SpiffeId::parse("spiffe://example.org/a").unwrap();
+    let headers = http::HeaderMap::new();
+    let request = crate::policy::Request {
+        source: &source,
+        method: "GET",
+        path: "/a",
+        headers: &headers,
+    };
+    held.record(&held.evaluate(&request));
+    let hits_of_a = || fixture.handle.load().stats_json("api")["rules"][0]["hits"]["allow"].clone();
+    assert_eq!(hits_of_a(), 1, "a hit on the replaced policy counts");
+    drop(held);
+    for _ in 0..50 {
+        if replaced.upgrade().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        replaced.upgrade().is_none(),
+        "the replaced policy was never freed"
+    );
+    assert_eq!(hits_of_a(), 1, "and its hit was kept");
+    shutdown.cancel();
+    running.await.unwrap();
+}
