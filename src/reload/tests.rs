@@ -10,7 +10,6 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::config::SourceFile;
 
 const TWO_RULES: &str = "[[rule]]\nname = \"a\"\naction = \"allow\"\npaths = [\"/a\"]\n\n[[rule]]\nname = \"b\"\naction = \"allow\"\npaths = [\"/b\"]\n";
 
@@ -19,15 +18,6 @@ fn replace(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// The version a policy text compiles to.
-fn version_of(text: &str) -> String {
-    let source = SourceFile {
-        path: "p.toml".into(),
-        text: text.into(),
-    };
-    Policy::from_source(&source).unwrap().version().to_owned()
 }
 
 /// A reloader of one policy file (`policy.toml` in a temp dir, holding `text`).
@@ -129,7 +119,7 @@ async fn a_file_being_written_is_reloaded_once_it_is_quiet() {
         }
     });
     writer.join().unwrap();
-    fixture.until_version(&version_of(&whole)).await;
+    fixture.until_version(&Policy::version_of(&whole)).await;
     assert_eq!(fixture.reloads("error"), 0, "no partial file was judged");
     assert_eq!(fixture.reloads("ok"), 1, "only the whole file was loaded");
     shutdown.cancel();
@@ -160,7 +150,10 @@ async fn an_empty_policy_file_is_refused() {
     assert!(err.starts_with(&want), "{err}");
     replace(&fixture.path(), "default = \"deny\"\n");
     reloader.reload();
-    assert_eq!(fixture.version(), version_of("default = \"deny\"\n"));
+    assert_eq!(
+        fixture.version(),
+        Policy::version_of("default = \"deny\"\n")
+    );
     assert_eq!(fixture.reloads("ok"), 1);
 }
 
@@ -366,7 +359,7 @@ async fn a_policy_rewritten_during_start_up_is_loaded() {
     let (fixture, reloader) = Fixture::new_then(TWO_RULES, |path| replace(path, rewritten));
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(reloader.run(shutdown.clone()));
-    fixture.until_version(&version_of(rewritten)).await;
+    fixture.until_version(&Policy::version_of(rewritten)).await;
     shutdown.cancel();
     running.await.unwrap();
 }
@@ -384,7 +377,7 @@ async fn a_replaced_policy_a_request_holds_counts_then_is_freed() {
     let edited =
         format!("{TWO_RULES}\n[[rule]]\nname = \"c\"\naction = \"allow\"\npaths = [\"/c\"]\n");
     replace(&fixture.path(), &edited);
-    fixture.until_version(&version_of(&edited)).await;
+    fixture.until_version(&Policy::version_of(&edited)).await;
     let source = crate::spiffe_id::SpiffeId::parse("spiffe://example.org/a").unwrap();
     let headers = http::HeaderMap::new();
     let request = crate::policy::Request {
