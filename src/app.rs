@@ -166,7 +166,7 @@ fn start_identity(
             federation,
         } => {
             let handle = IdentityHandle::new(format!("files {}", cert.display()));
-            let loaded = identity::files::load_fingerprinted(cert, key, bundle, federation)?;
+            let loaded = identity::files::Contents::read(cert, key, bundle, federation).load()?;
             handle.publish(loaded.svid, loaded.bundles);
             let health = IdentityHealth::new(HealthSettings::files());
             Ok((handle, health, Some(loaded.fingerprint)))

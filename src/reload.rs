@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceFile;
-use crate::identity::files::Fingerprint;
+use crate::identity::files::{Contents, Fingerprint};
 use crate::identity::{self, IdentityHandle};
 use crate::policy::{Policy, PolicyHandle};
 
@@ -66,7 +66,7 @@ impl PolicySlot {
 /// The `files` identity to reload.
 pub struct IdentityFiles {
     /// Fingerprint of the bytes the identity in force was built from (from
-    /// [`identity::files::load_fingerprinted`]), not of the files as they are now: a
+    /// [`Contents::load`]), not of the files as they are now: a
     /// rewrite after that load differs from it, whenever it happened.
     pub in_force: Fingerprint,
     /// Where new material is published.
@@ -87,6 +87,11 @@ impl IdentityFiles {
             .into_iter()
             .chain(self.federation.iter().map(|(_, p)| p))
             .map(PathBuf::as_path)
+    }
+
+    /// The files' bytes as they are now.
+    fn read(&self) -> Contents<'_> {
+        Contents::read(&self.cert, &self.key, &self.bundle, &self.federation)
     }
 }
 
@@ -161,7 +166,7 @@ impl Reloader {
             .ok();
         let identity_changed = identity
             .as_ref()
-            .is_some_and(|files| Fingerprint::of_files(files.paths()) != files.in_force);
+            .is_some_and(|files| files.read().fingerprint() != files.in_force);
         if identity_changed || policies.iter().any(PolicySlot::changed_on_disk) {
             let _ = tx.send(());
         }
@@ -346,7 +351,8 @@ fn reload_identity(
     refused: &mut Option<Fingerprint>,
     metrics: &ReloadMetrics,
 ) {
-    let on_disk = Fingerprint::of_files(files.paths());
+    let contents = files.read();
+    let on_disk = contents.fingerprint();
     if on_disk == files.in_force {
         *refused = None;
         return;
@@ -355,13 +361,7 @@ fn reload_identity(
         return;
     }
     let current = files.handle.current();
-    let loaded = identity::files::load_fingerprinted(
-        &files.cert,
-        &files.key,
-        &files.bundle,
-        &files.federation,
-    )
-    .and_then(|loaded| {
+    let loaded = contents.load().and_then(|loaded| {
         let now = identity::unix_seconds(std::time::SystemTime::now());
         let svid = current.as_ref().map(|m| &m.svid);
         identity::files::check_replacement(&files.cert, &loaded.svid, svid, now)?;

@@ -20,18 +20,20 @@ pub fn load(
     bundle: &Path,
     federation: &[(String, PathBuf)],
 ) -> Result<(Svid, TrustBundles), IdentityError> {
-    load_fingerprinted(cert, key, bundle, federation).map(|loaded| (loaded.svid, loaded.bundles))
+    Contents::read(cert, key, bundle, federation)
+        .load()
+        .map(|loaded| (loaded.svid, loaded.bundles))
 }
 
-/// What [`load_fingerprinted`] built, and the fingerprint of the very bytes it built it
-/// from (not of the files as they are later: a reloader compares against this, so a
-/// rewrite between loading and watching is still seen as a change).
+/// What [`Contents::load`] built, and the fingerprint of the very bytes it built it from
+/// (not of the files as they are later: a reloader compares against this, so a rewrite
+/// between loading and watching is still seen as a change).
 pub struct Loaded {
     /// Our SVID.
     pub svid: Svid,
     /// Our own and the federated bundles.
     pub bundles: TrustBundles,
-    /// SHA-256 over the files' bytes, in [`Fingerprint::of_files`]'s order.
+    /// [`Contents::fingerprint`] of what was loaded.
     pub fingerprint: Fingerprint,
 }
 
@@ -39,79 +41,102 @@ pub struct Loaded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fingerprint([u8; 32]);
 
-impl Fingerprint {
-    /// The fingerprint of the files as they are now (cert, key, bundle, federated bundles,
-    /// in that order); an unreadable file counts as empty, so a later write differs.
-    pub fn of_files<'a>(paths: impl Iterator<Item = &'a Path>) -> Self {
-        let contents: Vec<Vec<u8>> = paths
-            .map(|path| std::fs::read(path).unwrap_or_default())
-            .collect();
-        Self::of(contents.iter().map(Vec::as_slice))
-    }
-
-    fn of<'a>(contents: impl Iterator<Item = &'a [u8]>) -> Self {
-        let mut hash = Sha256::new();
-        for bytes in contents {
-            hash.update((bytes.len() as u64).to_le_bytes());
-            hash.update(bytes);
-        }
-        Self(hash.finalize().into())
-    }
+/// The identity files' bytes, each read once: what is fingerprinted is what is loaded.
+pub struct Contents<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    bundle: &'a Path,
+    federation: &'a [(String, PathBuf)],
+    /// In the order cert, key, bundle, federated bundles.
+    bytes: Vec<Result<Vec<u8>, IdentityError>>,
+    fingerprint: Fingerprint,
 }
 
-/// [`load`], reading each file once and fingerprinting what was read.
-pub fn load_fingerprinted(
-    cert: &Path,
-    key: &Path,
-    bundle: &Path,
-    federation: &[(String, PathBuf)],
-) -> Result<Loaded, IdentityError> {
-    let paths: Vec<&Path> = [cert, key, bundle]
-        .into_iter()
-        .chain(federation.iter().map(|(_, path)| path.as_path()))
-        .collect();
-    let contents = paths
-        .iter()
-        .map(|path| std::fs::read(path).map_err(|e| file_error(path, e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    let fingerprint = Fingerprint::of(contents.iter().map(Vec::as_slice));
-    let chain = certs_in(cert, &contents[0])?;
-    let key_der = key_in(key, &contents[1])?;
-    let svid = Svid::from_der(chain, key_der).map_err(|error| {
-        let path = match error {
-            IdentityError::BadKey(_) | IdentityError::KeyMismatch => key,
-            _ => cert,
-        };
-        in_file(path, error)
-    })?;
-    let own = svid.spiffe_id.trust_domain_name().to_owned();
-    let mut bundles = TrustBundles::default();
-    let certs = certs_in(bundle, &contents[2])?;
-    bundles
-        .insert_der(&own, &certs)
-        .map_err(|e| in_file(bundle, e))?;
-    for ((trust_domain, path), bytes) in federation.iter().zip(&contents[3..]) {
-        if trust_domain
-            .strip_prefix("spiffe://")
-            .unwrap_or(trust_domain)
-            == own
-        {
-            let reason = format!(
-                "federation lists {own}, our own trust domain; its bundle is {}",
-                bundle.display()
-            );
-            return Err(file_error(path, reason));
+impl<'a> Contents<'a> {
+    /// Reads the files as they are now.
+    pub fn read(
+        cert: &'a Path,
+        key: &'a Path,
+        bundle: &'a Path,
+        federation: &'a [(String, PathBuf)],
+    ) -> Self {
+        let bytes = [cert, key, bundle]
+            .into_iter()
+            .chain(federation.iter().map(|(_, path)| path.as_path()))
+            .map(|path| std::fs::read(path).map_err(|e| file_error(path, e.to_string())))
+            .collect::<Vec<_>>();
+        let mut hash = Sha256::new();
+        for read in &bytes {
+            let read = read.as_deref().unwrap_or_default();
+            hash.update((read.len() as u64).to_le_bytes());
+            hash.update(read);
         }
-        let certs = certs_in(path, bytes)?;
-        bundles
-            .insert_der(trust_domain, &certs)
-            .map_err(|e| in_file(path, e))?;
+        Self {
+            cert,
+            key,
+            bundle,
+            federation,
+            bytes,
+            fingerprint: Fingerprint(hash.finalize().into()),
+        }
     }
-    Ok(Loaded {
-        svid,
-        bundles,
-        fingerprint,
-    })
+
+    /// The fingerprint of what was read; an unreadable file counts as empty, so a later
+    /// write differs.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Our SVID, our own bundle and the federated ones, from what was read; an unreadable
+    /// file is the first error.
+    pub fn load(self) -> Result<Loaded, IdentityError> {
+        let Self {
+            cert,
+            key,
+            bundle,
+            federation,
+            bytes,
+            fingerprint,
+        } = self;
+        let contents = bytes.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let chain = certs_in(cert, &contents[0])?;
+        let key_der = key_in(key, &contents[1])?;
+        let svid = Svid::from_der(chain, key_der).map_err(|error| {
+            let path = match error {
+                IdentityError::BadKey(_) | IdentityError::KeyMismatch => key,
+                _ => cert,
+            };
+            in_file(path, error)
+        })?;
+        let own = svid.spiffe_id.trust_domain_name().to_owned();
+        let mut bundles = TrustBundles::default();
+        let certs = certs_in(bundle, &contents[2])?;
+        bundles
+            .insert_der(&own, &certs)
+            .map_err(|e| in_file(bundle, e))?;
+        for ((trust_domain, path), bytes) in federation.iter().zip(&contents[3..]) {
+            if trust_domain
+                .strip_prefix("spiffe://")
+                .unwrap_or(trust_domain)
+                == own
+            {
+                let reason = format!(
+                    "federation lists {own}, our own trust domain; its bundle is {}",
+                    bundle.display()
+                );
+                return Err(file_error(path, reason));
+            }
+            let certs = certs_in(path, bytes)?;
+            bundles
+                .insert_der(trust_domain, &certs)
+                .map_err(|e| in_file(path, e))?;
+        }
+        Ok(Loaded {
+            svid,
+            bundles,
+            fingerprint,
+        })
+    }
 }
 
 /// Whether a newly loaded SVID from `cert` may replace `current` at `now` (seconds since

@@ -165,7 +165,8 @@ struct IdentityFixture {
     dir: tempfile::TempDir,
     ca: crate::devpki::DevCa,
     handle: IdentityHandle,
-    loaded: Fingerprint,
+    /// What [`IdentityFixture::new`] loaded and published.
+    loaded: Option<Fingerprint>,
     registry: Registry,
 }
 
@@ -174,27 +175,24 @@ impl IdentityFixture {
         let dir = tempfile::tempdir().unwrap();
         let ca = crate::devpki::DevCa::new("example.org").unwrap();
         std::fs::write(dir.path().join("bundle.pem"), ca.root_pem()).unwrap();
-        let fixture = Self {
+        let mut fixture = Self {
             dir,
             ca,
             handle: IdentityHandle::new("files"),
-            loaded: Fingerprint::of_files(std::iter::empty()),
+            loaded: None,
             registry: Registry::default(),
         };
         fixture.write(fixture.spec());
         let d = fixture.dir.path();
-        let loaded = identity::files::load_fingerprinted(
-            &d.join("api.pem"),
-            &d.join("api-key.pem"),
-            &d.join("bundle.pem"),
-            &[],
-        )
-        .unwrap();
+        let (cert, key, bundle) = (
+            d.join("api.pem"),
+            d.join("api-key.pem"),
+            d.join("bundle.pem"),
+        );
+        let loaded = Contents::read(&cert, &key, &bundle, &[]).load().unwrap();
         fixture.handle.publish(loaded.svid, loaded.bundles);
-        Self {
-            loaded: loaded.fingerprint,
-            ..fixture
-        }
+        fixture.loaded = Some(loaded.fingerprint);
+        fixture
     }
 
     fn spec(&self) -> crate::devpki::LeafSpec {
@@ -211,7 +209,7 @@ impl IdentityFixture {
     fn reloader(&mut self) -> Reloader {
         let d = self.dir.path();
         let files = IdentityFiles {
-            in_force: self.loaded,
+            in_force: self.loaded.expect("loaded by new"),
             handle: self.handle.clone(),
             cert: d.join("api.pem"),
             key: d.join("api-key.pem"),
