@@ -171,6 +171,20 @@ pub(super) fn check_identity(
                         .map_err(|e| refuse("socket", &format!("$SPIFFE_ENDPOINT_SOCKET: {e}")))?
                 }
             };
+            if let Some(id) = raw
+                .spiffe_id
+                .as_ref()
+                .filter(|id| id.get_ref().path().is_empty())
+            {
+                return Err(source.error_at(
+                    id.span(),
+                    "identity.spiffe_id",
+                    format!(
+                        "{} names a trust domain; an SVID's ID has a path",
+                        id.get_ref()
+                    ),
+                ));
+            }
             Ok(IdentityConfig::Spire {
                 socket,
                 spiffe_id: raw.spiffe_id.as_ref().map(|id| id.get_ref().clone()),
@@ -320,6 +334,18 @@ pub(super) fn check_outbound(
             l.server_ids.span(),
             &format!("{field}.server_ids"),
             "list at least one SPIFFE ID the server may present",
+        ));
+    }
+    if let Some(bare) = l
+        .server_ids
+        .get_ref()
+        .iter()
+        .find(|id| id.path().is_empty())
+    {
+        return Err(source.error_at(
+            l.server_ids.span(),
+            &format!("{field}.server_ids"),
+            format!("{bare} names a trust domain, which no server presents (a workload's ID has a path)"),
         ));
     }
     Ok(Outbound {

@@ -230,10 +230,25 @@ fn listener_errors_name_the_line_of_their_key() {
         "tcp://host:port",
     );
     assert_refused(
+        &format!("{IDENTITY}spiffe_id = \"spiffe://example.org\"\n{OUTBOUND}"),
+        4,
+        "identity.spiffe_id",
+        "spiffe://example.org names a trust domain; an SVID's ID has a path",
+    );
+    assert_refused(
         &format!("{IDENTITY}{OUTBOUND}").replace("[\"spiffe://example.org/x\"]", "[]"),
         8,
         "outbound[0].server_ids",
         "at least one SPIFFE ID",
+    );
+    assert_refused(
+        &format!("{IDENTITY}{OUTBOUND}").replace(
+            "[\"spiffe://example.org/x\"]",
+            "[\"spiffe://example.org/x\", \"spiffe://example.org\"]",
+        ),
+        8,
+        "outbound[0].server_ids",
+        "spiffe://example.org names a trust domain, which no server presents",
     );
     // A second listener (lines 9-13) with the first one's name, then with its address.
     let twice = format!("{IDENTITY}{inbound}{inbound}");

@@ -249,6 +249,31 @@ mod tests {
     }
 
     #[test]
+    fn refuses_an_svid_whose_id_is_a_trust_domain_id() {
+        let dir = dev_dir();
+        let d = dir.path();
+        let ca = DevCa::new("example.org").expect("ca");
+        let mut spec = LeafSpec::svid(&SpiffeId::parse(API).expect("id"));
+        spec.uris = vec!["spiffe://example.org".into()];
+        let issued = ca.issue(&spec).expect("issue");
+        fs::write(d.join("td.pem"), &issued.chain_pem).expect("write");
+        fs::write(d.join("td-key.pem"), &issued.key_pem).expect("write");
+        fs::write(d.join("td-bundle.pem"), ca.root_pem()).expect("write");
+        let err = load(
+            &d.join("td.pem"),
+            &d.join("td-key.pem"),
+            &d.join("td-bundle.pem"),
+            &[],
+        )
+        .expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("has no path: a trust domain ID names no workload"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_problem() {
         let dir = dev_dir();
         let d = dir.path();

@@ -120,7 +120,7 @@ impl Svid {
                 index: 0,
                 reason: e.to_string(),
             })?;
-        let spiffe_id = crate::tls::spiffe_id_of(&leaf).map_err(IdentityError::SvidId)?;
+        let spiffe_id = crate::tls::leaf_spiffe_id_of(&leaf).map_err(IdentityError::SvidId)?;
         let serial = format!("{:x}", leaf.serial);
         let not_after = leaf.validity().not_after.timestamp();
         let provider = crate::tls::provider();

@@ -18,7 +18,7 @@ use super::model::{Action, Mode, RawPolicy, RawRule};
 use super::path::{PathPattern, PathSet};
 use super::principal::{PrincipalIndex, PrincipalPattern};
 use super::rule::{Rare, Rule};
-use super::stats::RuleStats;
+use super::stats::{RuleStats, DEFAULT_RULE};
 use super::Policy;
 use crate::config::{FileError, SourceFile};
 
@@ -49,6 +49,15 @@ pub(super) fn compile(source: &SourceFile) -> Result<Compiled, FileError> {
                 r.name.span(),
                 &format!("{field}.name"),
                 "a rule needs a name",
+            ));
+        }
+        if name == DEFAULT_RULE {
+            return Err(source.error_at(
+                r.name.span(),
+                &format!("{field}.name"),
+                format!(
+                    "{name:?} is reserved: it names the policy's default in decisions and metrics"
+                ),
             ));
         }
         if let Some(first) = names.insert(name, i) {
@@ -162,6 +171,9 @@ pub(super) fn parse_method(method: &str) -> Result<Method, String> {
     const KNOWN: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
     ];
+    if method == "*" {
+        return Err("\"*\" is not a wildcard here: leave `methods` out to match any method".into());
+    }
     let upper = method.to_ascii_uppercase();
     if upper != method && KNOWN.contains(&upper.as_str()) {
         return Err(format!("methods are case-sensitive; write {upper:?}"));

@@ -55,6 +55,11 @@ impl PrincipalPattern {
             ));
         }
         TrustDomain::new(td).map_err(|e| format!("{pattern:?}: {e}"))?;
+        if path.is_empty() {
+            return Err(format!(
+                "{pattern:?} names the trust domain itself, which no peer presents (a workload's ID has a path); write \"spiffe://{td}/*\" for any ID of it"
+            ));
+        }
         if !pattern.contains('*') {
             return SpiffeId::parse(pattern)
                 .map(Self::Exact)

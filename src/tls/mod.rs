@@ -28,7 +28,7 @@ use crate::spiffe_id::SpiffeId;
 
 pub use failure::{describe, failure_reason, TlsMetrics};
 pub use peer::{PeerCheck, PeerIdentity};
-pub use verify::{spiffe_id_of, PeerCertError};
+pub use verify::{leaf_spiffe_id_of, spiffe_id_of, PeerCertError};
 
 /// The one crypto provider idgate uses (ring), with the cipher suites in idgate's order of
 /// preference: [`CIPHER_SUITES`].

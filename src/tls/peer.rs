@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::verified_chains::{self, VerifiedChains, TRUSTED_FOR_SECS};
-use super::verify::{check_server_id, spiffe_id_of, verify_peer, PeerCertError, Usage};
+use super::verify::{check_server_id, leaf_spiffe_id_of, verify_peer, PeerCertError, Usage};
 use crate::identity::{unix_seconds, IdentityHandle};
 use crate::spiffe_id::SpiffeId;
 
@@ -135,7 +135,7 @@ impl PeerIdentity {
         let leaf_der = certs.first()?;
         let (_, leaf) = X509Certificate::from_der(leaf_der).ok()?;
         Some(Self {
-            spiffe_id: spiffe_id_of(&leaf).ok()?,
+            spiffe_id: leaf_spiffe_id_of(&leaf).ok()?,
             leaf_sha256: hex::encode(Sha256::digest(leaf_der)),
             not_after: leaf.validity().not_after.timestamp(),
         })

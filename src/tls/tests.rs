@@ -390,6 +390,15 @@ async fn refuses_client_with_malformed_spiffe_id() {
 }
 
 #[tokio::test]
+async fn refuses_client_leaf_with_a_trust_domain_id() {
+    // `spiffe://example.org` names the trust domain, not a workload: a rule for
+    // `spiffe://example.org/*` would not match it (X.509-SVID 5.2 requires a path).
+    let mut spec = LeafSpec::svid(&id(WEB));
+    spec.uris = vec!["spiffe://example.org".into()];
+    assert_client_refused(spec, "trust_domain_id_as_leaf").await;
+}
+
+#[tokio::test]
 async fn refuses_ca_certificate_as_client_leaf() {
     let mut spec = LeafSpec::svid(&id(WEB));
     spec.ca = true;

@@ -26,6 +26,10 @@ pub enum PeerCertError {
     /// The URI SAN is not a valid SPIFFE ID.
     #[error("the URI SAN {uri:?} is not a valid SPIFFE ID: {reason}")]
     MalformedSpiffeId { uri: String, reason: SpiffeIdError },
+    /// The URI SAN is a trust domain's own ID (no path), which names a signing
+    /// certificate, never a workload (X.509-SVID 3.1, 5.2).
+    #[error("the leaf's SPIFFE ID {0} has no path: a trust domain ID names no workload")]
+    TrustDomainIdAsLeaf(SpiffeId),
     /// basicConstraints CA:true on a leaf.
     #[error("the leaf certificate is a CA certificate (basicConstraints CA:true)")]
     CaAsLeaf,
@@ -61,6 +65,7 @@ impl PeerCertError {
             Self::NoSpiffeId => "no_spiffe_id",
             Self::MultipleUriSans(_) => "multiple_uri_sans",
             Self::MalformedSpiffeId { .. } => "malformed_spiffe_id",
+            Self::TrustDomainIdAsLeaf(_) => "trust_domain_id_as_leaf",
             Self::CaAsLeaf => "ca_as_leaf",
             Self::BadKeyUsage(_) => "bad_key_usage",
             Self::UnknownTrustDomain(_) => "unknown_trust_domain",
@@ -109,9 +114,19 @@ pub fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, PeerCertErro
     }
 }
 
+/// The SPIFFE ID of a leaf SVID: [`spiffe_id_of`], with a non-root path (X.509-SVID 5.2:
+/// `spiffe://TD` alone names a trust domain, and `spiffe://TD/*` rules would miss it).
+pub fn leaf_spiffe_id_of(leaf: &X509Certificate<'_>) -> Result<SpiffeId, PeerCertError> {
+    let id = spiffe_id_of(leaf)?;
+    if id.path().is_empty() {
+        return Err(PeerCertError::TrustDomainIdAsLeaf(id));
+    }
+    Ok(id)
+}
+
 /// Checks an X.509-SVID leaf's shape: SPIFFE ID, CA:false, SPIFFE key usage.
 pub(crate) fn check_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, PeerCertError> {
-    let id = spiffe_id_of(leaf)?;
+    let id = leaf_spiffe_id_of(leaf)?;
     let constraints = leaf
         .basic_constraints()
         .map_err(|e| PeerCertError::Chain(format!("basicConstraints: {e}")))?;
