@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use crate::policy::{normalize_path, Decision, Policy, Request, Verdict};
 use crate::spiffe_id::SpiffeId;
@@ -83,7 +83,8 @@ pub fn judge(
     raw_path: &str,
     headers: &HeaderMap,
 ) -> Result<Judged, String> {
-    let path = normalize_path(raw_path)
+    let target = request_target_path(raw_path)?;
+    let path = normalize_path(target.path())
         .map_err(|e| format!("path {raw_path:?} is refused (the proxy answers 400): {e}"))?;
     let request = Request {
         source: from,
@@ -99,6 +100,18 @@ pub fn judge(
         path: path.into_owned(),
         reason,
     })
+}
+
+/// A request target as the proxy reads it (`http::Uri`): an origin-form path, whose query
+/// and fragment are not part of the path, or an absolute-form URL, whose path is judged.
+fn request_target_path(raw: &str) -> Result<Uri, String> {
+    if !raw.starts_with('/') && !raw.contains("://") {
+        return Err(format!(
+            "path {raw:?}: expected a path such as \"/api/v2\" or an absolute URL"
+        ));
+    }
+    raw.parse::<Uri>()
+        .map_err(|e| format!("path {raw:?} is refused (the proxy answers 400): {e}"))
 }
 
 /// Parses `name: value` header arguments.
@@ -136,6 +149,35 @@ mod tests {
             method: method.into(),
             path: path.into(),
             headers: headers.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn judges_the_path_the_proxy_judges() {
+        // The proxy reads the target with `http::Uri`: no fragment, no query, and an
+        // absolute-form target's path.
+        let policy = Policy::from_source(&crate::config::SourceFile {
+            path: "p.toml".into(),
+            text: "default = \"allow\"\n[[rule]]\nname = \"no-admin\"\naction = \"deny\"\npaths = [\"/admin\"]\n".into(),
+        })
+        .unwrap();
+        let from = SpiffeId::parse("spiffe://e.org/a").unwrap();
+        for target in [
+            "/admin",
+            "/admin#x",
+            "/admin?x=1",
+            "http://h/admin",
+            "/x/../admin",
+        ] {
+            let judged = judge(&policy, &from, "GET", target, &HeaderMap::new()).unwrap();
+            assert_eq!(judged.path, "/admin", "{target}");
+            assert!(!judged.decision.verdict.passes(), "{target}");
+        }
+        for bad in ["admin", "/a b", "/a%2Fb"] {
+            assert!(
+                judge(&policy, &from, "GET", bad, &HeaderMap::new()).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -96,7 +96,13 @@ fn run_file(path: &Path, tally: &mut Tally) -> Result<(), FileError> {
     let policy_path = source.resolve(file.policy.get_ref());
     let policy_source = SourceFile::read(&policy_path)
         .map_err(|e| source.error_at(file.policy.span(), "policy", e.to_string()))?;
-    let policy = Policy::from_source(&policy_source)?;
+    let policy = Policy::from_file(&policy_source)?;
+    if file.cases.is_empty() {
+        return Err(FileError::file(
+            path,
+            "no [[case]]: a test file that tests nothing cannot pass",
+        ));
+    }
     for (i, case) in file.cases.iter().enumerate() {
         match run_case(&source, &policy, i, case) {
             Ok(None) => tally.passed += 1,
@@ -280,6 +286,13 @@ headers = { "x-scan-status" = "passed" }
         assert_eq!(run_files(vec![dir.path().join("absent.toml")]), 2);
         let refused = "policy = \"policy.toml\"\n[[case]]\nname = \"x\"\nfrom = \"spiffe://a.org/b\"\npath = \"/a%2fb\"\nexpect = \"deny\"\n";
         assert_eq!(run_files(vec![write(dir.path(), "e4.toml", refused)]), 2);
+        // A policy `run` and `check` refuse (empty), and a file without cases: errors,
+        // never a pass.
+        write(dir.path(), "empty.toml", "");
+        let on_empty = "policy = \"empty.toml\"\n[[case]]\nname = \"x\"\nfrom = \"spiffe://a.org/b\"\npath = \"/\"\nexpect = \"deny\"\n";
+        assert_eq!(run_files(vec![write(dir.path(), "e5.toml", on_empty)]), 2);
+        let no_cases = "policy = \"policy.toml\"\n";
+        assert_eq!(run_files(vec![write(dir.path(), "e6.toml", no_cases)]), 2);
     }
 
     #[test]
