@@ -1,5 +1,5 @@
 //! Warnings about a policy that compiles but does not do what it says: rules already
-//! expired, allow rules a deny rule fully covers (shadowed), and rules or patterns that can
+//! expired, methods in lower case (which clients never send), allow rules a deny rule fully covers (shadowed), and rules or patterns that can
 //! never match (a principal of a trust domain with no bundle, a rule excluding all it
 //! includes). Used by `idgate validate`.
 //!
@@ -46,6 +46,15 @@ pub fn lint(source: &SourceFile, context: &LintContext) -> Result<Vec<FileError>
                     "expires",
                     format!("rule {:?} expired at {text} and no longer applies; remove it or move expires", rule.name),
                 ));
+            }
+        }
+        for (j, method) in raw_rule.methods.iter().enumerate() {
+            let name = method.get_ref();
+            if name.bytes().any(|b| b.is_ascii_lowercase()) {
+                let upper = name.to_ascii_uppercase();
+                out.push(at(method.span(), &format!("methods[{j}]"), format!(
+                    "{name:?} has lower-case letters: methods are case-sensitive and clients send them in upper case, so it will not match {upper:?}; write {upper:?} if that is meant"
+                )));
             }
         }
         if let Some(domains) = &context.trust_domains {
@@ -252,6 +261,15 @@ mod tests {
         assert_eq!(
             lint_text(&text, None),
             ["p.toml:4: rule[0].expires: rule \"old\" expired at 2020-01-01T00:00:00Z and no longer applies; remove it or move expires"]
+        );
+    }
+
+    #[test]
+    fn lower_case_methods() {
+        let text = rule("purge", "deny", "methods = [\"GET\", \"purge\"]");
+        assert_eq!(
+            lint_text(&text, None),
+            ["p.toml:4: rule[0].methods[1]: \"purge\" has lower-case letters: methods are case-sensitive and clients send them in upper case, so it will not match \"PURGE\"; write \"PURGE\" if that is meant"]
         );
     }
 
