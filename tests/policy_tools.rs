@@ -286,6 +286,67 @@ fn learn_never_moves_a_method_to_a_sibling_route() {
     );
 }
 
+#[test]
+fn learn_never_generalises_over_an_enforced_denial() {
+    const X: &str = "spiffe://e.org/ns/a/sa/x";
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log1.jsonl");
+    let lines = [
+        line(X, "GET", "/users/1", "allow", None),
+        line(X, "GET", "/users/2", "allow", None),
+        line(X, "GET", "/users/999", "deny", None),
+    ];
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let learned = dir.path().join("learned.toml");
+    let out = learn_into(&log, &learned);
+    let policy = std::fs::read_to_string(&learned).unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        check(&learned, X, "GET", "/users/999"),
+        Some(1),
+        "{policy}\n{stderr}"
+    );
+    for path in ["/users/1", "/users/2"] {
+        assert_eq!(check(&learned, X, "GET", path), Some(0), "{path}\n{policy}");
+    }
+    assert!(!policy.contains("/users/*"), "{policy}");
+    assert!(
+        stderr.contains(
+            "learned 2 request(s) into 1 rule(s); 1 enforced denial(s) not learned; \
+             1 generalisation(s) held back by enforced denials"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "note: {X}: 2 path(s) below /users/* not generalised to it: it would allow GET /users/999, an enforced denial"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn learn_keeps_a_request_logged_both_allowed_and_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("changed.log");
+    let lines = [
+        line(FRONTEND, "GET", "/users/1", "allow", None),
+        line(FRONTEND, "GET", "/users/1", "deny", None),
+    ];
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let learned = dir.path().join("learned.toml");
+    let out = learn_into(&log, &learned);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "allowed and denied: {FRONTEND} GET /users/1 was also logged allowed, so it is learned"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(check(&learned, FRONTEND, "GET", "/users/1"), Some(0));
+    assert_eq!(check(&learned, FRONTEND, "GET", "/users/2"), Some(1));
+}
+
 const OLD: &str = r#"
 default = "deny"
 [[rule]]

@@ -1,11 +1,13 @@
 //! `idgate policy learn`: write a least-privilege policy from decision logs.
 //!
 //! Rows decided `allow` or `audit_deny` are learned; enforced `deny` rows are reported on
-//! stderr and never learned. The grouping lives in `policy::learn`; this command reads the
-//! logs, reports what it left out, and proves its output before writing it: every learned
-//! request is replayed through `check::judge` and must be allowed.
+//! stderr, never learned, and handed to the learner so that no pattern allows them. The
+//! grouping lives in `policy::learn`; this command reads the logs, reports what it left
+//! out, and proves its output before writing it: every learned request is replayed through
+//! `check::judge` and must be allowed, and every enforced denial must stay denied (unless
+//! the same request was also logged allowed, which is learned and reported).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use http::HeaderMap;
@@ -13,7 +15,7 @@ use http::HeaderMap;
 use super::check::judge;
 use super::decision_log::{read_all, Entry, Located};
 use crate::config::SourceFile;
-use crate::policy::{Learner, Policy, Verdict};
+use crate::policy::{Learned, Learner, Policy, Verdict};
 use crate::spiffe_id::SpiffeId;
 
 /// Arguments of `idgate policy learn`.
@@ -28,6 +30,17 @@ pub struct LearnArgs {
     /// Learn only lines of this listener (a log may hold several).
     #[arg(long, value_name = "NAME")]
     pub listener: Option<String>,
+}
+
+/// A logged inbound flow: its source and, for HTTP, (method, path); `None` for TCP.
+type Flow = (SpiffeId, Option<(String, String)>);
+
+/// What one line contributes.
+enum Seen {
+    /// An `allow` or `audit_deny` flow, to learn.
+    Learn(Flow),
+    /// An enforced denial, which the learned policy must keep denying.
+    Denied(Flow),
 }
 
 /// What was read, learned and left out.
@@ -59,49 +72,52 @@ fn learn(args: &LearnArgs) -> Result<(), String> {
     let lines = read_all(&args.logs).map_err(|e| e.to_string())?;
     let mut tally = Tally::default();
     let mut learner = Learner::default();
-    let mut learned: Vec<(SpiffeId, Option<(String, String)>)> = Vec::new();
+    let mut learned: Vec<Flow> = Vec::new();
+    let mut denials: BTreeSet<Flow> = BTreeSet::new();
     for line in &lines {
-        if let Some(flow) = consider(line, args.listener.as_deref(), &mut tally) {
-            let (id, request) = flow;
-            let added = match &request {
-                Some((method, path)) => learner.add_http(&id, method, path),
-                None => {
-                    learner.add_tcp(&id);
-                    Ok(())
-                }
-            };
-            match added {
-                Ok(()) => learned.push((id, request)),
-                Err(why) => {
-                    tally
-                        .skipped
-                        .push(format!("{}:{}: {why}", line.file.display(), line.line))
-                }
+        let Some(seen) = consider(line, args.listener.as_deref(), &mut tally) else {
+            continue;
+        };
+        let added = match &seen {
+            Seen::Learn((id, Some((method, path)))) => learner.add_http(id, method, path),
+            Seen::Learn((id, None)) => {
+                learner.add_tcp(id);
+                Ok(())
+            }
+            Seen::Denied((id, Some((method, path)))) => learner.add_denial(id, method, path),
+            Seen::Denied((_, None)) => Ok(()),
+        };
+        match (seen, added) {
+            (_, Err(why)) => {
+                tally
+                    .skipped
+                    .push(format!("{}:{}: {why}", line.file.display(), line.line))
+            }
+            (Seen::Learn(flow), Ok(())) => learned.push(flow),
+            (Seen::Denied(flow), Ok(())) => {
+                denials.insert(flow);
             }
         }
     }
-    // TCP lines are learned only from logs without HTTP lines (the learner drops them).
-    if learned.iter().any(|(_, r)| r.is_some()) {
-        learned.retain(|(_, r)| r.is_some());
-    }
+    learned.retain(|(id, request)| request.is_some() || learner.learns_tcp(id.as_str()));
     let header = header(args, &tally, learned.len());
     let policy = learner.render(&header);
-    verify(&policy.text, &learned)?;
+    // A request logged both allowed and denied (the policy changed mid-log) is learned.
+    let allowed: BTreeSet<&Flow> = learned.iter().collect();
+    let (conflicts, denials): (Vec<&Flow>, Vec<&Flow>) =
+        denials.iter().partition(|d| allowed.contains(d));
+    verify(&policy.text, &learned, &denials)?;
     match &args.out {
         Some(path) => std::fs::write(path, &policy.text)
             .map_err(|e| format!("{}: cannot write the policy: {e}", path.display()))?,
         None => print!("{}", policy.text),
     }
-    report(&tally, &policy.notes, policy.rules, learned.len());
+    report(&tally, &policy, learned.len(), &conflicts);
     Ok(())
 }
 
-/// The learnable flow of one line, if any: (source, Some((method, path)) or None for TCP).
-fn consider(
-    line: &Located,
-    listener: Option<&str>,
-    tally: &mut Tally,
-) -> Option<(SpiffeId, Option<(String, String)>)> {
+/// The flow of one line, if any, to learn or to keep denied.
+fn consider(line: &Located, listener: Option<&str>, tally: &mut Tally) -> Option<Seen> {
     let entry: &Entry = &line.entry;
     if !entry.is_inbound() {
         tally.outbound += 1;
@@ -131,11 +147,9 @@ fn consider(
         "allow" => tally.allow += 1,
         "audit_deny" => tally.audit_deny += 1,
         _ => {
-            let what = request
-                .as_ref()
-                .map_or("(TCP connection)".to_string(), |(m, p)| format!("{m} {p}"));
+            let what = describe(request.as_ref());
             *tally.denied.entry((source.to_string(), what)).or_default() += 1;
-            return None;
+            return Some(Seen::Denied((id, request)));
         }
     }
     if let Some(ts) = &entry.ts {
@@ -146,7 +160,12 @@ fn consider(
             tally.last_ts = Some(ts.clone());
         }
     }
-    Some((id, request))
+    Some(Seen::Learn((id, request)))
+}
+
+/// `METHOD path`, or `(TCP connection)`.
+fn describe(request: Option<&(String, String)>) -> String {
+    request.map_or("(TCP connection)".to_string(), |(m, p)| format!("{m} {p}"))
 }
 
 fn header(args: &LearnArgs, tally: &Tally, learned: usize) -> Vec<String> {
@@ -181,8 +200,9 @@ fn header(args: &LearnArgs, tally: &Tally, learned: usize) -> Vec<String> {
     lines
 }
 
-/// Replays every learned request against the output: each must be allowed.
-fn verify(text: &str, learned: &[(SpiffeId, Option<(String, String)>)]) -> Result<(), String> {
+/// Replays every learned request against the output, which must allow each, and every
+/// enforced denial, which it must deny.
+fn verify(text: &str, learned: &[Flow], denials: &[&Flow]) -> Result<(), String> {
     let source = SourceFile {
         path: "<learned policy>".into(),
         text: text.to_string(),
@@ -190,14 +210,23 @@ fn verify(text: &str, learned: &[(SpiffeId, Option<(String, String)>)]) -> Resul
     let policy = Policy::from_source(&source)
         .map_err(|e| format!("internal error: the learned policy does not load: {e}"))?;
     let headers = HeaderMap::new();
-    for (id, request) in learned {
+    let expected = learned
+        .iter()
+        .map(|flow| (flow, true))
+        .chain(denials.iter().map(|flow| (*flow, false)));
+    for ((id, request), allow) in expected {
+        // A TCP connection is judged as the proxy judges one: no method, path `/`.
         let (method, path) = request
             .as_ref()
-            .map_or(("GET", "/"), |(m, p)| (m.as_str(), p.as_str()));
+            .map_or(("", "/"), |(m, p)| (m.as_str(), p.as_str()));
         let judged = judge(&policy, id, method, path, &headers)?;
-        if judged.decision.verdict != Verdict::Allow {
+        if (judged.decision.verdict == Verdict::Allow) != allow {
+            let (does, what) = match allow {
+                true => ("denies", "a learned request"),
+                false => ("allows", "an enforced denial"),
+            };
             return Err(format!(
-                "internal error: the learned policy denies a learned request ({id} {method} {path}): {}",
+                "internal error: the learned policy {does} {what} ({id} {method} {path}): {}",
                 judged.reason
             ));
         }
@@ -205,13 +234,22 @@ fn verify(text: &str, learned: &[(SpiffeId, Option<(String, String)>)]) -> Resul
     Ok(())
 }
 
-fn report(tally: &Tally, notes: &[String], rules: usize, learned: usize) {
+fn report(tally: &Tally, policy: &Learned, learned: usize, conflicts: &[&Flow]) {
     let denied: u64 = tally.denied.values().sum();
+    let held_back = match policy.held_back {
+        0 => String::new(),
+        n => format!("; {n} generalisation(s) held back by enforced denials"),
+    };
     eprintln!(
-        "learned {learned} request(s) into {rules} rule(s); {denied} enforced denial(s) not learned"
+        "learned {learned} request(s) into {} rule(s); {denied} enforced denial(s) not learned{held_back}",
+        policy.rules
     );
     for ((source, what), count) in &tally.denied {
         eprintln!("  denied, not learned: {count}x {source} {what}");
+    }
+    for (id, request) in conflicts {
+        let what = describe(request.as_ref());
+        eprintln!("  allowed and denied: {id} {what} was also logged allowed, so it is learned");
     }
     if tally.outbound > 0 {
         eprintln!(
@@ -228,7 +266,7 @@ fn report(tally: &Tally, notes: &[String], rules: usize, learned: usize) {
     for skipped in &tally.skipped {
         eprintln!("  skipped: {skipped}");
     }
-    for note in notes {
+    for note in &policy.notes {
         eprintln!("  note: {note}");
     }
 }

@@ -3,10 +3,12 @@
 //! Paths are generalised the way a human would: numeric, UUID-like and long hex segments
 //! become `/*` (a prefix, the only wildcard the path language has); literal routes stay
 //! distinct. A method goes to `prefix/*` only when it was observed on every route below the
-//! prefix (else those requests keep their exact paths), and rules group the patterns of one
-//! source that share exactly the same method set, so a rule never allows a method on an
-//! observed route it was not observed with. It never reads files: the CLI feeds it flows
-//! and writes the text it renders.
+//! prefix (else those requests keep their exact paths), and never to a prefix that would
+//! allow an enforced denial of that source and method (then the broadest narrower prefix
+//! that does not, or the exact path); rules group the patterns of one source that share
+//! exactly the same method set, so a rule never allows a method on an observed route it
+//! was not observed with. It never reads files: the CLI feeds it flows and writes the text
+//! it renders.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -24,10 +26,15 @@ pub struct Learner {
     http: BTreeMap<String, Paths>,
     /// Source ID -> connections (TCP lines: identity only).
     tcp: BTreeMap<String, u64>,
+    /// Source ID -> enforced-denied HTTP requests, which no pattern may allow.
+    denied: BTreeMap<String, Denied>,
 }
 
 /// Path -> method -> requests (observed paths, or the patterns they became).
 type Paths = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// (method, normalised path) of one source's enforced denials, sorted by method then path.
+type Denied = BTreeSet<(String, String)>;
 
 /// The rendered policy and what the caller should tell the user.
 #[derive(Debug)]
@@ -36,6 +43,9 @@ pub struct Learned {
     pub text: String,
     /// Number of `[[rule]]` tables.
     pub rules: usize,
+    /// Number of (source, prefix) generalisations not made because they would allow an
+    /// enforced denial.
+    pub held_back: usize,
     /// Things left out, one sentence each.
     pub notes: Vec<String>,
 }
@@ -45,7 +55,7 @@ impl Learner {
     pub fn add_http(&mut self, source: &SpiffeId, method: &str, path: &str) -> Result<(), String> {
         // As the policy loader itself judges a rule's method, so a learned policy loads.
         parse_method(method).map_err(|e| format!("method {method:?}: {e}"))?;
-        if path.contains('*') || normalize_path(path).map_or(true, |n| n != path) {
+        if path.contains('*') || !is_normalised(path) {
             return Err(format!(
                 "path {path:?} is not a normalised path without '*'; it cannot be a pattern"
             ));
@@ -66,6 +76,32 @@ impl Learner {
         *self.tcp.entry(source.as_str().to_string()).or_default() += 1;
     }
 
+    /// Records one enforced-denied HTTP request: no pattern learned for `source` and
+    /// `method` may cover `path`. `Err` when the path is not normalised (the proxy logs
+    /// normalised paths, and a pattern is matched against one).
+    pub fn add_denial(
+        &mut self,
+        source: &SpiffeId,
+        method: &str,
+        path: &str,
+    ) -> Result<(), String> {
+        if !is_normalised(path) {
+            return Err(format!("denied path {path:?} is not a normalised path"));
+        }
+        self.denied
+            .entry(source.as_str().to_string())
+            .or_default()
+            .insert((method.to_string(), path.to_string()));
+        Ok(())
+    }
+
+    /// Whether the TCP connections of `source` become an identity-only rule: only when no
+    /// HTTP request (of any source) was learned and no HTTP request of `source` was denied
+    /// (such a rule would allow every HTTP request of its source).
+    pub fn learns_tcp(&self, source: &str) -> bool {
+        self.http.is_empty() && !self.denied.contains_key(source)
+    }
+
     /// Renders the policy: `header` lines become comments at the top.
     pub fn render(mut self, header: &[String]) -> Learned {
         let mut notes = Vec::new();
@@ -76,6 +112,7 @@ impl Learner {
         out.push_str("mode = \"enforce\"\ndefault = \"deny\"\n");
         let mut names = BTreeSet::new();
         let mut rules = 0;
+        let mut held_back = 0;
         if !self.http.is_empty() && !self.tcp.is_empty() {
             let connections: u64 = self.tcp.values().sum();
             notes.push(format!(
@@ -84,6 +121,12 @@ impl Learner {
             self.tcp.clear();
         }
         for (source, connections) in &self.tcp {
+            if !self.learns_tcp(source) {
+                notes.push(format!(
+                    "{source}: {connections} TCP connection(s) skipped: an identity-only rule would allow its enforced-denied HTTP requests"
+                ));
+                continue;
+            }
             let name = unique(&mut names, base_name(source));
             let _ = write!(
                 out,
@@ -93,11 +136,22 @@ impl Learner {
             );
             rules += 1;
         }
+        let none = Denied::new();
         for (source, paths) in &self.http {
-            let (patterns, kept_exact) = generalise(paths);
+            let Generalised {
+                patterns,
+                kept_exact,
+                held,
+            } = generalise(paths, self.denied.get(source).unwrap_or(&none));
             for (prefix, count) in kept_exact {
                 notes.push(format!(
                     "{source}: {count} path(s) below {prefix}* kept exact: the routes below it were not all observed with the same methods"
+                ));
+            }
+            held_back += held.len();
+            for (prefix, Held { paths, denial }) in held {
+                notes.push(format!(
+                    "{source}: {paths} path(s) below {prefix}* not generalised to it: it would allow {denial}, an enforced denial"
                 ));
             }
             let groups = group_by_methods(&patterns);
@@ -128,6 +182,7 @@ impl Learner {
         Learned {
             text: out,
             rules,
+            held_back,
             notes,
         }
     }
@@ -203,6 +258,11 @@ fn unique(taken: &mut BTreeSet<String>, name: String) -> String {
     candidate
 }
 
+/// Whether `path` is already in the normalised form the proxy matches and logs.
+fn is_normalised(path: &str) -> bool {
+    normalize_path(path).is_ok_and(|n| n == path)
+}
+
 /// An observed path with each identifier segment replaced by `*`: the route it took.
 fn route(path: &str) -> String {
     path.split('/')
@@ -211,11 +271,33 @@ fn route(path: &str) -> String {
         .join("/")
 }
 
+/// One source's patterns, and the generalisations left out.
+#[derive(Debug)]
+struct Generalised {
+    /// Pattern (or exact path) -> method -> requests.
+    patterns: Paths,
+    /// Prefix -> observed paths below it kept exact: its routes differ in methods.
+    kept_exact: BTreeMap<String, usize>,
+    /// Prefix -> what was held back from it because it would allow an enforced denial.
+    held: BTreeMap<String, Held>,
+}
+
+/// A prefix that requests were kept off because it covers an enforced denial.
+#[derive(Debug, PartialEq, Eq)]
+struct Held {
+    /// Observed paths below the prefix that stayed exact or went to a narrower prefix.
+    paths: usize,
+    /// One denial it would allow, `METHOD path`.
+    denial: String,
+}
+
 /// Turns one source's observed paths into patterns: each (path, method) goes to the
-/// broadest `prefix/*` that its path generalises under and whose every observed route
-/// (distinct [`route`]) was seen with that method; otherwise it keeps its exact path.
-/// Also returns, per prefix, how many observed paths had to stay exact below it.
-fn generalise(paths: &Paths) -> (Paths, BTreeMap<String, usize>) {
+/// broadest `prefix/*` that its path generalises under, whose every observed route
+/// (distinct [`route`]) was seen with that method and that covers none of the source's
+/// `denied` requests of that method; otherwise it keeps its exact path. Also returns, per
+/// prefix, how many observed paths had to stay exact below it (methods) or were held back
+/// from it (denials).
+fn generalise(paths: &Paths, denied: &Denied) -> Generalised {
     let prefixes: BTreeSet<String> = paths
         .keys()
         .filter_map(|p| path_pattern(p).strip_suffix('*').map(str::to_string))
@@ -244,18 +326,36 @@ fn generalise(paths: &Paths) -> (Paths, BTreeMap<String, usize>) {
         .collect();
     let mut patterns = Paths::new();
     let mut kept_exact: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    let mut held: BTreeMap<&str, (BTreeSet<&str>, String)> = BTreeMap::new();
     for (path, methods) in paths {
         for (method, count) in methods {
-            let cover = common
+            let candidates: Vec<&str> = common
                 .iter()
                 .filter(|(prefix, ok)| path.starts_with(*prefix) && ok.contains(method.as_str()))
                 .map(|(prefix, _)| *prefix)
-                .min_by_key(|prefix| prefix.len());
+                .collect();
+            let broadest = candidates.iter().copied().min_by_key(|p| p.len());
+            let cover = candidates
+                .iter()
+                .copied()
+                .filter(|prefix| first_denial(denied, method, prefix).is_none())
+                .min_by_key(|p| p.len());
+            let blocked = broadest.filter(|w| cover != Some(*w));
+            if let Some((wanted, denial)) =
+                blocked.and_then(|w| Some((w, first_denial(denied, method, w)?)))
+            {
+                held.entry(wanted)
+                    .or_insert_with(|| (BTreeSet::new(), format!("{method} {denial}")))
+                    .0
+                    .insert(path);
+            }
             let pattern = match cover {
                 Some(prefix) => format!("{prefix}*"),
                 None => {
-                    if let Some(own) = path_pattern(path).strip_suffix('*') {
-                        kept_exact.entry(own.to_string()).or_default().insert(path);
+                    if broadest.is_none() {
+                        if let Some(own) = path_pattern(path).strip_suffix('*') {
+                            kept_exact.entry(own.to_string()).or_default().insert(path);
+                        }
                     }
                     path.clone()
                 }
@@ -267,11 +367,29 @@ fn generalise(paths: &Paths) -> (Paths, BTreeMap<String, usize>) {
                 .or_default() += count;
         }
     }
-    let kept_exact = kept_exact
-        .into_iter()
-        .map(|(p, set)| (p, set.len()))
-        .collect();
-    (patterns, kept_exact)
+    Generalised {
+        patterns,
+        kept_exact: kept_exact
+            .into_iter()
+            .map(|(p, set)| (p, set.len()))
+            .collect(),
+        held: held
+            .into_iter()
+            .map(|(p, (set, denial))| {
+                let paths = set.len();
+                (p.to_string(), Held { paths, denial })
+            })
+            .collect(),
+    }
+}
+
+/// The first path denied with `method` that `prefix*` would allow, if any.
+fn first_denial<'a>(denied: &'a Denied, method: &str, prefix: &str) -> Option<&'a str> {
+    denied
+        .range((method.to_string(), prefix.to_string())..)
+        .next()
+        .filter(|(m, p)| m == method && p.starts_with(prefix))
+        .map(|(_, p)| p.as_str())
 }
 
 /// Method set -> (pattern, requests), each pattern observed with exactly those methods.
@@ -474,7 +592,12 @@ mod tests {
         add("/a/b/c", "GET", 3);
         add("/a/b/c", "PUT", 4);
         add("/a/b/4/d", "GET", 5);
-        let (patterns, kept_exact) = generalise(&paths);
+        let Generalised {
+            patterns,
+            kept_exact,
+            held,
+        } = generalise(&paths, &Denied::new());
+        assert!(held.is_empty());
         let flat: Vec<(String, Vec<(String, u64)>)> = patterns
             .into_iter()
             .map(|(p, m)| (p, m.into_iter().collect()))
@@ -503,6 +626,130 @@ mod tests {
         );
         let kept: Vec<(String, usize)> = kept_exact.into_iter().collect();
         assert_eq!(kept, [("/a/".to_string(), 2), ("/a/b/".to_string(), 1)]);
+    }
+
+    /// `Paths` from (method, path, requests).
+    fn paths_of(flows: &[(&str, &str, u64)]) -> Paths {
+        let mut paths = Paths::new();
+        for (m, p, n) in flows {
+            paths
+                .entry(p.to_string())
+                .or_default()
+                .insert(m.to_string(), *n);
+        }
+        paths
+    }
+
+    /// `Denied` from (method, path).
+    fn denied_of(flows: &[(&str, &str)]) -> Denied {
+        flows
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_prefix_never_covers_a_denial_of_its_method() {
+        let paths = paths_of(&[
+            ("GET", "/a/1", 1),
+            ("GET", "/a/b/2", 2),
+            ("GET", "/a/b/3", 3),
+            ("GET", "/x/1", 1),
+            ("GET", "/x/2", 1),
+        ]);
+        // GET /a/9 rules out /a/* for GET; GET /a (not below /a/), DELETE /x/3 (another
+        // method) and GET /y/1 (no prefix of it was learned) rule out nothing.
+        let denied = denied_of(&[
+            ("GET", "/a"),
+            ("GET", "/a/9"),
+            ("DELETE", "/x/3"),
+            ("GET", "/y/1"),
+        ]);
+        let got = generalise(&paths, &denied);
+        let patterns: Vec<(&str, u64)> = got
+            .patterns
+            .iter()
+            .map(|(p, m)| {
+                assert_eq!(m.keys().collect::<Vec<_>>(), ["GET"], "{p}");
+                (p.as_str(), m.values().sum())
+            })
+            .collect();
+        // The narrowest prefix that excludes the denial (/a/b/*), else the exact path.
+        assert_eq!(patterns, [("/a/1", 1), ("/a/b/*", 5), ("/x/*", 2)]);
+        assert!(got.kept_exact.is_empty(), "{:?}", got.kept_exact);
+        let held: Vec<(&str, &Held)> = got.held.iter().map(|(p, h)| (p.as_str(), h)).collect();
+        let want = Held {
+            paths: 3,
+            denial: "GET /a/9".into(),
+        };
+        assert_eq!(held, [("/a/", &want)]);
+
+        // Denied on the only prefix: every path stays exact.
+        let denied = denied_of(&[("GET", "/x/3"), ("GET", "/x/99/z")]);
+        let got = generalise(
+            &paths_of(&[("GET", "/x/1", 1), ("GET", "/x/2", 1)]),
+            &denied,
+        );
+        let patterns: Vec<&str> = got.patterns.keys().map(String::as_str).collect();
+        assert_eq!(patterns, ["/x/1", "/x/2"]);
+        assert_eq!(got.held["/x/"].denial, "GET /x/3");
+    }
+
+    #[test]
+    fn a_denial_holds_back_only_its_own_source() {
+        let mut learner = Learner::default();
+        let a = id("spiffe://e.org/ns/a/sa/x");
+        let b = id("spiffe://e.org/ns/b/sa/y");
+        for source in [&a, &b] {
+            learner.add_http(source, "GET", "/users/1").unwrap();
+            learner.add_http(source, "GET", "/users/2").unwrap();
+        }
+        learner.add_denial(&a, "GET", "/users/999").unwrap();
+        assert!(learner.add_denial(&a, "GET", "/users//9").is_err());
+        let learned = learner.render(&[]);
+        assert_eq!(learned.held_back, 1, "{}", learned.text);
+        assert_eq!(
+            learned.notes,
+            ["spiffe://e.org/ns/a/sa/x: 2 path(s) below /users/* not generalised to it: it would allow GET /users/999, an enforced denial"]
+        );
+        for path in ["/users/1", "/users/2"] {
+            assert!(
+                allows(&learned, &a, "GET", path),
+                "{path}\n{}",
+                learned.text
+            );
+        }
+        assert!(
+            !allows(&learned, &a, "GET", "/users/999"),
+            "{}",
+            learned.text
+        );
+        assert!(!allows(&learned, &a, "GET", "/users/3"), "{}", learned.text);
+        assert!(
+            allows(&learned, &b, "GET", "/users/999"),
+            "{}",
+            learned.text
+        );
+    }
+
+    #[test]
+    fn no_identity_only_rule_for_a_source_with_denied_http_requests() {
+        let mut learner = Learner::default();
+        let a = id("spiffe://e.org/a");
+        let b = id("spiffe://e.org/b");
+        learner.add_tcp(&a);
+        learner.add_tcp(&b);
+        learner.add_denial(&a, "GET", "/admin").unwrap();
+        assert!(!learner.learns_tcp(a.as_str()));
+        assert!(learner.learns_tcp(b.as_str()));
+        let learned = learner.render(&[]);
+        assert_eq!(learned.rules, 1, "{}", learned.text);
+        assert!(!allows(&learned, &a, "GET", "/admin"), "{}", learned.text);
+        assert!(allows(&learned, &b, "", "/"), "{}", learned.text);
+        assert_eq!(
+            learned.notes,
+            ["spiffe://e.org/a: 1 TCP connection(s) skipped: an identity-only rule would allow its enforced-denied HTTP requests"]
+        );
     }
 
     #[test]
