@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use toml::Spanned;
 
 use super::bucket::Bucket;
+use super::expiry::Expiries;
 use super::model::{Action, Mode, RawPolicy, RawRule};
 use super::path::{PathPattern, PathSet};
 use super::principal::{PrincipalIndex, PrincipalPattern};
@@ -30,7 +31,8 @@ pub(super) struct Compiled {
     pub version: String,
     pub rules: Vec<Rule>,
     pub index: PrincipalIndex<Bucket>,
-    pub has_expiry: bool,
+    /// Every rule's `expires`, earliest first (empty: the clock never matters).
+    pub expiries: Expiries,
     pub tcp_violation: Option<FileError>,
     pub stats: RuleStats,
 }
@@ -89,7 +91,7 @@ pub(super) fn compile(source: &SourceFile) -> Result<Compiled, FileError> {
         mode: raw.mode,
         default: raw.default,
         version: Policy::version_of(&source.text),
-        has_expiry: rules.iter().any(|r| r.expires().is_some()),
+        expiries: Expiries::new(&rules),
         stats: RuleStats::new(&rules),
         rules,
         index,

@@ -151,7 +151,7 @@ impl Compiled {
     /// The decision for `req` at `now`; `mode` says whether a deny is enforced.
     pub(super) fn decide(&self, req: &Request<'_>, now: SystemTime, mode: Mode) -> Decision {
         let mut best: [Option<u32>; 4] = [None; 4];
-        let check_expiry = self.has_expiry;
+        let check_expiry = !self.expiries.is_empty();
         self.index.for_each_match(req.source, &mut |bucket| {
             bucket.for_each_list(req.path, &mut |rules| {
                 for &n in rules {

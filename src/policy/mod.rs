@@ -7,6 +7,7 @@
 mod bucket;
 mod compile;
 mod evaluate;
+mod expiry;
 mod handle;
 mod learn;
 mod lint;
@@ -226,6 +227,21 @@ impl Policy {
         self.compiled.admits(source, SystemTime::now())
     }
 
+    /// The earliest rule `expires` after `now`: when a decision made at `now` may change
+    /// without a reload (`None`: no rule expires after `now`). Long-lived connections wake
+    /// then to be judged again. A binary search over a list built at load.
+    pub fn next_expiry(&self, now: SystemTime) -> Option<SystemTime> {
+        self.compiled.expiries.next_after(now)
+    }
+
+    /// "rule NAME expired at TIME" for each rule whose `expires` is after `since` and at or
+    /// before `until` (joined with "; "), for the log line of a connection ended because
+    /// of it; `None` when no rule expired then.
+    pub fn expired_between(&self, since: SystemTime, until: SystemTime) -> Option<String> {
+        let rules = &self.compiled.rules;
+        self.compiled.expiries.describe_between(rules, since, until)
+    }
+
     /// Refuses rules that a TCP listener cannot judge (methods, paths, not_paths, headers).
     pub fn check_tcp_only(&self) -> Result<(), FileError> {
         match &self.compiled.tcp_violation {
@@ -236,7 +252,7 @@ impl Policy {
 
     /// The clock, read only when some rule can expire.
     fn now(&self) -> SystemTime {
-        if self.compiled.has_expiry {
+        if !self.compiled.expiries.is_empty() {
             SystemTime::now()
         } else {
             SystemTime::UNIX_EPOCH

@@ -584,6 +584,63 @@ expires = 2030-01-01T00:00:00+02:00
 }
 
 #[test]
+fn next_expiry_is_the_earliest_expires_after_now() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "late"
+action = "allow"
+paths = ["/late"]
+expires = "2025-06-01T02:00:00Z"
+[[rule]]
+name = "always"
+action = "allow"
+paths = ["/always"]
+[[rule]]
+name = "past"
+action = "allow"
+paths = ["/past"]
+expires = "2025-05-01T00:00:00Z"
+[[rule]]
+name = "soon"
+action = "deny"
+paths = ["/soon"]
+expires = 2025-06-01T03:00:00+02:00
+[[rule]]
+name = "also-soon"
+action = "allow"
+paths = ["/soon"]
+expires = "2025-06-01T01:00:00Z"
+"#,
+    );
+    let hour = Duration::from_secs(3600);
+    // now() is 2025-06-01T00:00:00Z; "soon" and "also-soon" end an hour later.
+    assert_eq!(p.next_expiry(now()), Some(now() + hour));
+    assert_eq!(
+        p.next_expiry(now() - 40 * 24 * hour),
+        Some(now() - 31 * 24 * hour)
+    );
+    // A rule is gone at its expiry instant, so the next one is the one after.
+    assert_eq!(p.next_expiry(now() + hour), Some(now() + 2 * hour));
+    assert_eq!(p.next_expiry(now() + 2 * hour), None);
+    assert_eq!(
+        p.expired_between(now(), now() + hour).as_deref(),
+        Some("rule soon expired at 2025-06-01T03:00:00+02:00; rule also-soon expired at 2025-06-01T01:00:00Z")
+    );
+    assert_eq!(
+        p.expired_between(now() + hour, now() + hour + hour / 2),
+        None
+    );
+    assert_eq!(
+        p.expired_between(now() + hour, now() + 2 * hour).as_deref(),
+        Some("rule late expired at 2025-06-01T02:00:00Z")
+    );
+    let none = policy("[[rule]]\nname = \"a\"\naction = \"allow\"\n");
+    assert_eq!(none.next_expiry(SystemTime::UNIX_EPOCH), None);
+    assert_eq!(none.expired_between(SystemTime::UNIX_EPOCH, now()), None);
+}
+
+#[test]
 fn path_normalisation() {
     let cases: [(&str, Result<&str, PathError>); 39] = [
         ("/", Ok("/")),
