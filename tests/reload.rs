@@ -211,6 +211,34 @@ async fn break_glass_rules_expire_and_are_flagged() {
 }
 
 #[tokio::test]
+async fn an_expiring_break_glass_rule_ends_http2_connections_it_alone_admits() {
+    let lifetime = Duration::from_secs(2);
+    let expires = (time::OffsetDateTime::now_utc() + lifetime)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let expires_at = std::time::Instant::now() + lifetime;
+    let policy = format!("[[rule]]\nname = \"incident-43\"\naction = \"allow\"\nfrom = [\"{FRONTEND_ID}\"]\nexpires = \"{expires}\"\n");
+    let mesh = Mesh::start(&policy).await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"h2"]);
+    let (mut sender, connection) = h2_connection(mesh.server.inbound(), config).await;
+    assert_eq!(
+        sender.send_request(empty_get("/x")).await.unwrap().status(),
+        200
+    );
+    assert!(
+        std::time::Instant::now() < expires_at,
+        "the test set up too slowly"
+    );
+    let bound = expires_at + Duration::from_secs(5);
+    let ended = tokio::time::timeout_at(bound.into(), connection).await;
+    assert!(
+        ended.is_ok(),
+        "GOAWAY should end the connection once the only rule admitting its peer expired"
+    );
+}
+
+#[tokio::test]
 async fn rule_hits_are_counted_and_listed() {
     let mesh = Mesh::start(DENY_A).await;
     let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;

@@ -208,3 +208,77 @@ async fn unix_socket_upstream_for_tcp() {
     assert_eq!(len, 1024 * 1024);
     assert_eq!(sent, received);
 }
+
+/// `at` as RFC 3339, as a policy file writes `expires`.
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// Writes `ping` on `stream` and reads it back: the relay is running.
+async fn ping(stream: &mut TcpStream) {
+    stream.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+#[tokio::test]
+async fn a_break_glass_rule_ends_the_relays_it_admitted_when_it_expires() {
+    let (echo, _) = tcp_echo().await;
+    let lifetime = std::time::Duration::from_secs(2);
+    let expires = time::OffsetDateTime::now_utc() + lifetime;
+    let expires_at = std::time::Instant::now() + lifetime;
+    let policy = format!(
+        "default = \"deny\"\n\
+         [[rule]]\nname = \"bg\"\naction = \"allow\"\nfrom = [\"{FRONTEND_ID}\"]\nexpires = \"{}\"\n\
+         [[rule]]\nname = \"reports\"\naction = \"allow\"\nfrom = [\"{REPORTS_ID}\"]\n",
+        rfc3339(expires)
+    );
+    let mesh = Mesh::start_tcp(&policy, &format!("tcp://{echo}")).await;
+    let tcp = "protocol = \"tcp\"";
+    let frontend = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], tcp)
+        .await;
+    let reports = mesh
+        .client_with("reports", REPORTS_ID, &[SERVER_ID], tcp)
+        .await;
+    let mut glass = TcpStream::connect(frontend.outbound()).await.unwrap();
+    ping(&mut glass).await;
+    let mut kept = TcpStream::connect(reports.outbound()).await.unwrap();
+    ping(&mut kept).await;
+    assert!(
+        std::time::Instant::now() < expires_at,
+        "the test set up too slowly: the rule expired before the relay was open"
+    );
+    // Idle until idgate closes it: at most 5 s after the rule expired.
+    let mut rest = [0u8; 16];
+    let bound = expires_at + std::time::Duration::from_secs(5);
+    let read = tokio::time::timeout_at(bound.into(), glass.read(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the relay admitted by the expired rule must be closed: {read:?}"
+    );
+    assert!(
+        std::time::Instant::now() + std::time::Duration::from_millis(50) >= expires_at,
+        "closed before the rule expired"
+    );
+    ping(&mut kept).await;
+    let lines = mesh.server.decision_lines(1).await;
+    let ended = lines
+        .iter()
+        .find(|l| l["decision"] == "deny")
+        .expect("a deny line for the relay the expired rule admitted");
+    assert_eq!(ended["source"], FRONTEND_ID, "{ended}");
+    assert_eq!(ended["rule"], "bg", "{ended}");
+    assert_eq!(ended["break_glass"], true, "{ended}");
+    let reason = ended["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("revoked") && reason.contains("rule bg expired at"),
+        "{ended}"
+    );
+    assert!(
+        lines.iter().all(|l| l["source"] != REPORTS_ID),
+        "the relay of the non-expiring rule must still be open: {lines:?}"
+    );
+}

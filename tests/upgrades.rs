@@ -456,3 +456,32 @@ async fn only_websocket_upgrades_reach_the_app() {
         "through the outbound: {answer}"
     );
 }
+
+#[tokio::test]
+async fn a_websocket_ends_when_the_break_glass_rule_that_allowed_it_expires() {
+    let echo = ws_echo().await;
+    let lifetime = Duration::from_secs(2);
+    let expires = (time::OffsetDateTime::now_utc() + lifetime)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let expires_at = Instant::now() + lifetime;
+    let policy = format!("{POLICY}expires = \"{expires}\"\n");
+    let mesh = Mesh::start_upstream(&policy, &format!("http://{echo}"), "").await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/ws", tls)
+        .await
+        .expect("WebSocket handshake");
+    round_trip(&mut ws, "hello").await;
+    assert!(Instant::now() < expires_at, "the test set up too slowly");
+    let within = expires_at + Duration::from_secs(5) - Instant::now();
+    assert!(
+        ends_within(&mut ws, within).await,
+        "the tunnel outlived the break-glass rule that allowed it"
+    );
+    assert!(
+        Instant::now() + Duration::from_millis(50) >= expires_at,
+        "closed before the rule expired"
+    );
+}

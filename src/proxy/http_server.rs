@@ -127,7 +127,7 @@ impl<S> Handler for S where
 pub struct Ending<'a> {
     /// Idle timeout and hard end.
     pub lifetime: Lifetime,
-    /// A policy reload that no longer admits the peer.
+    /// The policy no longer admits the peer (after a reload, or a rule's expiry).
     pub revoked: Revoked,
     /// The process's shutdown.
     pub shutdown: &'a CancellationToken,

@@ -5,7 +5,7 @@ use std::fmt::Display;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::header::HeaderValue;
 use http::{Request, Response, Uri};
@@ -24,13 +24,14 @@ use super::headers::{set_xfcc, settle_host, strip_request_hop_by_hop, xfcc_value
 use super::http_server::{Agreed, Ending, HttpServer};
 use super::request_id::{ensure_request_id, RequestId};
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
-use super::serve::{accept_loop, Lifetime, Revoked};
+use super::revocation::revocation;
+use super::serve::{accept_loop, Lifetime};
 use super::stream::{Connector, Endpoint};
 use super::tcp;
 use super::tunnel::TunnelSlot;
 use super::Shared;
 use crate::config::{self, Inbound, Limits, Protocol, Timeouts};
-use crate::policy::{self, normalize_path, Decision, Policy, PolicyHandle, Verdict};
+use crate::policy::{self, normalize_path, Decision, PolicyHandle, Verdict};
 use crate::telemetry::requests::PeerCounters;
 use crate::telemetry::DecisionRecord;
 use crate::tls::{self, PeerCheck, PeerIdentity};
@@ -180,6 +181,8 @@ impl ListenerState {
         tracing::Span::current().record("peer.id", peer.spiffe_id.as_str());
         let own_id = self.shared.own_id();
         if self.protocol == Protocol::Tcp {
+            // Before the judgement: an expiry after it must wake the watcher.
+            let judged_at = SystemTime::now();
             let policy = self.policy.load();
             let decision = tcp::authorise(&policy, &peer);
             policy.record(&decision);
@@ -191,7 +194,7 @@ impl ListenerState {
                 destination: Some(&own_id),
                 close_at: Lifetime::new(&self.timeouts, &self.limits, Some(peer.not_after))
                     .close_at,
-                revoked: revocation(self.policy.clone(), move |policy| {
+                revoked: revocation(self.policy.clone(), judged_at, move |policy| {
                     tcp::authorise(policy, &judged).verdict.passes()
                 }),
             };
@@ -212,7 +215,9 @@ impl ListenerState {
         }
         let lifetime = Lifetime::new(&self.timeouts, &self.limits, Some(peer.not_after));
         let source = peer.spiffe_id.clone();
-        let revoked = revocation(self.policy.clone(), move |policy| policy.admits(&source));
+        let revoked = revocation(self.policy.clone(), SystemTime::now(), move |policy| {
+            policy.admits(&source)
+        });
         let connection = Arc::new(Connection {
             xfcc: xfcc_value(&own_id, &peer.leaf_sha256, peer.spiffe_id.as_str()),
             counters: self
@@ -273,6 +278,8 @@ impl Connection {
             Ok(authority) => authority,
             Err(error) => return log.refuse_unjudged(Refusal::BadHost, &error, grpc),
         };
+        // Read only for an upgrade, before its judgement: the tunnel's watcher starts there.
+        let upgrade_judged_at = is_upgrade(request.headers()).then(SystemTime::now);
         let policy = self.state.policy.load();
         let judged = policy::Request {
             source: &self.peer.spiffe_id,
@@ -298,14 +305,14 @@ impl Connection {
         if let Some(xfcc) = &self.xfcc {
             set_xfcc(request.headers_mut(), xfcc.clone());
         }
-        let revoked = is_upgrade(request.headers()).then(|| {
+        let revoked = upgrade_judged_at.map(|judged_at| {
             let (source, method, path, headers) = (
                 self.peer.spiffe_id.clone(),
                 method.clone(),
                 path.to_string(),
                 request.headers().clone(),
             );
-            revocation(self.state.policy.clone(), move |policy| {
+            revocation(self.state.policy.clone(), judged_at, move |policy| {
                 let again = policy::Request {
                     source: &source,
                     method: method.as_str(),
@@ -348,27 +355,6 @@ impl Connection {
             }
         }
     }
-}
-
-/// A future that completes once a reload puts in force a policy under which
-/// `still_allowed` is false (only later reloads count, not the policy in force now).
-fn revocation(
-    policy: PolicyHandle,
-    still_allowed: impl Fn(&Policy) -> bool + Send + 'static,
-) -> Revoked {
-    Box::pin(async move {
-        let mut reloads = policy.subscribe();
-        while reloads.changed().await.is_ok() {
-            let current = policy.load();
-            if !still_allowed(&current) {
-                return format!(
-                    "revoked: policy version {} no longer allows it",
-                    current.version()
-                );
-            }
-        }
-        std::future::pending().await
-    })
 }
 
 /// Whether a request asks to switch protocols (WebSocket and the like).

@@ -18,6 +18,7 @@ mod pool;
 /// micro-benchmarks in `benches/`.
 pub mod request_id;
 mod respond;
+mod revocation;
 mod serve;
 mod stream;
 mod tcp;

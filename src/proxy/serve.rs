@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 use super::Shared;
 use crate::config::{Limits, Timeouts};
 
-/// Completes (with the reason) when a policy reload revokes a live connection.
+/// Completes (with the reason) when the policy revokes a live connection (after a reload,
+/// or once a rule's `expires` passes).
 pub type Revoked = std::pin::Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// A revocation that never comes (outbound connections, which no policy judges).

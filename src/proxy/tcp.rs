@@ -30,7 +30,8 @@ pub struct Relay<'a> {
     pub destination: Option<&'a str>,
     /// Max connection age or peer certificate expiry, whichever is first.
     pub close_at: Option<Instant>,
-    /// Fires when a policy reload no longer allows the peer.
+    /// Fires when the policy no longer allows the peer (after a reload, or once the
+    /// break-glass rule that let it in expires).
     pub revoked: Revoked,
 }
 
@@ -46,7 +47,7 @@ pub fn authorise(policy: &Policy, peer: &PeerIdentity) -> policy::Decision {
 }
 
 /// Connects to `upstream` and copies bytes both ways until both sides are done (or the
-/// relay's `close_at` passes, or a reload revokes it), then counts the connection in
+/// relay's `close_at` passes, or a reload or a rule's expiry revokes it), then counts the connection in
 /// `idgate_requests_total` and `idgate_request_duration_seconds` and writes its decision
 /// line.
 pub async fn relay<C>(

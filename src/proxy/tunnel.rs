@@ -35,7 +35,8 @@ impl Tunnel {
     }
 
     /// Relays bytes between the two upgraded connections until both are done, `close_at`
-    /// passes (the client connection's deadline) or a policy reload revokes the tunnel.
+    /// passes (the client connection's deadline) or the policy revokes the tunnel (a
+    /// reload, or the expiry of the break-glass rule that allowed it).
     pub async fn run(self, close_at: Option<Instant>) {
         let Self {
             client,
