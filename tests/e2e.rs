@@ -382,3 +382,63 @@ async fn drain_tells_http1_clients_to_close() {
         Some(&b"close"[..])
     );
 }
+
+/// A peer that is not idgate: HTTP/2 over TLS as `SERVER_ID`, answering 200 with the
+/// request's `x-forwarded-client-cert` and `proxy-authorization` values (or `-`) echoed
+/// in `saw-xfcc` and `saw-proxy-authorization`.
+async fn header_echoing_peer(pki: &Pki) -> std::net::SocketAddr {
+    let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
+    let (addr, _) = counting_server(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(|request: http::Request<_>| async move {
+                let saw = |name: &str| {
+                    request
+                        .headers()
+                        .get(name)
+                        .map_or("-".to_owned(), |v| v.to_str().unwrap_or("?").to_owned())
+                };
+                http::Response::builder()
+                    .header("saw-xfcc", saw("x-forwarded-client-cert"))
+                    .header("saw-proxy-authorization", saw("proxy-authorization"))
+                    .body(http_body_util::Empty::<Bytes>::new())
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        }
+    })
+    .await;
+    addr
+}
+
+#[tokio::test]
+async fn the_outbound_sends_neither_the_apps_xfcc_nor_its_proxy_credentials() {
+    let pki = Pki::new(TD);
+    let peer = header_echoing_peer(&pki).await;
+    let config = pki.path("idgate.toml");
+    std::fs::write(
+        &config,
+        pki.outbound_toml("frontend", FRONTEND_ID, peer, &[SERVER_ID]),
+    )
+    .expect("write config");
+    let idgate = support::process::RunningIdgate::start(&config);
+    let url = format!("http://{}/", idgate.address("outbound"));
+    let reply = get(
+        &url,
+        &[
+            (
+                "x-forwarded-client-cert",
+                "URI=spiffe://example.org/ns/admin/sa/root",
+            ),
+            ("proxy-authorization", "Basic c2VjcmV0OnNlY3JldA=="),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.headers["saw-xfcc"], "-");
+    assert_eq!(reply.headers["saw-proxy-authorization"], "-");
+}

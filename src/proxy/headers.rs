@@ -11,14 +11,17 @@ use http::{Uri, Version};
 /// Envoy's client-certificate forwarding header.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
-/// Headers that describe one connection and never travel past a proxy (RFC 9110 7.6.1).
+/// Headers that describe one connection and never travel past a proxy (RFC 9110 7.6.1),
+/// and `Proxy-Authorization`, which the first proxy consumes (RFC 9110 11.7.4): an app
+/// pointed at the outbound with `HTTP_PROXY=http://user:pass@...` sends it.
 /// `Trailer` is not one: it is end to end, and HTTP/1.1 (hyper's encoder) sends only the
 /// trailers it declares. HTTP/2 allows it too.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -410,6 +413,18 @@ mod tests {
         h.insert("x-keep", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn proxy_credentials_never_travel_past_the_sidecar() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            "Basic c2VjcmV0".parse().unwrap(),
+        );
+        h.insert(header::AUTHORIZATION, "Bearer end-to-end".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), [header::AUTHORIZATION]);
     }
 
     #[test]

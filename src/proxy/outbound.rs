@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::forward::{Forwarded, Upstream};
-use super::headers::{settle_host, strip_request_hop_by_hop};
+use super::headers::{settle_host, strip_request_hop_by_hop, XFCC};
 use super::http_server::{Ending, HttpServer};
 use super::request_id::ensure_request_id;
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
@@ -222,6 +222,10 @@ impl Connection {
         let started = Instant::now();
         // First: the app's `Connection` may name the `x-request-id` idgate adds.
         strip_request_hop_by_hop(request.headers_mut());
+        // An app cannot vouch for a client certificate: a peer that forwards XFCC (Envoy
+        // with APPEND_FORWARD, say) would pass a forged identity on (Envoy's default,
+        // SANITIZE, drops it too).
+        request.headers_mut().remove(XFCC);
         let request_id = ensure_request_id(request.headers_mut());
         let grpc = is_grpc(request.headers());
         let uri = request.uri().clone();
