@@ -35,14 +35,44 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut a_to_b = Direction::Copying(Pipe::new());
-    let mut b_to_a = Direction::Copying(Pipe::new());
-    poll_fn(|cx| {
-        let forward = a_to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
-        let backward = b_to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
-        Poll::Ready(Ok((ready!(forward), ready!(backward))))
-    })
-    .await
+    BothWays::default().run(a, b).await
+}
+
+/// A copy both ways whose counts outlive it: what crossed before an error, or before its
+/// owner stopped it (a revoked relay, a connection at its maximum age), is still known.
+pub struct BothWays {
+    a_to_b: Direction,
+    b_to_a: Direction,
+}
+
+impl Default for BothWays {
+    fn default() -> Self {
+        Self {
+            a_to_b: Direction::Copying(Pipe::new()),
+            b_to_a: Direction::Copying(Pipe::new()),
+        }
+    }
+}
+
+impl BothWays {
+    /// [`both_ways`], counting into `self`.
+    pub async fn run<A, B>(&mut self, a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+    where
+        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        poll_fn(|cx| {
+            let forward = self.a_to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
+            let backward = self.b_to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+            Poll::Ready(Ok((ready!(forward), ready!(backward))))
+        })
+        .await
+    }
+
+    /// Bytes read so far from `a` (for `b`) and from `b` (for `a`).
+    pub fn copied(&self) -> (u64, u64) {
+        (self.a_to_b.copied(), self.b_to_a.copied())
+    }
 }
 
 /// One direction of the copy.
@@ -53,6 +83,14 @@ enum Direction {
 }
 
 impl Direction {
+    /// Bytes read so far in this direction.
+    fn copied(&self) -> u64 {
+        match self {
+            Direction::Copying(pipe) => pipe.copied,
+            Direction::ShuttingDown(copied) | Direction::Done(copied) => *copied,
+        }
+    }
+
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -164,6 +202,8 @@ impl Pipe {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -194,6 +234,25 @@ mod tests {
         );
         let counts = relay.await.unwrap().unwrap();
         assert_eq!(counts, (up.len() as u64, down.len() as u64));
+    }
+
+    #[tokio::test]
+    async fn what_crossed_is_known_when_the_copy_is_stopped() {
+        let (mut client, mut a) = duplex(64 * 1024);
+        let (mut b, mut server) = duplex(64 * 1024);
+        client.write_all(&[7; 50_000]).await.unwrap();
+        server.write_all(&[9; 1_234]).await.unwrap();
+        let mut transfer = BothWays::default();
+        // The client never closes: the copy is stopped, as a revoked relay's is.
+        let stopped =
+            tokio::time::timeout(Duration::from_millis(200), transfer.run(&mut a, &mut b)).await;
+        assert!(
+            stopped.is_err(),
+            "the copy cannot end while both sides are open"
+        );
+        assert_eq!(transfer.copied(), (50_000, 1_234));
+        let mut got = vec![0; 50_000];
+        server.read_exact(&mut got).await.unwrap();
     }
 
     /// Drives `pipe` once from `reader` to `writer` with a no-op waker.

@@ -113,7 +113,7 @@ pub async fn relay<C>(
     };
     let destination = server.peer().map(|p| p.spiffe_id.to_string());
     let destination = destination.as_deref().or(relay.destination);
-    let copying = copy::both_ways(&mut client, &mut server);
+    let mut transfer = copy::BothWays::default();
     let deadline = async {
         match relay.close_at {
             Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -121,21 +121,21 @@ pub async fn relay<C>(
         }
     };
     tokio::select! {
-        copied = copying => match copied {
+        copied = transfer.run(&mut client, &mut server) => match copied {
             Ok(bytes) => log(destination, bytes, None),
             Err(error) => {
                 tracing::debug!(%error, "TCP relay ended with an error");
-                log(destination, (0, 0), Some(&format!("relay: {error}")));
+                log(destination, transfer.copied(), Some(&format!("relay: {error}")));
             }
         },
         reason = relay.revoked => {
             tracing::info!(source = relay.source, "closing TCP relay: {reason}");
             let revoked = policy::Decision { verdict: Verdict::Deny, ..decision.clone() };
-            log_with(&revoked, destination, (0, 0), Some(&reason));
+            log_with(&revoked, destination, transfer.copied(), Some(&reason));
         }
         () = deadline => {
             tracing::info!("closing TCP relay: maximum age or peer certificate expiry reached");
-            log(destination, (0, 0), Some("closed: maximum connection age or peer certificate expiry"));
+            log(destination, transfer.copied(), Some("closed: maximum connection age or peer certificate expiry"));
         }
     }
 }
