@@ -180,6 +180,22 @@ fn bad_annotations_are_refused_with_the_object_named() {
 }
 
 #[test]
+fn a_document_written_on_its_separator_line_is_injected() {
+    // `--- {...}` puts the whole document on the separator's line: it was passed through
+    // untouched, uninjected, without a word.
+    let pod = "--- {apiVersion: v1, kind: Pod, metadata: {name: p, annotations: {idgate.io/inject: \"true\"}}, spec: {containers: [{name: app, image: x, ports: [{containerPort: 8080}]}]}}\n";
+    let other = "--- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n";
+    let out = inject(&[], &format!("a: 1\n{pod}{other}"));
+    assert!(
+        out.starts_with("a: 1\n---\napiVersion: v1\nkind: Pod\n"),
+        "{out}"
+    );
+    assert_eq!(out.matches("- name: idgate\n").count(), 1, "{out}");
+    assert!(out.ends_with(other), "{out}");
+    assert_eq!(inject(&[], &out), out);
+}
+
+#[test]
 fn directives_stay_with_their_document_and_merge_keys_are_resolved() {
     let pod = read(&fixture("pod.yaml"));
     let injected = inject_file("pod");

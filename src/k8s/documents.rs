@@ -49,8 +49,10 @@ pub fn split(text: &str) -> Vec<Document<'_>> {
                 });
             }
             directives = &text[end..offset];
-            separator = &text[offset..offset + line.len()];
-            body_start = offset + line.len();
+            // Content on the separator line (`--- {kind: Pod}`) belongs to the body.
+            let kept = separator_len(line);
+            separator = &text[offset..offset + kept];
+            body_start = offset + kept;
             directives_start = None;
         } else if line.starts_with('%') {
             directives_start.get_or_insert(offset);
@@ -70,6 +72,19 @@ pub fn split(text: &str) -> Vec<Document<'_>> {
 fn is_blank_or_comment(line: &str) -> bool {
     let line = line.trim();
     line.is_empty() || line.starts_with('#')
+}
+
+/// How much of a separator line is the separator: all of it, unless document content
+/// follows `---` on the same line (anything but a comment), which starts at the returned
+/// length.
+fn separator_len(line: &str) -> usize {
+    let rest = &line[3..];
+    let content = rest.trim_start_matches([' ', '\t']);
+    if is_blank_or_comment(content) {
+        line.len()
+    } else {
+        line.len() - content.len()
+    }
 }
 
 fn is_separator(line: &str) -> bool {
@@ -97,6 +112,7 @@ mod tests {
             "--- # first\na: 1\n--- \nb: |\n  ---\n  x\n---\n",
             "a: 1\n----\nb: 2",
             "%YAML 1.1\n---\na: 1\n",
+            "--- {a: 1}\n---\tb: 2\n--- # c\n",
             "# c\n%YAML 1.1\n%TAG !e! tag:e.org,2000:\n# d\n--- # x\na: 1\n...\n%YAML 1.1\n---\nb: 2\n",
         ] {
             let docs = split(text);
@@ -106,6 +122,9 @@ mod tests {
         assert_eq!(split("---\na: 1\n---\nb: 2\n").len(), 2);
         assert_eq!(split("a: 1\n----\nb: 2").len(), 1);
         assert_eq!(split("b: |\n  ---\n").len(), 1);
+        let docs = split("--- {a: 1}\n--- # c\nb: 2\n");
+        assert_eq!((docs[0].separator, docs[0].body), ("--- ", "{a: 1}\n"));
+        assert_eq!((docs[1].separator, docs[1].body), ("--- # c\n", "b: 2\n"));
         let docs = split("%YAML 1.1\n---\na: 1\n...\n%YAML 1.1\n# c\n---\nb: 2\n");
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].directives, "%YAML 1.1\n");

@@ -78,10 +78,20 @@ pub fn inject_yaml(text: &str) -> Result<String, InjectError> {
             source: Box::new(e),
         })?;
         out.push_str(doc.directives);
-        out.push_str(doc.separator);
         if injected == original {
+            out.push_str(doc.separator);
             out.push_str(doc.body);
             continue;
+        }
+        // A rewritten document starts on a line of its own, also when its content shared
+        // the separator's line (`--- {kind: Pod}`).
+        match doc.separator {
+            "" => {}
+            line if line.ends_with('\n') => out.push_str(line),
+            shared => {
+                out.push_str(shared.trim_end());
+                out.push('\n');
+            }
         }
         out.push_str(leading_comments(doc.body));
         let yaml = yaml11::to_string(&injected, &source)
