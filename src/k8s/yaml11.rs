@@ -82,13 +82,20 @@ fn resolve_plain(s: &str) -> Option<Value> {
     let parsed = i64::from_str_radix(body, radix).ok();
     match (parsed, radix) {
         (Some(n), _) => Some(Value::Number(Number::from(if negative { -n } else { n }))),
-        // `09`: not octal, so go-yaml v2 reads a decimal float.
-        (None, 8) if body.bytes().all(|b| b.is_ascii_digit()) => {
-            let n: f64 = digits.parse().ok()?;
-            Some(Value::Number(Number::from(if negative { -n } else { n })))
+        // `09`: not octal, so go-yaml v2 reads a decimal float; so is `1_000.5` without
+        // its '_'s (YAML 1.1's float: digits, one '.', an exponent).
+        (None, 8) if body.bytes().all(|b| b.is_ascii_digit()) => float(negative, &digits),
+        (None, 10) if body.bytes().all(|b| b"0123456789.eE+-".contains(&b)) => {
+            float(negative, &digits)
         }
         (None, _) => None,
     }
+}
+
+/// `digits` (no sign, no '_') as a float, negated when `negative`.
+fn float(negative: bool, digits: &str) -> Option<Value> {
+    let n: f64 = digits.parse().ok()?;
+    Some(Value::Number(Number::from(if negative { -n } else { n })))
 }
 
 /// Parses one YAML document as kubectl would (see the module doc).
@@ -273,6 +280,9 @@ mod tests {
         ("0b101", "5"),
         ("1_000", "1000"),
         ("09", "9.0"),
+        ("1_000.5", "1000.5"),
+        ("-1_0.5e1", "-105.0"),
+        ("1_0.5.5", "'1_0.5.5'"),
         ("'0644'", "'0644'"),
         ("\"on\"", "'on'"),
         ("onion", "onion"),
