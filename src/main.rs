@@ -96,7 +96,8 @@ fn run(args: &ConfigArgs) -> u8 {
             return 2;
         }
     };
-    init_tracing(config.log.format, &config.log.level);
+    // Held until `run` returns: dropping it flushes what the writer thread still holds.
+    let _flush_logs = init_tracing(config.log.format, &config.log.level);
     cli::block_on_current_thread(async move {
         let mut signals = match idgate::app::ShutdownSignals::install() {
             Ok(signals) => signals,
@@ -118,15 +119,23 @@ fn run(args: &ConfigArgs) -> u8 {
     })
 }
 
-fn init_tracing(format: LogFormat, level: &str) {
+/// Diagnostics go to stderr through a thread of their own, lossy: a stderr that stops
+/// draining (a pipe whose reader stalls, a blocking container log driver) drops lines
+/// instead of stopping the thread that serves requests, admin and signals.
+fn init_tracing(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("idgate-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }

@@ -5,7 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A running `idgate run`; killed when dropped. A thread drains its stderr (so the pipe
@@ -13,6 +15,8 @@ use std::time::Duration;
 pub struct RunningIdgate {
     child: Child,
     lines: Receiver<String>,
+    /// Set: the thread stops reading stderr, as a stalled log reader would.
+    stalled: Arc<AtomicBool>,
     /// The "idgate running" line (addresses, workers, SPIFFE ID).
     pub started: String,
 }
@@ -62,20 +66,32 @@ impl RunningIdgate {
             .expect("spawn idgate");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = std::sync::mpsc::channel();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stop = stalled.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
+                while stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         });
         let mut running = Self {
             child,
             lines,
+            stalled,
             started: String::new(),
         };
         running.started = running
             .wait_for("idgate running", Duration::from_secs(30))
             .expect("idgate did not report it was running");
         running
+    }
+
+    /// Stops reading the process's stderr (after the line being read): once the pipe is
+    /// full, its writes would block.
+    pub fn stall_stderr(&self) {
+        self.stalled.store(true, Ordering::Relaxed);
     }
 
     /// The next log line containing `needle`, if one comes within `timeout`.
