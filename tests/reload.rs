@@ -301,6 +301,87 @@ async fn a_reload_ends_http2_connections_of_peers_it_no_longer_admits() {
     );
 }
 
+/// An app whose every response drips a byte every 500 ms for 20 s (a long download, or a
+/// watch that a gRPC client keeps open).
+async fn dripping_app() -> std::net::SocketAddr {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let (addr, _) = counting_server(|stream| async move {
+        let service = hyper::service::service_fn(|_request| async {
+            let drips = futures_util::stream::unfold(0u32, |sent| async move {
+                if sent == 40 {
+                    return None;
+                }
+                if sent > 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                let drip = Frame::data(bytes::Bytes::from_static(b"."));
+                Some((Ok::<_, std::convert::Infallible>(drip), sent + 1))
+            });
+            Ok::<_, std::convert::Infallible>(http::Response::new(StreamBody::new(drips)))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    })
+    .await;
+    addr
+}
+
+#[tokio::test]
+async fn a_reload_cuts_streams_a_revoked_peer_keeps_open_after_the_drain() {
+    use http_body_util::BodyExt;
+    let app = dripping_app().await;
+    let drain = Duration::from_secs(2);
+    let mesh = Mesh::start_upstream(
+        ALLOW_A,
+        &format!("http://{app}"),
+        "timeouts = { drain = \"2s\" }",
+    )
+    .await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"h2"]);
+    let (mut sender, connection) = h2_connection(mesh.server.inbound(), config).await;
+    let response = sender.send_request(empty_get("/a")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body
+        .frame()
+        .await
+        .expect("a first drip")
+        .expect("a first drip");
+    assert!(first.is_data());
+    replace(&mesh.pki.path("policy.toml"), NOBODY);
+    // The reload lands within a second; the drain then gives the stream 2 s.
+    let bound = Duration::from_secs(1) + drain + Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(bound, async {
+        let mut drips = 1;
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => drips += 1,
+                Some(Err(error)) => return (drips, Some(error)),
+                None => return (drips, None),
+            }
+        }
+    })
+    .await;
+    let Ok((drips, error)) = ended else {
+        panic!("the stream of a revoked peer was still open {bound:?} after the reload");
+    };
+    assert!(
+        drips < 40,
+        "the stream ran to its end ({drips} drips, {:?}): it was not cut",
+        started.elapsed()
+    );
+    assert!(
+        error.is_some(),
+        "a cut stream ends in an error, not a clean end"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(1), connection).await;
+    assert!(closed.is_ok(), "the connection itself must be closed");
+}
+
 #[tokio::test]
 async fn a_reload_cuts_tcp_relays_it_no_longer_allows() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -162,7 +162,8 @@ pub struct Timeouts {
     /// Waiting for the upstream's response headers (default 60 s, then 504).
     #[serde(deserialize_with = "bounds::timeout")]
     pub response: Seconds,
-    /// Finishing in-flight requests on SIGTERM (default 30 s; zero closes them at once).
+    /// Finishing in-flight requests on SIGTERM (default 30 s; zero closes them at once);
+    /// at most 5 s of it when a connection ends for its peer's sake (revocation, expiry, age).
     pub drain: Seconds,
 }
 

@@ -1,7 +1,9 @@
 //! Serving HTTP on one accepted connection: HTTP/1.1 or HTTP/2, as its TLS handshake
 //! agreed or (plain connections) as its first bytes tell, under the same settings, until
-//! its lifetime, a revocation or shutdown ends it, always gracefully.
+//! its lifetime, a revocation or shutdown ends it: gracefully, then, once a bounded drain
+//! has passed, by closing it under the requests still open.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
@@ -136,9 +138,11 @@ pub struct Ending<'a> {
 impl HttpServer {
     /// Serves HTTP on a TLS connection, in the protocol its handshake agreed on, until the
     /// client is done, the connection has had no new request for `lifetime.idle`, reached
-    /// `lifetime.close_at`, was revoked, or shutdown asks it to end. Ending is always
-    /// graceful: HTTP/1.1 finishes the response in flight and closes, HTTP/2 sends GOAWAY
-    /// and lets open streams end.
+    /// `lifetime.close_at`, was revoked, or shutdown asks it to end. Ending is graceful
+    /// first: HTTP/1.1 finishes the response in flight and closes, HTTP/2 sends GOAWAY and
+    /// lets open streams end. Requests still open once the drain has passed (shutdown:
+    /// `lifetime.drain`; the other ends: at most [`Lifetime::END_DRAIN`] of it) are cut by
+    /// closing the connection.
     ///
     /// Going straight to the agreed protocol's server matters for memory: detecting it
     /// instead reads the first 24 bytes ahead of HTTP/1.1's parser, which then doubles its
@@ -273,10 +277,11 @@ impl<'a> Watch<'a> {
         (service, watch)
     }
 
-    /// Drives `connection` to its end, ending it gracefully when it must end. It comes in
-    /// a `FlushAtEnd` (under which a `Coalesce` stream writes what one poll produced in
-    /// one go), which boxes it: an argument keeps its slot in this future for the
-    /// connection's life, and hyper's connections are kilobytes (2 KiB per connection).
+    /// Drives `connection` to its end, ending it gracefully when it must end, and closing
+    /// it under any requests still open once the drain that end allows has passed. It
+    /// comes in a `FlushAtEnd` (under which a `Coalesce` stream writes what one poll
+    /// produced in one go), which boxes it: an argument keeps its slot in this future for
+    /// the connection's life, and hyper's connections are kilobytes (2 KiB per connection).
     async fn drive<C: Graceful>(self, mut connection: FlushAtEnd<C>) {
         let Self {
             started,
@@ -291,36 +296,45 @@ impl<'a> Watch<'a> {
         let idle = lifetime.idle;
         let mut deadline = later(started, idle);
         let close_at = lifetime.close_at.unwrap_or_else(|| later(started, NEVER));
-        let mut ending = false;
+        // An end for the peer's sake (revocation, certificate expiry, age) keeps at most
+        // `END_DRAIN` of the listener's drain; shutdown keeps all of it.
+        let end_drain = lifetime.drain.min(Lifetime::END_DRAIN);
+        let mut draining: Option<Draining> = None;
         let result = loop {
-            // One timer serves both ends of the connection's life, whichever comes first:
+            // One timer serves every end of the connection's life, whichever comes first:
             // each poll of the connection task polls every branch, and a timer costs more
             // to poll than the other branches.
-            let wake_at = deadline.min(close_at);
+            let wake_at = match &draining {
+                Some(draining) => draining.cut_at,
+                None => deadline.min(close_at),
+            };
             tokio::select! {
                 // The connection first: it is what wakes this task nearly every time.
                 biased;
                 result = &mut connection => break result,
-                _ = shutdown.cancelled(), if !ending => {
-                    connection.inner().end_gracefully();
-                    ending = true;
+                _ = shutdown.cancelled(), if draining.is_none() => {
+                    draining = Some(Draining::begin(&mut connection, "shutdown".into(), lifetime.drain));
                 }
-                reason = &mut revoked, if !ending => {
+                reason = &mut revoked, if draining.is_none() => {
                     tracing::info!("closing connection: {reason}");
-                    connection.inner().end_gracefully();
-                    ending = true;
+                    draining = Some(Draining::begin(&mut connection, reason.into(), end_drain));
                 }
-                _ = tokio::time::sleep_until(wake_at.into()), if !ending => {
+                _ = tokio::time::sleep_until(wake_at.into()) => {
+                    if let Some(Draining { reason, drain, .. }) = &draining {
+                        // Dropping the connection closes it, and every stream still open.
+                        tracing::info!(?drain, "closed connection after the drain, cutting requests still open: {reason}");
+                        return;
+                    }
                     let now = Instant::now();
                     let last = started + Duration::from_millis(last_request.load(Ordering::Relaxed));
                     if close_at <= now {
-                        tracing::info!("closing connection: maximum age or peer certificate expiry reached");
-                        connection.inner().end_gracefully();
-                        ending = true;
+                        let reason = "maximum age or peer certificate expiry reached";
+                        tracing::info!("closing connection: {reason}");
+                        draining = Some(Draining::begin(&mut connection, reason.into(), end_drain));
                     } else if later(last, idle) <= now {
                         tracing::debug!(?idle, "closing idle connection");
-                        connection.inner().end_gracefully();
-                        ending = true;
+                        // A request may have come in since the last look: it keeps its time.
+                        draining = Some(Draining::begin(&mut connection, "idle".into(), NEVER));
                     } else {
                         deadline = later(last, idle);
                     }
@@ -329,6 +343,30 @@ impl<'a> Watch<'a> {
         };
         if let Err(error) = result {
             tracing::debug!(%error, "connection ended with an error");
+        }
+    }
+}
+
+/// A connection asked to end gracefully, and when it is closed if it has not ended by then.
+struct Draining {
+    reason: Cow<'static, str>,
+    drain: Duration,
+    cut_at: Instant,
+}
+
+impl Draining {
+    /// Asks `connection` to end gracefully (for `reason`), giving it `drain` to do so.
+    fn begin<C: Graceful>(
+        connection: &mut FlushAtEnd<C>,
+        reason: Cow<'static, str>,
+        drain: Duration,
+    ) -> Self {
+        connection.inner().end_gracefully();
+        let now = Instant::now();
+        Self {
+            reason,
+            drain,
+            cut_at: later(now, drain),
         }
     }
 }

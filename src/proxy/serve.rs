@@ -32,9 +32,19 @@ pub struct Lifetime {
     pub idle: Duration,
     /// A hard end (max connection age, or the peer certificate's expiry).
     pub close_at: Option<Instant>,
+    /// How long a connection asked to end on shutdown may finish its open requests (the
+    /// listener's `drain`) before it is closed under them; other ends give at most
+    /// [`Lifetime::END_DRAIN`] of it.
+    pub drain: Duration,
 }
 
 impl Lifetime {
+    /// The most a connection ended for its peer's sake (a revocation, the peer
+    /// certificate's expiry, `max_connection_age`) may take to finish its open requests
+    /// before it is closed under them: Envoy's default drain timeout. Without a bound a
+    /// stream that never ends (a gRPC watch) would outlive the end for good.
+    pub const END_DRAIN: Duration = Duration::from_secs(5);
+
     /// The lifetime of a connection opened now under a listener's settings, ending at
     /// the latest when `expires` (a peer certificate's notAfter, Unix seconds) passes.
     pub fn new(timeouts: &Timeouts, limits: &Limits, expires: Option<i64>) -> Self {
@@ -56,6 +66,7 @@ impl Lifetime {
         Self {
             idle: timeouts.idle.0,
             close_at: age_limit.into_iter().chain(expiry).min(),
+            drain: timeouts.drain.0,
         }
     }
 }
