@@ -361,6 +361,43 @@ async fn idle_keep_alive_connections_are_closed() {
     );
 }
 
+/// The idle timeout counts only while no request is in flight: a request taking longer
+/// than it is answered and leaves its connection open for the next one.
+#[tokio::test]
+async fn a_request_longer_than_the_idle_timeout_keeps_its_connection() {
+    let mesh = Mesh::start_with(ALLOW_ALL_FRONTEND, "timeouts = { idle = \"300ms\" }").await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let slow = || empty_get("/slow?delay_ms=1000");
+    let root = mesh.pki.ca.root_pem();
+
+    let config = tls_client(&root, Some(&cert), &[b"http/1.1"]);
+    let (mut sender, connection) = h1_connection(mesh.server.inbound(), config).await;
+    let response = sender.send_request(slow()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers().get("connection"),
+        None,
+        "HTTP/1.1: {response:?}"
+    );
+    sender
+        .ready()
+        .await
+        .expect("HTTP/1.1: the connection stays open");
+    let again = sender.send_request(empty_get("/again")).await;
+    assert_eq!(again.expect("HTTP/1.1: a second request").status(), 200);
+    assert!(!connection.is_finished());
+
+    let config = tls_client(&root, Some(&cert), &[b"h2"]);
+    let (mut sender, connection) = h2_connection(mesh.server.inbound(), config).await;
+    assert_eq!(sender.send_request(slow()).await.unwrap().status(), 200);
+    let again = sender.send_request(empty_get("/again")).await;
+    assert_eq!(
+        again.expect("HTTP/2: no GOAWAY under a request").status(),
+        200
+    );
+    assert!(!connection.is_finished());
+}
+
 #[tokio::test]
 async fn drain_tells_http1_clients_to_close() {
     let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;

@@ -153,7 +153,7 @@ pub struct Timeouts {
     /// Reading a request's headers (default 30 s).
     #[serde(deserialize_with = "bounds::timeout")]
     pub header: Seconds,
-    /// Idle keep-alive connection (default 90 s).
+    /// Idle keep-alive connection: no request in flight for this long (default 90 s).
     #[serde(deserialize_with = "bounds::timeout")]
     pub idle: Seconds,
     /// Connecting to the upstream (default 5 s).

@@ -8,10 +8,10 @@ use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::TryFutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::rt::bounds::Http2ServerConnExec;
@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::coalesce::FlushAtEnd;
+use super::in_flight::{Activity, CountedBody, InFlight};
 use super::respond::Body;
 use super::serve::{Lifetime, Revoked};
 use crate::config::{Limits, Timeouts, MAX_DURATION};
@@ -103,21 +104,21 @@ impl Agreed {
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-/// The request handler a listener serves each connection with.
-pub trait Handler:
+/// The request handler a listener serves each connection with (`B`: its responses' body).
+pub trait Handler<B = Body>:
     Service<
         Request<Incoming>,
-        Response = Response<Body>,
+        Response = Response<B>,
         Error: Into<BoxError>,
         Future: Send + 'static,
     > + Send
     + 'static
 {
 }
-impl<S> Handler for S where
+impl<S, B> Handler<B> for S where
     S: Service<
             Request<Incoming>,
-            Response = Response<Body>,
+            Response = Response<B>,
             Error: Into<BoxError>,
             Future: Send + 'static,
         > + Send
@@ -137,8 +138,8 @@ pub struct Ending<'a> {
 
 impl HttpServer {
     /// Serves HTTP on a TLS connection, in the protocol its handshake agreed on, until the
-    /// client is done, the connection has had no new request for `lifetime.idle`, reached
-    /// `lifetime.close_at`, was revoked, or shutdown asks it to end. Ending is graceful
+    /// client is done, the connection has had no request in flight for `lifetime.idle`,
+    /// reached `lifetime.close_at`, was revoked, or shutdown asks it to end. Ending is graceful
     /// first: HTTP/1.1 finishes the response in flight and closes, HTTP/2 sends GOAWAY and
     /// lets open streams end. Requests still open once the drain has passed (shutdown:
     /// `lifetime.drain`; the other ends: at most [`Lifetime::END_DRAIN`] of it) are cut by
@@ -245,36 +246,25 @@ where
     }
 }
 
-/// A served connection's [`Ending`], and when it last had a request.
+/// A served connection's [`Ending`], and its requests in flight.
 struct Watch<'a> {
-    started: Instant,
-    /// Milliseconds from `started` to the latest request.
-    last_request: Arc<AtomicU64>,
+    activity: Arc<Activity>,
     ending: Ending<'a>,
 }
 
 impl<'a> Watch<'a> {
-    /// Watches a connection that `service` (wrapped to note each request's time) serves.
-    fn new<S: Handler>(
-        service: S,
-        ending: Ending<'a>,
-    ) -> (
-        impl Service<Request<Incoming>, Response = Response<Body>, Error = S::Error, Future = S::Future>,
-        Self,
-    ) {
-        let started = Instant::now();
-        let last_request = Arc::new(AtomicU64::new(0));
-        let touched = last_request.clone();
+    /// Watches a connection that `service` serves, wrapped to count each request in
+    /// flight until its response body is done.
+    fn new<S: Handler>(service: S, ending: Ending<'a>) -> (impl Handler<CountedBody>, Self) {
+        let activity = Activity::new();
+        let counted = activity.clone();
         let service = service_fn(move |request| {
-            touched.store(millis_since(started), Ordering::Relaxed);
-            service.call(request)
+            let in_flight = InFlight::start(&counted);
+            service
+                .call(request)
+                .map_ok(|response| response.map(|body| CountedBody::new(body, in_flight)))
         });
-        let watch = Self {
-            started,
-            last_request,
-            ending,
-        };
-        (service, watch)
+        (service, Self { activity, ending })
     }
 
     /// Drives `connection` to its end, ending it gracefully when it must end, and closing
@@ -284,8 +274,7 @@ impl<'a> Watch<'a> {
     /// the connection's life, and hyper's connections are kilobytes (2 KiB per connection).
     async fn drive<C: Graceful>(self, mut connection: FlushAtEnd<C>) {
         let Self {
-            started,
-            last_request,
+            activity,
             ending:
                 Ending {
                     lifetime,
@@ -294,6 +283,7 @@ impl<'a> Watch<'a> {
                 },
         } = self;
         let idle = lifetime.idle;
+        let started = activity.started();
         let mut deadline = later(started, idle);
         let close_at = lifetime.close_at.unwrap_or_else(|| later(started, NEVER));
         // An end for the peer's sake (revocation, certificate expiry, age) keeps at most
@@ -326,17 +316,19 @@ impl<'a> Watch<'a> {
                         return;
                     }
                     let now = Instant::now();
-                    let last = started + Duration::from_millis(last_request.load(Ordering::Relaxed));
+                    // While a request is in flight the connection is not idle: look again
+                    // an idle timeout later.
+                    let idle_at = activity.idle_since().map_or(later(now, idle), |since| later(since, idle));
                     if close_at <= now {
                         let reason = "maximum age or peer certificate expiry reached";
                         tracing::info!("closing connection: {reason}");
                         draining = Some(Draining::begin(&mut connection, reason.into(), end_drain));
-                    } else if later(last, idle) <= now {
+                    } else if idle_at <= now {
                         tracing::debug!(?idle, "closing idle connection");
                         // A request may have come in since the last look: it keeps its time.
                         draining = Some(Draining::begin(&mut connection, "idle".into(), NEVER));
                     } else {
-                        deadline = later(last, idle);
+                        deadline = idle_at;
                     }
                 }
             }
@@ -378,10 +370,6 @@ const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// config bounds every duration well below that; this keeps a connection from panicking).
 fn later(from: Instant, after: Duration) -> Instant {
     from.checked_add(after).unwrap_or_else(|| from + NEVER)
-}
-
-fn millis_since(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod forward;
 /// the micro-benchmarks in `benches/`.
 pub mod headers;
 mod http_server;
+mod in_flight;
 mod inbound;
 mod outbound;
 mod pool;

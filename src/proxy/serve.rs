@@ -28,7 +28,7 @@ pub fn never_revoked() -> Revoked {
 /// When a served connection must end even though its client is still using it.
 #[derive(Clone, Copy, Debug)]
 pub struct Lifetime {
-    /// No new request for this long.
+    /// No request in flight (none started, or every response sent) for this long.
     pub idle: Duration,
     /// A hard end (max connection age, or the peer certificate's expiry).
     pub close_at: Option<Instant>,
