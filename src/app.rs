@@ -60,7 +60,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
     tokio::spawn(health.clone().watch(identity.clone(), shutdown.clone()));
     let shared = Shared {
         identity: identity.clone(),
-        decisions: DecisionLog::open(&config.log.decisions, &mut registry)?,
+        decisions: DecisionLog::open(config.log.decisions.get_ref(), &mut registry)?,
         requests: RequestMetrics::register(&mut registry),
         tls: TlsMetrics::register(&mut registry),
         shutdown,

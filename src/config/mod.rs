@@ -172,11 +172,20 @@ impl Config {
             .map(|(i, listener)| check_outbound(source, i, listener, &mut names))
             .collect::<Result<_, _>>()?;
         let mut log = raw.log;
-        if !matches!(log.decisions.as_str(), "stderr" | "stdout") {
-            log.decisions = source
-                .resolve(Path::new(&log.decisions))
-                .to_string_lossy()
-                .into_owned();
+        if !matches!(log.decisions.get_ref().as_str(), "stderr" | "stdout") {
+            let path = source.resolve(Path::new(log.decisions.get_ref()));
+            let refuse = |why: &str| source.error_at(log.decisions.span(), "log.decisions", why);
+            if log.decisions.get_ref().is_empty() {
+                return Err(refuse("empty: write \"stderr\", \"stdout\" or a file path"));
+            }
+            if !path.parent().is_some_and(Path::is_dir) {
+                return Err(refuse(&format!(
+                    "{}: its directory does not exist",
+                    path.display()
+                )));
+            }
+            log.decisions =
+                toml::Spanned::new(log.decisions.span(), path.to_string_lossy().into_owned());
         }
         Ok(Self {
             path: source.path.clone(),

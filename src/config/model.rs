@@ -356,9 +356,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// Where decision lines go: `stderr`, `stdout` or a file path.
     #[serde(default = "default_decisions")]
-    pub decisions: String,
+    pub decisions: Spanned<String>,
     /// Diagnostics filter (`RUST_LOG` syntax, default `info`); `RUST_LOG` wins when set.
-    #[serde(default = "default_level")]
+    #[serde(default = "default_level", deserialize_with = "log_filter")]
     pub level: String,
 }
 
@@ -391,8 +391,30 @@ impl Default for RuntimeConfig {
     }
 }
 
-fn default_decisions() -> String {
-    "stderr".into()
+fn default_decisions() -> Spanned<String> {
+    Spanned::new(0..0, "stderr".into())
+}
+
+/// A `[log] level` that parses as a filter, each directive a level (`info`) or
+/// `target=level`: a bare word is a target name to the filter (`debugg` would enable
+/// everything of a target no code has, and silence the rest).
+fn log_filter<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = String::deserialize(deserializer)?;
+    let hint = "RUST_LOG syntax: a level (\"info\") or target=level pairs (\"idgate=debug,info\")";
+    if let Some(word) = level
+        .split(',')
+        .map(str::trim)
+        .find(|d| !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()))
+    {
+        return Err(serde::de::Error::custom(format!(
+            "{word:?} is not a level; {hint}"
+        )));
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&level)
+        .map_err(|e| serde::de::Error::custom(format!("{level:?}: {e}; {hint}")))?;
+    Ok(level)
 }
 
 fn default_level() -> String {

@@ -229,6 +229,36 @@ fn listener_errors_name_the_line_of_their_key() {
         "inbound[0].upstream",
         "tcp://host:port",
     );
+    for (level, message) in [
+        ("debugg", "\"debugg\" is not a level"),
+        ("idgate=debug,nonsense", "\"nonsense\" is not a level"),
+        ("idgate==", "RUST_LOG syntax"),
+    ] {
+        assert_refused(
+            &format!("{IDENTITY}{OUTBOUND}[log]\nlevel = {level:?}\n"),
+            10,
+            "log.level",
+            message,
+        );
+    }
+    for (decisions, message) in [
+        ("", "empty"),
+        (
+            "/nonexistent/dir/d.log",
+            "/nonexistent/dir/d.log: its directory does not exist",
+        ),
+    ] {
+        assert_refused(
+            &format!("{IDENTITY}{OUTBOUND}[log]\ndecisions = {decisions:?}\n"),
+            10,
+            "log.decisions",
+            message,
+        );
+    }
+    let ok = load(&format!(
+        "{IDENTITY}{OUTBOUND}[log]\nlevel = \"idgate=debug, INFO\"\ndecisions = \"/tmp/d.log\"\n"
+    ));
+    assert!(ok.is_ok(), "{ok:?}");
     assert_refused(
         &format!("{IDENTITY}spiffe_id = \"spiffe://example.org\"\n{OUTBOUND}"),
         4,
