@@ -56,7 +56,7 @@ impl RequestId {
         }
     }
 
-    /// The ID as text for logs; empty when it is not UTF-8.
+    /// The ID as text for logs (UTF-8: [`ensure_request_id`] replaces any other).
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
@@ -73,10 +73,11 @@ impl RequestId {
 }
 
 /// Returns the request's `x-request-id`, adding a fresh one when it has none (or one
-/// that is empty or longer than [`MAX_KEPT`]).
+/// that is empty, longer than [`MAX_KEPT`], or not UTF-8: the decision log could not
+/// name it, and the request would be lost to correlation).
 pub fn ensure_request_id(headers: &mut HeaderMap) -> RequestId {
     if let Some(id) = headers.get(REQUEST_ID) {
-        if !id.is_empty() && id.len() <= MAX_KEPT {
+        if !id.is_empty() && id.len() <= MAX_KEPT && std::str::from_utf8(id.as_bytes()).is_ok() {
             return RequestId::of(id);
         }
     }
@@ -183,14 +184,24 @@ mod tests {
     }
 
     #[test]
-    fn ids_beyond_ascii_come_back_byte_for_byte_and_log_as_utf8_or_nothing() {
-        for (sent, logged) in [(&b"caf\xc3\xa9"[..], "caf\u{e9}"), (b"caf\xe9", "")] {
+    fn ids_that_are_not_utf8_are_replaced() {
+        for sent in [&b"\xff\xfe"[..], b"caf\xe9"] {
             let mut h = HeaderMap::new();
             h.insert(REQUEST_ID, HeaderValue::from_bytes(sent).unwrap());
-            let kept = ensure_request_id(&mut h);
-            assert_eq!(kept.as_str(), logged);
-            assert_eq!(kept.to_header_value().as_bytes(), sent);
+            let fresh = ensure_request_id(&mut h);
+            assert_eq!(fresh.as_str().len(), 29, "{fresh:?}");
+            assert_eq!(h.get(REQUEST_ID).unwrap(), fresh.as_str());
         }
+    }
+
+    #[test]
+    fn utf8_ids_beyond_ascii_come_back_byte_for_byte_and_log_as_utf8() {
+        let sent = b"caf\xc3\xa9";
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_bytes(sent).unwrap());
+        let kept = ensure_request_id(&mut h);
+        assert_eq!(kept.as_str(), "caf\u{e9}");
+        assert_eq!(kept.to_header_value().as_bytes(), sent);
     }
 
     #[test]
