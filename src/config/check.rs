@@ -5,7 +5,7 @@
 //! when the key is missing. Nothing here opens a socket.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,10 +25,29 @@ use crate::spiffe_id::TrustDomain;
 #[derive(Default)]
 pub(super) struct Names {
     names: HashSet<String>,
-    addrs: HashSet<SocketAddr>,
+    /// Each address bound so far, and what binds it.
+    addrs: Vec<(SocketAddr, String)>,
+}
+
+/// Whether binding both would fail: the same port, and the same address or a wildcard
+/// covering the other (`0.0.0.0` every IPv4 address; `[::]`, dual-stack, every address).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wide: SocketAddr, other: SocketAddr| match wide.ip() {
+        IpAddr::V6(ip) => ip.is_unspecified(),
+        IpAddr::V4(ip) => ip.is_unspecified() && other.is_ipv4(),
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 impl Names {
+    /// Names the admin listener's address, which no other listener may overlap.
+    pub(super) fn with_admin(admin: SocketAddr) -> Self {
+        Self {
+            names: HashSet::new(),
+            addrs: vec![(admin, "the admin listener ([admin] listen)".into())],
+        }
+    }
+
     fn claim(
         &mut self,
         source: &SourceFile,
@@ -44,13 +63,14 @@ impl Names {
             ));
         }
         let addr = *listen.get_ref();
-        if addr.port() != 0 && !self.addrs.insert(addr) {
+        if let Some((other, owner)) = self.addrs.iter().find(|(other, _)| overlap(addr, *other)) {
             return Err(source.error_at(
                 listen.span(),
                 &format!("{field}.listen"),
-                format!("{addr} is used by another listener"),
+                format!("{addr} is used by another listener: {owner} listens on {other}"),
             ));
         }
+        self.addrs.push((addr, field.to_owned()));
         Ok(())
     }
 }

@@ -158,7 +158,7 @@ impl Config {
             });
         }
         let identity = check_identity(source, &raw.identity)?;
-        let mut names = Names::default();
+        let mut names = Names::with_admin(raw.admin.listen);
         let inbound = raw
             .inbound
             .iter()

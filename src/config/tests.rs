@@ -311,6 +311,50 @@ fn listener_errors_name_the_line_of_their_key() {
         "outbound[1].listen",
         "used by another listener",
     );
+    // A wildcard overlaps every address of its port (binding both fails), and the admin
+    // listener's address is taken too, the default one included.
+    let listening_on = |first: &str, second: &str| {
+        other_name
+            .replacen("127.0.0.1:15001", "@1", 1)
+            .replacen("127.0.0.1:15001", "@2", 1)
+            .replace("@1", first)
+            .replace("@2", second)
+    };
+    for (first, second, owner) in [
+        (
+            "0.0.0.0:15001",
+            "127.0.0.1:15001",
+            "outbound[0] listens on 0.0.0.0:15001",
+        ),
+        (
+            "127.0.0.1:15001",
+            "[::]:15001",
+            "outbound[0] listens on 127.0.0.1:15001",
+        ),
+    ] {
+        assert_refused(
+            &listening_on(first, second),
+            11,
+            "outbound[1].listen",
+            owner,
+        );
+    }
+    let admin = "the admin listener ([admin] listen) listens on";
+    assert_refused(
+        &listening_on("127.0.0.1:15000", "127.0.0.1:15001"),
+        6,
+        "outbound[0].listen",
+        &format!("{admin} 127.0.0.1:15000"),
+    );
+    let wide_admin = format!("{IDENTITY}{OUTBOUND}[admin]\nlisten = \"0.0.0.0:15001\"\n");
+    assert_refused(
+        &wide_admin,
+        6,
+        "outbound[0].listen",
+        &format!("{admin} 0.0.0.0:15001"),
+    );
+    assert!(load(&listening_on("127.0.0.1:15001", "[::1]:15001")).is_ok());
+    assert!(load(&listening_on("0.0.0.0:15001", "[::1]:15001")).is_ok());
 }
 
 #[test]
