@@ -479,3 +479,24 @@ async fn the_outbound_sends_neither_the_apps_xfcc_nor_its_proxy_credentials() {
     assert_eq!(reply.headers["saw-xfcc"], "-");
     assert_eq!(reply.headers["saw-proxy-authorization"], "-");
 }
+
+#[tokio::test]
+async fn the_outbound_logs_a_request_it_refuses_itself_as_denied() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let mut tcp = tokio::net::TcpStream::connect(client.outbound())
+        .await
+        .expect("connect");
+    tcp.write_all(
+        b"GET /x HTTP/1.1\r\nHost: a b\r\nx-request-id: bad-host-1\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.expect("read");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let line = client.decision("bad-host-1").await;
+    assert_eq!(line["decision"], "deny", "{line}");
+    assert_eq!(line["status"], 400, "{line}");
+}

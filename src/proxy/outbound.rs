@@ -230,39 +230,48 @@ impl Connection {
         let grpc = is_grpc(request.headers());
         let uri = request.uri().clone();
         let method = request.method().clone();
-        let line = |status: u16, destination: Option<&str>, reason: Option<&str>| {
-            let elapsed = started.elapsed().as_secs_f64();
-            self.counters.record(Verdict::Allow, elapsed);
-            self.state.shared.decisions.record(&DecisionRecord {
-                listener: &self.state.name,
-                direction: "outbound",
-                source: Some(&self.own_id),
-                destination,
-                method: Some(method.as_str()),
-                path: Some(uri.path()),
-                decision: Verdict::Allow.as_str(),
-                rule: None,
-                status,
-                duration_ms: elapsed * 1000.0,
-                request_id: request_id.as_str(),
-                reason,
-                policy_version: None,
-                audit_rule: None,
-                break_glass: false,
-                bytes_in: None,
-                bytes_out: None,
-            });
-        };
+        // No policy judges outbound requests: `allow`, but for a request idgate refuses
+        // itself (a bad Host), a `deny` as the inbound logs it.
+        let line =
+            |verdict: Verdict, status: u16, destination: Option<&str>, reason: Option<&str>| {
+                let elapsed = started.elapsed().as_secs_f64();
+                self.counters.record(verdict, elapsed);
+                self.state.shared.decisions.record(&DecisionRecord {
+                    listener: &self.state.name,
+                    direction: "outbound",
+                    source: Some(&self.own_id),
+                    destination,
+                    method: Some(method.as_str()),
+                    path: Some(uri.path()),
+                    decision: verdict.as_str(),
+                    rule: None,
+                    status,
+                    duration_ms: elapsed * 1000.0,
+                    request_id: request_id.as_str(),
+                    reason,
+                    policy_version: None,
+                    audit_rule: None,
+                    break_glass: false,
+                    bytes_in: None,
+                    bytes_out: None,
+                });
+            };
         // As the inbound does, so the peer's policy judges the Host the app sent.
         let authority = match settle_host(request.version(), &uri, request.headers_mut()) {
             Ok(authority) => authority,
             Err(error) => {
                 let response = refusal(Refusal::BadHost, &request_id, grpc);
-                line(response.status().as_u16(), None, Some(&error.to_string()));
+                line(
+                    Verdict::Deny,
+                    response.status().as_u16(),
+                    None,
+                    Some(&error.to_string()),
+                );
                 return response;
             }
         };
-        let abandoned = log_if_abandoned(|status, reason| line(status, None, Some(reason)));
+        let abandoned =
+            log_if_abandoned(|status, reason| line(Verdict::Allow, status, None, Some(reason)));
         let forwarded = self
             .state
             .peer
@@ -290,7 +299,12 @@ impl Connection {
             }
         };
         let destination = peer.as_ref().map(|peer| peer.spiffe_id.as_str());
-        line(response.status().as_u16(), destination, reason.as_deref());
+        line(
+            Verdict::Allow,
+            response.status().as_u16(),
+            destination,
+            reason.as_deref(),
+        );
         response
     }
 }
