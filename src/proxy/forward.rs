@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use super::headers::{keep_upgrade, prepare_for_hpack, strip_hop_by_hop, upgrade_protocol};
 use super::pool::{Peer, Pool, PoolError};
 use super::respond::{is_grpc, Body, Refusal};
-use super::serve::Revoked;
+use super::serve::{instant_of, Revoked};
 use super::stream::{ConnectError, Connector};
 use super::tunnel::Tunnel;
 use crate::per_worker;
@@ -170,7 +170,8 @@ impl Upstream {
         let tunnel = match (client_side, &server_protocol) {
             (Some(client_side), Some(_)) => {
                 let server_side = hyper::upgrade::on(&mut response);
-                Some(Tunnel::new(client_side, server_side, revoked))
+                let peer_expiry = peer.as_ref().and_then(|p| instant_of(p.not_after));
+                Some(Tunnel::new(client_side, server_side, revoked, peer_expiry))
             }
             _ => None,
         };

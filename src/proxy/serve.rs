@@ -54,21 +54,25 @@ impl Lifetime {
         let age_limit = limits
             .max_connection_age
             .and_then(|age| now.checked_add(age.0));
-        let expiry = expires.and_then(|not_after| {
-            let unix_now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let left = u64::try_from(not_after)
-                .unwrap_or(0)
-                .saturating_sub(unix_now);
-            now.checked_add(Duration::from_secs(left))
-        });
+        let expiry = expires.and_then(instant_of);
         Self {
             idle: timeouts.idle.0,
             close_at: age_limit.into_iter().chain(expiry).min(),
             drain: timeouts.drain.0,
         }
     }
+}
+
+/// The instant `not_after` (a certificate's notAfter, Unix seconds) passes: now if it has
+/// passed already; `None` only if it lies too far ahead for an `Instant`.
+pub fn instant_of(not_after: i64) -> Option<Instant> {
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = u64::try_from(not_after)
+        .unwrap_or(0)
+        .saturating_sub(unix_now);
+    Instant::now().checked_add(Duration::from_secs(left))
 }
 
 /// Accepts connections until shutdown, spawning `handle` for each on the tracker, on

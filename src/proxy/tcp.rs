@@ -11,7 +11,7 @@ use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::copy;
-use super::serve::Revoked;
+use super::serve::{instant_of, Revoked};
 use super::stream::Connector;
 use super::Shared;
 use crate::policy::{self, Policy, Verdict};
@@ -28,7 +28,8 @@ pub struct Relay<'a> {
     pub source: &'a str,
     /// Server identity (inbound: us; outbound: the peer, once known).
     pub destination: Option<&'a str>,
-    /// Max connection age or peer certificate expiry, whichever is first.
+    /// Max connection age or peer certificate expiry, whichever is first (an upstream
+    /// peer sidecar's certificate expiry is added once its handshake has told it).
     pub close_at: Option<Instant>,
     /// Fires when the policy no longer allows the peer (after a reload, or once the
     /// break-glass rule that let it in expires).
@@ -113,9 +114,12 @@ pub async fn relay<C>(
     };
     let destination = server.peer().map(|p| p.spiffe_id.to_string());
     let destination = destination.as_deref().or(relay.destination);
+    // Outbound: the peer sidecar's certificate bounds the relay as the client's does inbound.
+    let server_expiry = server.peer().and_then(|p| instant_of(p.not_after));
+    let close_at = relay.close_at.into_iter().chain(server_expiry).min();
     let mut transfer = copy::BothWays::default();
     let deadline = async {
-        match relay.close_at {
+        match close_at {
             Some(at) => tokio::time::sleep_until(at.into()).await,
             None => std::future::pending().await,
         }

@@ -4,7 +4,8 @@
 //! but it is still the client's connection: the tunnel runs in that connection's own task
 //! (held in a [`TunnelSlot`] until then), so it keeps the connection's place under
 //! `max_connections` and ends at the connection's deadline (maximum age, peer certificate
-//! expiry), as the connection would have. Never reads or judges what the tunnel carries.
+//! expiry), as the connection would have, or at the upstream peer sidecar's certificate
+//! expiry when that comes first. Never reads or judges what the tunnel carries.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -21,28 +22,39 @@ pub struct Tunnel {
     client: OnUpgrade,
     server: OnUpgrade,
     revoked: Revoked,
+    /// The server side's own deadline (a peer sidecar's certificate expiry).
+    server_close_at: Option<Instant>,
 }
 
 impl Tunnel {
     /// The tunnel between `client`'s and `server`'s upgraded connections, closed early when
-    /// `revoked` (if any) completes.
-    pub fn new(client: OnUpgrade, server: OnUpgrade, revoked: Option<Revoked>) -> Self {
+    /// `revoked` (if any) completes or `server_close_at` (if any) passes.
+    pub fn new(
+        client: OnUpgrade,
+        server: OnUpgrade,
+        revoked: Option<Revoked>,
+        server_close_at: Option<Instant>,
+    ) -> Self {
         Self {
             client,
             server,
             revoked: revoked.unwrap_or_else(never_revoked),
+            server_close_at,
         }
     }
 
     /// Relays bytes between the two upgraded connections until both are done, `close_at`
-    /// passes (the client connection's deadline) or the policy revokes the tunnel (a
-    /// reload, or the expiry of the break-glass rule that allowed it).
+    /// (the client connection's deadline) or the server side's deadline passes, or the
+    /// policy revokes the tunnel (a reload, or the expiry of the break-glass rule that
+    /// allowed it).
     pub async fn run(self, close_at: Option<Instant>) {
         let Self {
             client,
             server,
             revoked,
+            server_close_at,
         } = self;
+        let close_at = close_at.into_iter().chain(server_close_at).min();
         let relay = async {
             let (client, server) = match tokio::try_join!(client, server) {
                 Ok(pair) => pair,
