@@ -1,15 +1,20 @@
-//! Connections to one upstream, reused across requests: one shared HTTP/2 connection, or
-//! a stack of idle HTTP/1.1 ones.
+//! Connections to one upstream, reused across requests: HTTP/2 connections shared by
+//! concurrent requests, or a stack of idle HTTP/1.1 ones.
 //!
 //! ALPN (or prior knowledge, for gRPC over h2c) decides the protocol of each new
-//! connection. An HTTP/2 connection carries every request until it closes or idles out;
-//! an HTTP/1.1 connection goes back to the pool when its response body has been read to
-//! the end. A request that a reused connection dropped before sending (it closed under
-//! us) is sent again on a fresh connection. Per request this costs an uncontended lock
+//! connection. An HTTP/2 connection carries requests up to its peer's stream limit
+//! (`http2`), another opens when every one is full; an HTTP/1.1 connection goes back to
+//! the pool when its response body has been read to the end. No connection is handed out
+//! after its peer's certificate expires. A request that a reused connection dropped
+//! before sending (it closed under us), or that the peer never processed (`resend`), is
+//! sent again on a fresh connection. Per request this costs an uncontended lock, a count
 //! and a clone of the sender: no pool key to hash, no boxed future, no map of extras.
 
+mod http2;
+mod resend;
+
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -19,13 +24,16 @@ use http::header::{HeaderValue, HOST};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper::rt::Executor;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
+use self::http2::{Checkout2, StreamSlot};
+use self::resend::SendBody;
 use super::coalesce::FlushingExecutor;
 use super::headers::prepare_for_hpack;
-use super::stream::{ConnectError, Connector, Stream};
+use super::serve::instant_of;
+use super::stream::{ConnectError, Connector};
 use crate::tls::PeerIdentity;
 
 /// The largest response head taken from an upstream (larger gets 502), as Envoy's 60 KiB
@@ -64,6 +72,8 @@ struct Inner {
     /// The last connection negotiated HTTP/2, so concurrent requests should wait for one
     /// connection instead of each opening their own.
     expect_http2: AtomicBool,
+    /// The limit on concurrent streams the peer advertised last (a guess before it has).
+    max_streams: Arc<AtomicUsize>,
     /// Held while an HTTP/2 connection is being opened.
     opening: tokio::sync::Mutex<()>,
     state: Mutex<State>,
@@ -71,47 +81,29 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    http2: Option<Shared2>,
+    http2: http2::Conns,
     /// Most recently used last.
     idle: Vec<Idle1>,
     reaper: bool,
-    /// Failed attempts to open the shared HTTP/2 connection, and the last one's error:
+    /// Failed attempts to open an HTTP/2 connection, and the last one's error:
     /// requests that waited for an attempt that failed fail with it at once, instead of
     /// each waiting out its own connect timeout in turn.
     failed_opens: u64,
     last_open_error: Option<ConnectError>,
 }
 
-struct Shared2 {
-    sender: http2::SendRequest<Incoming>,
-    peer: Peer,
-    used: Instant,
-}
-
 struct Idle1 {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<SendBody>,
     peer: Peer,
+    /// When the peer's certificate expires.
+    expires: Option<Instant>,
     since: Instant,
-}
-
-impl State {
-    /// The shared HTTP/2 connection for one more request, unless it has closed (then it
-    /// is forgotten).
-    fn live_http2(&mut self) -> Option<Checkout> {
-        let shared = self.http2.as_mut()?;
-        if shared.sender.is_closed() {
-            self.http2 = None;
-            return None;
-        }
-        shared.used = Instant::now();
-        Some(Checkout::Http2(shared.sender.clone(), shared.peer.clone()))
-    }
 }
 
 /// A connection checked out for one request.
 enum Checkout {
-    Http2(http2::SendRequest<Incoming>, Peer),
-    Http1(http1::SendRequest<Incoming>, Peer),
+    Http2(Checkout2),
+    Http1(http1::SendRequest<SendBody>, Peer),
 }
 
 impl Pool {
@@ -125,6 +117,7 @@ impl Pool {
                 http2_only,
                 idle_timeout,
                 expect_http2: AtomicBool::new(expect_http2),
+                max_streams: Arc::new(AtomicUsize::new(http2::DEFAULT_MAX_STREAMS)),
                 opening: tokio::sync::Mutex::new(()),
                 state: Mutex::new(State::default()),
             }),
@@ -136,8 +129,11 @@ impl Pool {
     /// the body streaming behind it.
     pub async fn send(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
     ) -> Result<(Response<UpstreamBody>, Peer), PoolError> {
+        let mut request = request.map(SendBody::Incoming);
+        // Sent again once already because the peer never processed it.
+        let mut resent = false;
         loop {
             let (checkout, reused) = match self.inner.checkout() {
                 Some(checkout) => (checkout, true),
@@ -146,15 +142,36 @@ impl Pool {
                 None => (Box::pin(self.inner.open()).await?, false),
             };
             match checkout {
-                Checkout::Http2(mut sender, peer) => {
+                Checkout::Http2(Checkout2 {
+                    mut sender,
+                    peer,
+                    slot,
+                }) => {
                     // The connection's HPACK table may keep these values for long.
                     prepare_for_hpack(request.headers_mut());
+                    // Until a response shows the peer's SETTINGS arrived, it may refuse
+                    // streams beyond a limit we did not know yet: keep a copy to resend.
+                    let copy = (!resent && !slot.settled())
+                        .then(|| resend::copy(&request))
+                        .flatten();
                     match sender.try_send_request(request).await {
-                        Ok(response) => return Ok((response.map(UpstreamBody::plain), peer)),
-                        Err(mut error) => match error.take_message() {
-                            Some(unsent) if reused => {
-                                self.inner.forget_http2();
+                        Ok(response) => {
+                            slot.settle();
+                            return Ok((
+                                response.map(|body| UpstreamBody::http2(body, slot)),
+                                peer,
+                            ));
+                        }
+                        Err(mut error) => match (error.take_message(), copy) {
+                            (Some(unsent), _) if reused => {
+                                self.inner.state().http2.forget(&slot);
                                 request = unsent;
+                            }
+                            (_, Some(copy)) if resend::never_processed(error.error()) => {
+                                slot.settle();
+                                tracing::debug!(error = %error.error(), "peer never processed the request: sending it again");
+                                resent = true;
+                                request = copy;
                             }
                             _ => return Err(error.into_error().into()),
                         },
@@ -183,7 +200,7 @@ impl Pool {
     fn release_at_end(
         &self,
         response: Response<Incoming>,
-        sender: http1::SendRequest<Incoming>,
+        sender: http1::SendRequest<SendBody>,
         peer: &Peer,
     ) -> Response<UpstreamBody> {
         // A switched connection belongs to the upgrade from now on.
@@ -211,18 +228,21 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A live connection, if one is free: the shared HTTP/2 one, or the most recently
-    /// used idle HTTP/1.1 one that is ready for a request.
+    /// A live connection, if one is free: an HTTP/2 one with a free stream, or the most
+    /// recently used idle HTTP/1.1 one that is ready for a request (neither past its
+    /// peer's certificate expiry).
     fn checkout(&self) -> Option<Checkout> {
         let mut state = self.state();
-        if let Some(shared) = state.live_http2() {
-            return Some(shared);
+        if let Some(shared) = state.http2.checkout() {
+            return Some(Checkout::Http2(shared));
         }
         let mut cx = Context::from_waker(Waker::noop());
         let mut finishing = Vec::new();
         let mut found = None;
         while let Some(mut idle) = state.idle.pop() {
-            if idle.since.elapsed() >= self.idle_timeout {
+            if idle.since.elapsed() >= self.idle_timeout
+                || idle.expires.is_some_and(|at| at <= Instant::now())
+            {
                 continue;
             }
             match idle.sender.poll_ready(&mut cx) {
@@ -240,7 +260,8 @@ impl Inner {
     }
 
     /// Opens a connection; while HTTP/2 is expected, one at a time: a request that waited
-    /// takes the connection the attempt before it opened, or fails with its error.
+    /// takes a stream on the connection the attempt before it opened (if one is free
+    /// there), or fails with its error.
     async fn open(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         if !self.expect_http2.load(Ordering::Relaxed) {
             return self.connect().await;
@@ -249,8 +270,8 @@ impl Inner {
         let _opening = self.opening.lock().await;
         {
             let mut state = self.state();
-            if let Some(shared) = state.live_http2() {
-                return Ok(shared);
+            if let Some(shared) = state.http2.checkout() {
+                return Ok(Checkout::Http2(shared));
             }
             if state.failed_opens != failures_before {
                 if let Some(error) = &state.last_open_error {
@@ -273,18 +294,10 @@ impl Inner {
         let http2 = self.http2_only || stream.negotiated_http2();
         self.expect_http2.store(http2, Ordering::Relaxed);
         let checkout = if http2 {
-            let (sender, connection) = handshake2(stream).await?;
-            FlushingExecutor.execute(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "upstream HTTP/2 connection ended");
-                }
+            let opened = http2::open(stream, peer, &self.max_streams, |conn| {
+                self.state().http2.push(conn);
             });
-            self.state().http2 = Some(Shared2 {
-                sender: sender.clone(),
-                peer: peer.clone(),
-                used: Instant::now(),
-            });
-            Checkout::Http2(sender, peer)
+            Checkout::Http2(opened.await?)
         } else {
             let (sender, connection) = http1::Builder::new()
                 .max_buf_size(MAX_RESPONSE_HEAD as usize)
@@ -301,16 +314,12 @@ impl Inner {
         Ok(checkout)
     }
 
-    /// Stops handing out the shared HTTP/2 connection (it gave a request back unsent), so
-    /// the retry opens a fresh one and every retry loop ends.
-    fn forget_http2(&self) {
-        self.state().http2 = None;
-    }
-
-    fn check_in(&self, sender: http1::SendRequest<Incoming>, peer: Peer) {
+    fn check_in(&self, sender: http1::SendRequest<SendBody>, peer: Peer) {
+        let expires = peer.as_ref().and_then(|p| instant_of(p.not_after));
         self.state().idle.push(Idle1 {
             sender,
             peer,
+            expires,
             since: Instant::now(),
         });
     }
@@ -335,38 +344,20 @@ impl Inner {
         });
     }
 
+    /// Closes connections unused for the idle timeout, and HTTP/2 connections beyond one
+    /// idle spare once unused for a reaper period. Requests in flight keep their clone of
+    /// the sender and finish.
     fn close_idle(&self) {
         let mut state = self.state();
         let timeout = self.idle_timeout;
         state.idle.retain(|idle| idle.since.elapsed() < timeout);
-        if state
-            .http2
-            .as_ref()
-            .is_some_and(|s| s.used.elapsed() >= timeout)
-        {
-            // Requests in flight keep their clone of the sender and finish.
-            state.http2 = None;
-        }
+        state.http2.close_idle(timeout, timeout / 3);
     }
-}
-
-async fn handshake2(
-    stream: Stream,
-) -> hyper::Result<(
-    http2::SendRequest<Incoming>,
-    http2::Connection<TokioIo<Stream>, Incoming, FlushingExecutor>,
-)> {
-    http2::Builder::new(FlushingExecutor)
-        .timer(TokioTimer::new())
-        .max_frame_size(super::HTTP2_MAX_FRAME)
-        .max_header_list_size(MAX_RESPONSE_HEAD)
-        .handshake(TokioIo::new(stream))
-        .await
 }
 
 /// Rewrites an absolute URI to the origin form HTTP/1.1 sends (with a `Host` header
 /// when the request has none); returns the absolute URI, for a retry.
-fn to_origin_form(request: &mut Request<Incoming>) -> Uri {
+fn to_origin_form(request: &mut Request<SendBody>) -> Uri {
     let origin = request
         .uri()
         .path_and_query()
@@ -385,14 +376,16 @@ fn to_origin_form(request: &mut Request<Incoming>) -> Uri {
 }
 
 /// A response body from the pool: an HTTP/1.1 connection goes back to the pool when the
-/// body has been read to the end (and is closed if the body is dropped before that).
+/// body has been read to the end (and is closed if the body is dropped before that); an
+/// HTTP/2 stream is given back when the body ends or is dropped.
 pub struct UpstreamBody {
     body: Incoming,
     release: Option<Release>,
+    stream: Option<StreamSlot>,
 }
 
 struct Release {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<SendBody>,
     peer: Peer,
     pool: Arc<Inner>,
 }
@@ -402,7 +395,17 @@ impl UpstreamBody {
         Self {
             body,
             release: None,
+            stream: None,
         }
+    }
+
+    fn http2(body: Incoming, slot: StreamSlot) -> Self {
+        let mut body = Self {
+            stream: Some(slot),
+            ..Self::plain(body)
+        };
+        body.release_if_done();
+        body
     }
 
     fn release_if_done(&mut self) {
@@ -412,6 +415,7 @@ impl UpstreamBody {
     }
 
     fn release(&mut self) {
+        self.stream = None;
         if let Some(release) = self.release.take() {
             release.pool.check_in(release.sender, release.peer);
         }
@@ -431,7 +435,10 @@ impl Body for UpstreamBody {
             None => self.release(),
             Some(Ok(_)) => self.release_if_done(),
             // A broken body leaves the connection unusable: it closes with the sender.
-            Some(Err(_)) => self.release = None,
+            Some(Err(_)) => {
+                self.release = None;
+                self.stream = None;
+            }
         }
         Poll::Ready(frame)
     }
