@@ -424,32 +424,20 @@ async fn drain_tells_http1_clients_to_close() {
 /// request's `x-forwarded-client-cert` and `proxy-authorization` values (or `-`) echoed
 /// in `saw-xfcc` and `saw-proxy-authorization`.
 async fn header_echoing_peer(pki: &Pki) -> std::net::SocketAddr {
-    let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
-    let (addr, _) = counting_server(move |tcp| {
-        let acceptor = acceptor.clone();
-        async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper::service::service_fn(|request: http::Request<_>| async move {
-                let saw = |name: &str| {
-                    request
-                        .headers()
-                        .get(name)
-                        .map_or("-".to_owned(), |v| v.to_str().unwrap_or("?").to_owned())
-                };
-                http::Response::builder()
-                    .header("saw-xfcc", saw("x-forwarded-client-cert"))
-                    .header("saw-proxy-authorization", saw("proxy-authorization"))
-                    .body(http_body_util::Empty::<Bytes>::new())
-            });
-            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        }
-    })
-    .await;
-    addr
+    let service = hyper::service::service_fn(|request: http::Request<_>| async move {
+        let saw = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .map_or("-".to_owned(), |v| v.to_str().unwrap_or("?").to_owned())
+        };
+        http::Response::builder()
+            .header("saw-xfcc", saw("x-forwarded-client-cert"))
+            .header("saw-proxy-authorization", saw("proxy-authorization"))
+            .body(http_body_util::Empty::<Bytes>::new())
+    });
+    let http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    tls_http2_peer(pki, http2, service).await
 }
 
 #[tokio::test]

@@ -284,23 +284,11 @@ async fn http2_header_tables_do_not_keep_app_read_buffers() {
 
 /// A peer inbound for the outbound-only test: TLS as `SERVER_ID`, HTTP/2, answers 200.
 async fn http2_peer(pki: &Pki) -> std::net::SocketAddr {
-    let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
-    let (addr, _) = counting_server(move |tcp| {
-        let acceptor = acceptor.clone();
-        async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper::service::service_fn(|_request| async {
-                http::Response::builder().body(http_body_util::Empty::<bytes::Bytes>::new())
-            });
-            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        }
-    })
-    .await;
-    addr
+    let service = hyper::service::service_fn(|_request| async {
+        http::Response::builder().body(http_body_util::Empty::<bytes::Bytes>::new())
+    });
+    let http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    tls_http2_peer(pki, http2, service).await
 }
 
 /// The binary with one outbound listener to an [`http2_peer`].

@@ -15,7 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use idgate::devpki::LeafSpec;
 use idgate::spiffe_id::SpiffeId;
 use support::*;
@@ -24,31 +24,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A peer speaking HTTP/2 over TLS (as `SERVER_ID`) that allows `streams` concurrent
 /// streams per connection; `/sleep/MS` answers 200 after MS milliseconds.
 async fn limited_peer(pki: &Pki, streams: u32) -> SocketAddr {
-    let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
-    let (addr, _) = counting_server(move |tcp| {
-        let acceptor = acceptor.clone();
-        async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = service_fn(|request: Request<Incoming>| async move {
-                let millis = request
-                    .uri()
-                    .path()
-                    .strip_prefix("/sleep/")
-                    .and_then(|ms| ms.parse().ok())
-                    .unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(millis)).await;
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
-            });
-            let _ = http2::Builder::new(TokioExecutor::new())
-                .max_concurrent_streams(streams)
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        }
-    })
-    .await;
-    addr
+    let service = service_fn(|request: Request<Incoming>| async move {
+        let millis = request
+            .uri()
+            .path()
+            .strip_prefix("/sleep/")
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+    });
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2.max_concurrent_streams(streams);
+    tls_http2_peer(pki, http2, service).await
 }
 
 /// An outbound sidecar to `peer` whose response timeout is `response`.

@@ -470,6 +470,39 @@ pub fn tls_acceptor(server: &IssuedCert, alpn: &[&[u8]]) -> tokio_rustls::TlsAcc
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
+/// A peer that is not idgate: HTTP/2 over TLS as `SERVER_ID` on a free loopback port, each
+/// connection served by `http2` (its settings) with `service`.
+pub async fn tls_http2_peer<S, B>(
+    pki: &Pki,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    service: S,
+) -> SocketAddr
+where
+    S: hyper::service::Service<Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
+    let (addr, _) = counting_server(move |tcp| {
+        let (acceptor, http2, service) = (acceptor.clone(), http2.clone(), service.clone());
+        async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let _ = http2.serve_connection(TokioIo::new(stream), service).await;
+        }
+    })
+    .await;
+    addr
+}
+
 /// A listener on a free loopback port that hands each accepted connection to `serve` on a
 /// task of its own; returns its address and the number of connections it has accepted.
 pub async fn counting_server<F, Fut>(serve: F) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
