@@ -164,6 +164,14 @@ async fn outbound_to_unexpected_server_id_gets_502() {
         reason.contains("someone-else") && reason.contains(SERVER_ID),
         "{reason}"
     );
+    // One sentence a person reads, not a debug dump of the error's structure.
+    assert!(
+        reason.contains(&format!(
+            "server presented {SERVER_ID}, expected spiffe://example.org/ns/billing/sa/someone-else"
+        )),
+        "{reason}"
+    );
+    assert!(!reason.contains("OtherError"), "{reason}");
 }
 
 #[tokio::test]

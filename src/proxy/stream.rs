@@ -153,7 +153,7 @@ pub enum ConnectError {
     Timeout(String, Duration),
     #[error("connect to {0}: {1}")]
     Io(String, Arc<io::Error>),
-    #[error("mTLS handshake with {0}: {1}")]
+    #[error("mTLS handshake with {0}: {reason}", reason = crate::tls::describe(.1))]
     Handshake(String, Arc<io::Error>),
 }
 
