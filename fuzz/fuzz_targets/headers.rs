@@ -1,8 +1,8 @@
 //! The header rules of the data path, over any headers a client can send: hop-by-hop
 //! removal (`Connection` and everything it names, any `TE` but `trailers`), HTTP/2
-//! preparation (changes no name or value), request IDs (kept when usable, else one fresh
-//! one), XFCC (exactly idgate's one value) and the settled Host (one, the authority the
-//! upstream is named by).
+//! preparation (changes no name or value), request IDs (kept when usable: non-empty, at
+//! most 128 bytes, UTF-8; else one fresh one), XFCC (exactly idgate's one value) and the
+//! settled Host (one, the authority the upstream is named by).
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -15,12 +15,14 @@ use idgate::proxy::headers::{
 use idgate::proxy::request_id::{ensure_request_id, REQUEST_ID};
 use libfuzzer_sys::fuzz_target;
 
-/// RFC 9110 7.6.1's list (`Trailer` is end to end: HTTP/1.1 sends only the trailers it names).
-const HOP_BY_HOP: [&str; 6] = [
+/// RFC 9110 7.6.1's list (`Trailer` is end to end: HTTP/1.1 sends only the trailers it
+/// names), and `Proxy-Authorization`, which the first proxy consumes.
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
+    "proxy-authorization",
     "transfer-encoding",
     "upgrade",
 ];
@@ -115,12 +117,16 @@ fn check_request_id(mut headers: HeaderMap) {
     let sent = headers.get(REQUEST_ID).cloned();
     let id = ensure_request_id(&mut headers);
     let value = id.to_header_value();
-    assert_eq!(
-        id.as_str(),
-        std::str::from_utf8(value.as_bytes()).unwrap_or("")
-    );
+    // Every ID kept or made is UTF-8, so the decision log names it.
+    assert_eq!(Ok(id.as_str()), std::str::from_utf8(value.as_bytes()));
     match sent {
-        Some(sent) if !sent.is_empty() && sent.len() <= 128 => assert_eq!(value, sent),
+        Some(sent)
+            if !sent.is_empty()
+                && sent.len() <= 128
+                && std::str::from_utf8(sent.as_bytes()).is_ok() =>
+        {
+            assert_eq!(value, sent)
+        }
         _ => {
             assert_eq!(
                 headers.get_all(REQUEST_ID).iter().collect::<Vec<_>>(),
