@@ -270,6 +270,86 @@ async fn slow_upstream_gets_504() {
     );
 }
 
+/// An app that answers every request with a head promising 100 bytes, sends 10 of them
+/// and then nothing more, holding its connection open.
+async fn app_that_stalls_mid_body() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _) = counting_server(|mut stream| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
+        if stream.write_all(answer).await.is_ok() {
+            // Held open, silent, until the proxy gives up on it.
+            let _ = stream.read(&mut buf).await;
+        }
+    })
+    .await;
+    addr
+}
+
+/// Reads a response through `client` to its end: the bytes that came and how it ended.
+async fn read_to_end(client: &Sidecar, path: &str) -> (u16, Vec<u8>, Result<(), String>) {
+    use http_body_util::BodyExt;
+    let response = plain_client()
+        .request(empty_request(&client.url(path)))
+        .await
+        .expect("response head");
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => got.extend_from_slice(frame.data_ref().map_or(&[][..], |d| d)),
+            Err(e) => return (status, got, Err(e.to_string())),
+        }
+    }
+    (status, got, Ok(()))
+}
+
+fn empty_request(url: &str) -> http::Request<http_body_util::Full<Bytes>> {
+    http::Request::get(url)
+        .body(http_body_util::Full::new(Bytes::new()))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_response_body_that_stalls_is_cut_by_either_sidecar() {
+    let app = app_that_stalls_mid_body().await;
+    for (inbound_timeouts, outbound_timeouts) in [
+        ("timeouts = { body = \"300ms\" }", ""),
+        ("", "timeouts = { body = \"300ms\" }"),
+    ] {
+        let mesh = Mesh::start_upstream(
+            ALLOW_ALL_FRONTEND,
+            &format!("http://{app}"),
+            inbound_timeouts,
+        )
+        .await;
+        let client = mesh
+            .client_with("frontend", FRONTEND_ID, &[SERVER_ID], outbound_timeouts)
+            .await;
+        // Without the body timeout the response never ends (the default is 5 minutes).
+        let (status, got, ended) = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            read_to_end(&client, "/stalls"),
+        )
+        .await
+        .expect("the stalled body was never cut");
+        assert_eq!(status, 200);
+        assert_eq!(got, b"0123456789", "{inbound_timeouts}{outbound_timeouts}");
+        assert!(
+            ended.is_err(),
+            "a cut body must not look complete: {ended:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_goes_away_mid_request_is_logged_on_both_sidecars() {
     let mesh = Mesh::start(ALLOW_ALL_FRONTEND).await;

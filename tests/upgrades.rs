@@ -307,6 +307,20 @@ where
     assert_eq!(echoed.into_text().unwrap().as_str(), text);
 }
 
+/// A WebSocket straight to the inbound of `mesh`, presenting `cert`, checked to be running.
+async fn open_websocket(
+    mesh: &Mesh,
+    cert: &idgate::devpki::IssuedCert,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(cert), &[b"http/1.1"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/ws", tls)
+        .await
+        .expect("WebSocket handshake");
+    round_trip(&mut ws, "hello").await;
+    ws
+}
+
 #[tokio::test]
 async fn a_websocket_keeps_its_connection_slot_and_ends_at_the_maximum_age() {
     let echo = ws_echo().await;
@@ -356,12 +370,7 @@ async fn a_websocket_ends_when_the_peer_certificate_expires() {
     spec.dns = vec!["localhost".into()];
     spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
     let cert = mesh.pki.ca.issue(&spec).unwrap();
-    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
-    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/ws", tls)
-        .await
-        .expect("WebSocket handshake");
-    round_trip(&mut ws, "hello").await;
+    let mut ws = open_websocket(&mesh, &cert).await;
     assert!(
         ends_within(&mut ws, Duration::from_secs(5)).await,
         "the tunnel outlived the peer certificate"
@@ -467,13 +476,7 @@ async fn a_websocket_ends_when_the_break_glass_rule_that_allowed_it_expires() {
     let expires_at = Instant::now() + lifetime;
     let policy = format!("{POLICY}expires = \"{expires}\"\n");
     let mesh = Mesh::start_upstream(&policy, &format!("http://{echo}"), "").await;
-    let cert = mesh.pki.svid(FRONTEND_ID);
-    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
-    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/ws", tls)
-        .await
-        .expect("WebSocket handshake");
-    round_trip(&mut ws, "hello").await;
+    let mut ws = open_websocket(&mesh, &mesh.pki.svid(FRONTEND_ID)).await;
     assert!(Instant::now() < expires_at, "the test set up too slowly");
     let within = expires_at + Duration::from_secs(5) - Instant::now();
     assert!(

@@ -162,6 +162,10 @@ pub struct Timeouts {
     /// Waiting for the upstream's response headers (default 60 s, then 504).
     #[serde(deserialize_with = "bounds::timeout")]
     pub response: Seconds,
+    /// The longest an upstream's response body may send nothing before it is cut (default
+    /// 5 minutes, Envoy's stream idle timeout).
+    #[serde(deserialize_with = "bounds::timeout")]
+    pub body: Seconds,
     /// Finishing in-flight requests on SIGTERM (default 30 s; zero closes them at once);
     /// at most 5 s of it when a connection ends for its peer's sake (revocation, expiry, age).
     pub drain: Seconds,
@@ -176,6 +180,7 @@ impl Default for Timeouts {
             idle: s(90),
             connect: s(5),
             response: s(60),
+            body: s(300),
             drain: s(30),
         }
     }

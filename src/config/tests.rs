@@ -50,12 +50,13 @@ fn assert_loads(text: &str) -> Config {
     load(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
-const TIMEOUTS: [&str; 6] = [
+const TIMEOUTS: [&str; 7] = [
     "handshake",
     "header",
     "idle",
     "connect",
     "response",
+    "body",
     "drain",
 ];
 
@@ -110,7 +111,7 @@ fn durations_longer_than_a_year_are_refused_where_written() {
 fn durations_up_to_a_year_load() {
     for value in ["8760h", "525600m", "31536000s", "31536000000ms"] {
         let config = assert_loads(&format!(
-            "{IDENTITY}expiry_margin = \"{value}\"\nmax_bundle_age = \"{value}\"\n{}timeouts = {{ handshake = \"{value}\", header = \"{value}\", idle = \"{value}\", connect = \"{value}\", response = \"{value}\", drain = \"{value}\" }}\nlimits = {{ max_connection_age = \"{value}\" }}\n",
+            "{IDENTITY}expiry_margin = \"{value}\"\nmax_bundle_age = \"{value}\"\n{}timeouts = {{ handshake = \"{value}\", header = \"{value}\", idle = \"{value}\", connect = \"{value}\", response = \"{value}\", body = \"{value}\", drain = \"{value}\" }}\nlimits = {{ max_connection_age = \"{value}\" }}\n",
             inbound()
         ));
         let year = std::time::Duration::from_secs(365 * 86_400);
@@ -122,6 +123,7 @@ fn durations_up_to_a_year_load() {
                 t.idle,
                 t.connect,
                 t.response,
+                t.body,
                 t.drain
             ]
             .iter()
@@ -138,7 +140,7 @@ fn durations_up_to_a_year_load() {
 #[test]
 fn zero_timeouts_that_would_fail_every_connection_are_refused() {
     for value in ["0s", "0ms"] {
-        for key in ["handshake", "header", "idle", "connect", "response"] {
+        for key in ["handshake", "header", "idle", "connect", "response", "body"] {
             assert_refused(
                 &format!("{IDENTITY}{OUTBOUND}timeouts = {{ {key} = \"{value}\" }}\n"),
                 9,

@@ -21,6 +21,7 @@ use super::respond::{is_grpc, Body, Refusal};
 use super::serve::{instant_of, Revoked};
 use super::stream::{ConnectError, Connector};
 use super::tunnel::Tunnel;
+use crate::config::Timeouts;
 use crate::per_worker;
 
 /// Idle pooled connections are closed after this long.
@@ -37,12 +38,14 @@ pub struct Upstream {
     response_timeout: Duration,
 }
 
-/// What the pools connect with: the default, and optional ones for gRPC and upgrades.
+/// What the pools connect with: the default, and optional ones for gRPC and upgrades;
+/// and how long their response bodies may stall.
 #[derive(Clone)]
 struct Connectors {
     default: Connector,
     grpc: Option<Connector>,
     upgrade: Option<Connector>,
+    body_timeout: Duration,
 }
 
 /// One generation of connection pools.
@@ -54,10 +57,13 @@ struct Pools {
 
 impl Connectors {
     fn pools(&self) -> Pools {
+        let pool = |connector: &Connector, http2_only| {
+            Pool::new(connector.clone(), http2_only, POOL_IDLE, self.body_timeout)
+        };
         Pools {
-            default: Pool::new(self.default.clone(), false, POOL_IDLE),
-            grpc: self.grpc.clone().map(|c| Pool::new(c, true, POOL_IDLE)),
-            upgrade: self.upgrade.clone().map(|c| Pool::new(c, false, POOL_IDLE)),
+            default: pool(&self.default, false),
+            grpc: self.grpc.as_ref().map(|c| pool(c, true)),
+            upgrade: self.upgrade.as_ref().map(|c| pool(c, false)),
         }
     }
 }
@@ -84,17 +90,14 @@ pub struct ForwardError {
 
 impl Upstream {
     /// A client that sends every request to `connector`, naming `base` (scheme and
-    /// authority) in URIs, with pools for `workers` threads.
-    pub fn new(
-        connector: Connector,
-        base: Uri,
-        response_timeout: Duration,
-        workers: usize,
-    ) -> Self {
+    /// authority) in URIs, with pools for `workers` threads, bounded by the listener's
+    /// `response` and `body` timeouts.
+    pub fn new(connector: Connector, base: Uri, timeouts: &Timeouts, workers: usize) -> Self {
         let connectors = Connectors {
             default: connector,
             grpc: None,
             upgrade: None,
+            body_timeout: timeouts.body.0,
         };
         Self {
             pools: (0..workers.max(1))
@@ -102,7 +105,7 @@ impl Upstream {
                 .collect(),
             connectors,
             base,
-            response_timeout,
+            response_timeout: timeouts.response.0,
         }
     }
 

@@ -101,7 +101,7 @@ impl InboundListener {
             upstream: Upstream::new(
                 connector.clone(),
                 base,
-                config.timeouts.response.0,
+                &config.timeouts,
                 shared.workers.count(),
             )
             .with_grpc_h2c(connector.clone()),

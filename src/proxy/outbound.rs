@@ -92,7 +92,7 @@ impl OutboundListener {
         let peer = Upstream::new(
             connector.clone(),
             base,
-            config.timeouts.response.0,
+            &config.timeouts,
             shared.workers.count(),
         )
         .with_upgrades(upgrades);

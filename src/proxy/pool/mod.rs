@@ -12,6 +12,7 @@
 
 mod http2;
 mod resend;
+mod stall;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,6 +31,7 @@ use hyper_util::rt::TokioIo;
 
 use self::http2::{Checkout2, StreamSlot};
 use self::resend::SendBody;
+use self::stall::{StallWatch, Stalled};
 use super::coalesce::FlushingExecutor;
 use super::headers::prepare_for_hpack;
 use super::serve::instant_of;
@@ -69,6 +71,8 @@ struct Inner {
     /// Speak HTTP/2 without asking (gRPC to the local app over h2c).
     http2_only: bool,
     idle_timeout: Duration,
+    /// The longest a response body may deliver nothing before it is cut.
+    body_timeout: Duration,
     /// The last connection negotiated HTTP/2, so concurrent requests should wait for one
     /// connection instead of each opening their own.
     expect_http2: AtomicBool,
@@ -108,14 +112,21 @@ enum Checkout {
 
 impl Pool {
     /// A pool that opens connections with `connector` and closes them after
-    /// `idle_timeout` unused; `http2_only` skips negotiation (h2c).
-    pub fn new(connector: Connector, http2_only: bool, idle_timeout: Duration) -> Self {
+    /// `idle_timeout` unused; `http2_only` skips negotiation (h2c). A response body that
+    /// delivers nothing for `body_timeout` is cut.
+    pub fn new(
+        connector: Connector,
+        http2_only: bool,
+        idle_timeout: Duration,
+        body_timeout: Duration,
+    ) -> Self {
         let expect_http2 = http2_only || connector.is_tls();
         Self {
             inner: Arc::new(Inner {
                 connector,
                 http2_only,
                 idle_timeout,
+                body_timeout,
                 expect_http2: AtomicBool::new(expect_http2),
                 max_streams: Arc::new(AtomicUsize::new(http2::DEFAULT_MAX_STREAMS)),
                 opening: tokio::sync::Mutex::new(()),
@@ -158,7 +169,9 @@ impl Pool {
                         Ok(response) => {
                             slot.settle();
                             return Ok((
-                                response.map(|body| UpstreamBody::http2(body, slot)),
+                                response.map(|body| {
+                                    UpstreamBody::http2(body, slot, self.inner.body_timeout)
+                                }),
                                 peer,
                             ));
                         }
@@ -206,7 +219,7 @@ impl Pool {
         // A switched connection belongs to the upgrade from now on.
         let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
         response.map(|body| {
-            let mut body = UpstreamBody::plain(body);
+            let mut body = UpstreamBody::plain(body, self.inner.body_timeout);
             if reusable {
                 body.release = Some(Release {
                     sender,
@@ -377,11 +390,24 @@ fn to_origin_form(request: &mut Request<SendBody>) -> Uri {
 
 /// A response body from the pool: an HTTP/1.1 connection goes back to the pool when the
 /// body has been read to the end (and is closed if the body is dropped before that); an
-/// HTTP/2 stream is given back when the body ends or is dropped.
+/// HTTP/2 stream is given back when the body ends or is dropped. A body that delivers
+/// nothing for the pool's body timeout ends with [`BodyError::Stalled`].
 pub struct UpstreamBody {
     body: Incoming,
     release: Option<Release>,
     stream: Option<StreamSlot>,
+    stall: StallWatch,
+}
+
+/// Why a response body from the pool broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The upstream's connection or stream failed.
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    /// The upstream stopped sending it.
+    #[error(transparent)]
+    Stalled(#[from] Stalled),
 }
 
 struct Release {
@@ -391,18 +417,19 @@ struct Release {
 }
 
 impl UpstreamBody {
-    fn plain(body: Incoming) -> Self {
+    fn plain(body: Incoming, stall_limit: Duration) -> Self {
         Self {
             body,
             release: None,
             stream: None,
+            stall: StallWatch::new(stall_limit),
         }
     }
 
-    fn http2(body: Incoming, slot: StreamSlot) -> Self {
+    fn http2(body: Incoming, slot: StreamSlot, stall_limit: Duration) -> Self {
         let mut body = Self {
             stream: Some(slot),
-            ..Self::plain(body)
+            ..Self::plain(body, stall_limit)
         };
         body.release_if_done();
         body
@@ -424,17 +451,30 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => frame.map(|f| f.map_err(BodyError::from)),
+            Poll::Pending => match self.stall.waiting(cx) {
+                Ok(()) => return Poll::Pending,
+                Err(stalled) => {
+                    tracing::warn!("{stalled}");
+                    Some(Err(stalled.into()))
+                }
+            },
+        };
         match &frame {
             None => self.release(),
-            Some(Ok(_)) => self.release_if_done(),
-            // A broken body leaves the connection unusable: it closes with the sender.
+            Some(Ok(_)) => {
+                self.stall.progressed();
+                self.release_if_done();
+            }
+            // A broken body leaves the connection unusable: it closes with the sender (an
+            // HTTP/2 stream is reset when its body is dropped).
             Some(Err(_)) => {
                 self.release = None;
                 self.stream = None;

@@ -1,0 +1,92 @@
+//! Cuts an upstream response body that stops moving.
+//!
+//! Once its head has arrived a response is no longer bounded by the response timeout, so
+//! an upstream that stalls mid-body would hold the client (and its stream or connection)
+//! for ever. A body that delivers nothing for the listener's `body` timeout ends with an
+//! error instead, which resets the client's stream (HTTP/2) or closes its connection
+//! (HTTP/1.1). The timer is armed only while the body waits, and a frame only notes the
+//! time: a timer that fires early re-arms itself for the time still left.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// The clock of one body: when it last moved, and a timer while it waits.
+pub struct StallWatch {
+    limit: Duration,
+    last_progress: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// A response body that delivered nothing for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing of the response body for {0:?} (timeouts.body): cut")]
+pub struct Stalled(pub Duration);
+
+impl StallWatch {
+    /// A watch over a body that may wait at most `limit` between two frames, starting now.
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            last_progress: Instant::now(),
+            timer: None,
+        }
+    }
+
+    /// The body delivered a frame.
+    pub fn progressed(&mut self) {
+        self.last_progress = Instant::now();
+    }
+
+    /// The body has nothing yet: `Err` once it has waited for the whole limit, else the
+    /// timer wakes `cx` when it will have.
+    pub fn waiting(&mut self, cx: &mut Context<'_>) -> Result<(), Stalled> {
+        let deadline = self.last_progress + self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(Stalled(self.limit)),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll_waiting(watch: &mut StallWatch) -> Result<(), Stalled> {
+        let waker = std::task::Waker::noop();
+        watch.waiting(&mut Context::from_waker(waker))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_waits_for_the_whole_limit_is_stalled() {
+        let mut watch = StallWatch::new(Duration::from_secs(10));
+        assert!(poll_waiting(&mut watch).is_ok());
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(poll_waiting(&mut watch).is_ok());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(poll_waiting(&mut watch).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_frame_gives_the_body_the_whole_limit_again() {
+        let mut watch = StallWatch::new(Duration::from_secs(10));
+        for _ in 0..5 {
+            assert!(poll_waiting(&mut watch).is_ok());
+            tokio::time::advance(Duration::from_secs(8)).await;
+            watch.progressed();
+        }
+        assert!(poll_waiting(&mut watch).is_ok());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(poll_waiting(&mut watch).is_err());
+    }
+}
