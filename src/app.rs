@@ -39,12 +39,16 @@ pub struct App {
     tasks: TaskTracker,
     workers: Arc<Workers>,
     decisions: DecisionLog,
+    requests: RequestMetrics,
     drain_timeout: Duration,
     admin_stop: CancellationToken,
 }
 
 /// How long a drain waits for the decision log's last lines to be written.
 const DECISION_LOG_FINISH: Duration = Duration::from_secs(5);
+/// How long a timed-out drain waits beyond it for the connections it closed to drop
+/// (and log) the requests they were closed under.
+const CUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Starts a sidecar: loads the identity, binds every listener, and serves in the background
 /// (on the calling runtime and `[runtime] workers - 1` threads of its own). It takes the
@@ -145,6 +149,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         tasks: shared.tasks,
         workers,
         decisions: shared.decisions,
+        requests: shared.requests,
         drain_timeout: config.drain_timeout(),
         admin_stop,
     })
@@ -220,15 +225,21 @@ fn identity_files(
 
 impl App {
     /// Stops accepting, lets open requests finish within the drain timeout, then writes
-    /// out the decision log's last lines; true when all requests finished.
+    /// out the decision log's last lines; true when all requests finished. Requests the
+    /// drain cut have their decision lines (status 503) among those last lines.
     pub async fn drain(self) -> bool {
+        let cut_before = self.requests.cut_so_far();
         self.shutdown.cancel();
         self.tasks.close();
         let drained = tokio::time::timeout(self.drain_timeout, self.tasks.wait())
             .await
             .is_ok();
         if !drained {
-            tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing remaining connections");
+            // Each connection closes itself under its open requests when its listener's
+            // drain passes, about now: their lines must be queued before the log ends.
+            let _ = tokio::time::timeout(CUT_GRACE, self.tasks.wait()).await;
+            let cut = self.requests.cut_so_far().saturating_sub(cut_before);
+            tracing::warn!(timeout = ?self.drain_timeout, cut, "drain timed out; connections still open were closed, cutting {cut} request(s) (logged with status 503)");
         }
         self.admin_stop.cancel();
         let decisions = self.decisions.clone();

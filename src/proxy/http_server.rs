@@ -17,13 +17,14 @@ use hyper::body::Incoming;
 use hyper::rt::bounds::Http2ServerConnExec;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, HttpService, Service};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::coalesce::FlushAtEnd;
-use super::in_flight::{Activity, CountedBody, InFlight};
+use super::in_flight::{Activity, CountedBody, Cut, InFlight};
 use super::respond::Body;
 use super::serve::{Lifetime, Revoked};
 use crate::config::{Limits, Timeouts, MAX_DURATION};
@@ -39,12 +40,29 @@ const MIN_H1_BUFFER: usize = 8192;
 #[derive(Clone)]
 pub struct HttpServer {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<TrackedExecutor>,
+}
+
+/// Spawns HTTP/2 streams on the current runtime, tracked like the connections: a drain
+/// then waits until a stream cut with its connection has dropped its request (and
+/// logged it) before the decision log's last lines are written.
+#[derive(Clone)]
+pub struct TrackedExecutor(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(self.0.track_future(future));
+    }
 }
 
 impl HttpServer {
-    /// A listener's HTTP server under its timeouts and limits.
-    pub fn new(timeouts: &Timeouts, limits: &Limits) -> Self {
+    /// A listener's HTTP server under its timeouts and limits, its HTTP/2 streams tracked
+    /// by `tasks`.
+    pub fn new(timeouts: &Timeouts, limits: &Limits, tasks: &TaskTracker) -> Self {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -53,7 +71,7 @@ impl HttpServer {
             .header_read_timeout(timeouts.header.0.min(MAX_DURATION))
             .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUFFER))
             .keep_alive(true);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = http2::Builder::new(TrackedExecutor(tasks.clone()));
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)
@@ -134,6 +152,8 @@ pub struct Ending<'a> {
     pub revoked: Revoked,
     /// The process's shutdown.
     pub shutdown: &'a CancellationToken,
+    /// Marked when the connection is closed under its open requests.
+    pub cut: &'a Cut,
 }
 
 impl HttpServer {
@@ -232,14 +252,14 @@ where
     }
 }
 
-impl<I, S, B> Graceful for http2::Connection<I, S, TokioExecutor>
+impl<I, S, B> Graceful for http2::Connection<I, S, TrackedExecutor>
 where
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: hyper::body::Body + 'static,
     B::Error: Into<BoxError>,
-    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+    TrackedExecutor: Http2ServerConnExec<S::Future, B>,
 {
     fn end_gracefully(self: Pin<&mut Self>) {
         self.graceful_shutdown();
@@ -280,6 +300,7 @@ impl<'a> Watch<'a> {
                     lifetime,
                     mut revoked,
                     shutdown,
+                    cut,
                 },
         } = self;
         let idle = lifetime.idle;
@@ -313,6 +334,7 @@ impl<'a> Watch<'a> {
                     if let Some(Draining { reason, drain, .. }) = &draining {
                         // Dropping the connection closes it, and every stream still open.
                         tracing::info!(?drain, "closed connection after the drain, cutting requests still open: {reason}");
+                        cut.mark(reason.clone());
                         return;
                     }
                     let now = Instant::now();

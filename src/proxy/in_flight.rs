@@ -4,11 +4,13 @@
 //! A request counts from the call of the connection's service until its response body is
 //! done or dropped, so a long response (a download, a gRPC watch) keeps its connection
 //! busy. It costs each request a few uncontended atomic operations and a clock read, never
-//! an allocation; it never ends a connection itself.
+//! an allocation; it never ends a connection itself. [`Cut`] tells a request whose future
+//! is dropped unfinished whether its connection was closed under it, and why.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -68,6 +70,25 @@ impl Drop for InFlight {
         let ended = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.last_end.store(ended, Ordering::Relaxed);
         activity.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Why a connection was closed under its open requests, once it has been: set by its
+/// HTTP server when a drain passes (shutdown, revocation, expiry), read by the requests
+/// whose futures that close drops. Lives in the connection's own state: no allocation.
+#[derive(Debug, Default)]
+pub struct Cut(OnceLock<Cow<'static, str>>);
+
+impl Cut {
+    /// Records that the connection is being closed under its open requests, for `reason`
+    /// (the first reason stays).
+    pub fn mark(&self, reason: Cow<'static, str>) {
+        let _ = self.0.set(reason);
+    }
+
+    /// Why the connection was closed under its requests; `None` while it was not.
+    pub fn reason(&self) -> Option<&str> {
+        self.0.get().map(|reason| reason.as_ref())
     }
 }
 

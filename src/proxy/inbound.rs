@@ -22,6 +22,7 @@ use super::coalesce::Coalesce;
 use super::forward::{Forwarded, Upstream};
 use super::headers::{set_xfcc, settle_host, strip_request_hop_by_hop, xfcc_value};
 use super::http_server::{Agreed, Ending, HttpServer};
+use super::in_flight::Cut;
 use super::request_id::{ensure_request_id, RequestId};
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
 use super::revocation::revocation;
@@ -70,6 +71,8 @@ struct Connection {
     counters: PeerCounters,
     /// An accepted upgrade, run by the connection's task once HTTP is done with it.
     tunnel: TunnelSlot,
+    /// Marked when the connection is closed under its open requests.
+    cut: Cut,
 }
 
 impl InboundListener {
@@ -108,7 +111,7 @@ impl InboundListener {
             connector,
             resumed: shared.tls.resumed(&config.name),
             protocol: config.protocol,
-            http: HttpServer::new(&config.timeouts, &config.limits),
+            http: HttpServer::new(&config.timeouts, &config.limits, &shared.tasks),
             limits: config.limits,
             timeouts: config.timeouts,
             shared: shared.clone(),
@@ -228,6 +231,7 @@ impl ListenerState {
             peer,
             own_id,
             tunnel: TunnelSlot::default(),
+            cut: Cut::default(),
         });
         let served = connection.clone();
         // Boxed: hyper keeps a slot the size of the service's future in every HTTP/1.1
@@ -241,6 +245,7 @@ impl ListenerState {
             lifetime,
             revoked,
             shutdown: &self.shared.shutdown,
+            cut: &connection.cut,
         };
         // `{ tls }` moves the box into a temporary, freed at the end of this statement with
         // the stream moved out; `*tls` would keep the emptied box (608 bytes) until this
@@ -322,9 +327,10 @@ impl Connection {
                 policy.evaluate(&again).verdict.passes()
             })
         });
-        let abandoned = log_if_abandoned(|status, reason| {
-            log.write(&decision, status, Some(reason), Some(policy.version()));
-        });
+        let abandoned =
+            log_if_abandoned(&self.cut, &self.state.shared.requests, |status, reason| {
+                log.write(&decision, status, Some(reason), Some(policy.version()));
+            });
         let forwarded = self
             .state
             .upstream

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use super::forward::{Forwarded, Upstream};
 use super::headers::{settle_host, strip_request_hop_by_hop, XFCC};
 use super::http_server::{Ending, HttpServer};
+use super::in_flight::Cut;
 use super::request_id::ensure_request_id;
 use super::respond::{is_grpc, log_if_abandoned, refusal, Body, Refusal};
 use super::serve::{accept_loop, never_revoked, Lifetime};
@@ -102,7 +103,7 @@ impl OutboundListener {
             peer,
             connector,
             protocol: config.protocol,
-            http: HttpServer::new(&config.timeouts, &config.limits),
+            http: HttpServer::new(&config.timeouts, &config.limits, &shared.tasks),
             timeouts: config.timeouts,
             limits: config.limits,
             shared: shared.clone(),
@@ -164,6 +165,8 @@ struct Connection {
     counters: PeerCounters,
     /// An accepted upgrade, run by the connection's task once HTTP is done with it.
     tunnel: TunnelSlot,
+    /// Marked when the connection is closed under its open requests.
+    cut: Cut,
 }
 
 impl ListenerState {
@@ -199,6 +202,7 @@ impl ListenerState {
             state: self.clone(),
             own_id,
             tunnel: TunnelSlot::default(),
+            cut: Cut::default(),
         });
         let served = connection.clone();
         let service = service_fn(move |request| {
@@ -210,6 +214,7 @@ impl ListenerState {
             lifetime,
             revoked: never_revoked(),
             shutdown: &self.shared.shutdown,
+            cut: &connection.cut,
         };
         self.http.serve_plain(tcp, service, ending).await;
         // An upgraded connection lives on as a tunnel, still this connection.
@@ -271,7 +276,9 @@ impl Connection {
             }
         };
         let abandoned =
-            log_if_abandoned(|status, reason| line(Verdict::Allow, status, None, Some(reason)));
+            log_if_abandoned(&self.cut, &self.state.shared.requests, |status, reason| {
+                line(Verdict::Allow, status, None, Some(reason));
+            });
         let forwarded = self
             .state
             .peer

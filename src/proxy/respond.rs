@@ -9,24 +9,40 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use scopeguard::ScopeGuard;
 
+use super::in_flight::Cut;
 use super::pool::UpstreamBody;
 use super::request_id::{RequestId, REQUEST_ID};
+use crate::telemetry::RequestMetrics;
 
 /// The decision-log status of a request whose client went away before its response
 /// (nginx's 499: nothing was sent).
 const CLIENT_GONE_STATUS: u16 = 499;
 /// The decision-log reason of such a request.
 const CLIENT_GONE: &str = "the client went away before the response";
+/// The decision-log status of a request whose connection idgate closed under it once a
+/// drain passed (the client gets no response; 503 is what it would have been told).
+const CUT_STATUS: u16 = 503;
+/// The decision-log reason of such a request, before why the connection ended.
+const CUT: &str = "connection closed under the request after the drain";
 
 /// Calls `abandoned` when dropped, unless defused first with [`ScopeGuard::into_inner`]:
-/// held across the forward, it gives a request whose client went away (its future is
-/// dropped) a decision line. A guard, not a wrapping future: hyper keeps a slot the size
-/// of the request handler's future in every HTTP/1.1 connection, and an `async fn`
-/// wrapper stores the forward future twice.
-pub fn log_if_abandoned(
-    abandoned: impl FnOnce(u16, &'static str),
-) -> ScopeGuard<(), impl FnOnce(())> {
-    scopeguard::guard((), move |()| abandoned(CLIENT_GONE_STATUS, CLIENT_GONE))
+/// held across the forward, it gives a request whose future is dropped unfinished a
+/// decision line: 503 with the reason when its connection was closed under it after a
+/// drain (`cut`, counted in `requests`), else 499, its client went away. A guard, not a
+/// wrapping future: hyper keeps a slot the size of the request handler's future in every
+/// HTTP/1.1 connection, and an `async fn` wrapper stores the forward future twice.
+pub fn log_if_abandoned<'a>(
+    cut: &'a Cut,
+    requests: &'a RequestMetrics,
+    abandoned: impl FnOnce(u16, &str) + 'a,
+) -> ScopeGuard<(), impl FnOnce(()) + 'a> {
+    scopeguard::guard((), move |()| match cut.reason() {
+        Some(why) => {
+            requests.cut();
+            abandoned(CUT_STATUS, &format!("{CUT}: {why}"));
+        }
+        None => abandoned(CLIENT_GONE_STATUS, CLIENT_GONE),
+    })
 }
 
 /// The body of every proxied response: streamed from upstream or written here.

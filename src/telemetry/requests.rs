@@ -39,6 +39,7 @@ pub struct RequestMetrics {
     duration: AtomicHistogram,
     connections: Family<ListenerLabels, Gauge>,
     refused: Family<ListenerLabels, Counter>,
+    cut: Counter,
 }
 
 impl RequestMetrics {
@@ -64,11 +65,18 @@ impl RequestMetrics {
             "Connections closed at once because the listener had max_connections open",
             refused.clone(),
         );
+        let cut = Counter::default();
+        registry.register(
+            "idgate_requests_cut",
+            "Requests closed under by their connection's end after a drain (shutdown, revocation, expiry)",
+            cut.clone(),
+        );
         Self {
             requests,
             duration,
             connections,
             refused,
+            cut,
         }
     }
 
@@ -90,6 +98,16 @@ impl RequestMetrics {
             listener: listener.to_string(),
         };
         self.refused.get_or_create(&labels).inc();
+    }
+
+    /// Counts a request closed under by its connection's end after a drain.
+    pub fn cut(&self) {
+        self.cut.inc();
+    }
+
+    /// Requests closed under by their connection's end so far.
+    pub fn cut_so_far(&self) -> u64 {
+        self.cut.get()
     }
 
     /// Marks a connection open until the returned guard drops.
