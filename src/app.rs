@@ -72,6 +72,8 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         workers: workers.clone(),
     };
     tokio::spawn(IdentityMetrics::register(&mut registry).follow(identity.clone()));
+    let reopen = shared.decisions.reopen_on_hangup(shared.shutdown.clone());
+    tokio::spawn(reopen.context("cannot watch SIGHUP to reopen the decision log")?);
 
     let readiness = Readiness::default();
     let binding = readiness.pending("binding listeners");

@@ -1,6 +1,7 @@
 //! The decision log of the real binary. One that cannot be written (here `/dev/full`, a
 //! disk that is always full) never stops requests, and is not silent: the failure is
-//! logged once and counted. Requests the shutdown drain cuts still get their lines.
+//! logged once and counted. Requests the shutdown drain cuts still get their lines. SIGHUP
+//! reopens the log's file, for logrotate.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -83,6 +84,14 @@ fn lines_once_logged(path: &Path, id: &str) -> Vec<serde_json::Value> {
     }
 }
 
+/// The request IDs of `lines`.
+fn ids(lines: &[serde_json::Value]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter_map(|line| line["request_id"].as_str())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_the_shutdown_drain_cuts_are_logged_and_the_drain_says_how_many() {
     let pki = Pki::new(TD);
@@ -148,4 +157,63 @@ async fn requests_the_shutdown_drain_cuts_are_logged_and_the_drain_says_how_many
         let reason = line["reason"].as_str().unwrap_or_default();
         assert!(reason.contains("after the drain: shutdown"), "{line}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_decision_log_for_logrotate_and_a_failed_reopen_writes_on() {
+    let pki = Pki::new(TD);
+    let dir = pki.path("logs");
+    std::fs::create_dir(&dir).expect("mkdir logs");
+    let log = dir.join("decisions.log");
+    let idgate =
+        RunningIdgate::start_inbound_to_echo(&pki, &format!("[log]\ndecisions = {log:?}")).await;
+    let client = tls_client(
+        &pki.ca.root_pem(),
+        Some(&pki.svid(FRONTEND_ID)),
+        &[b"http/1.1"],
+    );
+    let (mut sender, _task) = h1_connection(idgate.address("inbound"), client).await;
+    let mut send = async |id: &str| {
+        let response = sender.send_request(get_with_id("/", id)).await;
+        assert_eq!(response.expect("response").status(), 200);
+    };
+
+    send("before").await;
+    lines_once_logged(&log, "before");
+    // logrotate: rename the file, then `postrotate kill -HUP`.
+    let rotated = dir.join("decisions.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    send("rotating").await;
+    // Until the reopen, lines go on to the renamed file.
+    lines_once_logged(&rotated, "rotating");
+    idgate.signal("HUP");
+    let reopened = idgate.wait_for("reopened the decision log", Duration::from_secs(10));
+    assert!(reopened.is_some(), "no reopen logged");
+    send("after").await;
+    let new = lines_once_logged(&log, "after");
+    let old = lines_once_logged(&rotated, "before");
+    assert_eq!(ids(&new), ["after"], "the new file: {new:?}");
+    assert_eq!(
+        ids(&old),
+        ["before", "rotating"],
+        "the rotated file: {old:?}"
+    );
+
+    // The directory goes away: the reopen fails, and the open file is written on.
+    let moved = pki.path("logs-moved");
+    std::fs::rename(&dir, &moved).expect("move the directory");
+    idgate.signal("HUP");
+    let failed = idgate.wait_for("cannot reopen the decision log", Duration::from_secs(10));
+    assert!(failed.is_some(), "no error logged for the failed reopen");
+    send("kept").await;
+    let kept = lines_once_logged(&moved.join("decisions.log"), "kept");
+    assert_eq!(ids(&kept), ["after", "kept"], "{kept:?}");
+    let metrics = get(&format!("http://{}/metrics", idgate.admin()), &[])
+        .await
+        .text();
+    assert_eq!(
+        metric(&metrics, "idgate_decision_log_reopen_errors_total"),
+        1.0,
+        "{metrics}"
+    );
 }

@@ -11,9 +11,11 @@
 //! [`QUEUE_LINES`] lines and [`QUEUE_BYTES`] of them (a stalled sink and long paths must
 //! not grow it without bound), and takes memory only for the lines waiting in it (a
 //! preallocated ring of that size would keep 2 MiB resident in an idle sidecar).
+//! [`DecisionLog::reopen`] (on SIGHUP) has the writer reopen a file's path before its next
+//! pass: lines queued before go to the old file or the new one, never nowhere.
 
 use std::cell::Cell;
-use std::fs::OpenOptions;
+use std::future::Future;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -26,8 +28,11 @@ use prometheus_client::registry::Registry;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 use time::OffsetDateTime;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 use super::decision_line;
+use super::sink::Sink;
 use crate::per_worker::PerWorker;
 
 /// Lines waiting for the writer at most, per worker; more are dropped and counted.
@@ -91,6 +96,7 @@ pub struct DecisionLog {
     capacity: Capacity,
     dropped: Counter,
     write_errors: Counter,
+    reopen_errors: Counter,
 }
 
 /// How much one worker's queue holds before lines are dropped.
@@ -105,6 +111,8 @@ struct Capacity {
 struct Queues {
     workers: PerWorker<Mutex<Queue>>,
     closed: AtomicBool,
+    /// Set: the writer reopens its file before its next pass.
+    reopen: AtomicBool,
 }
 
 /// One worker's lines, back to back.
@@ -147,19 +155,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl DecisionLog {
     /// Opens `stderr`, `stdout` or a file (appended to) and starts the writer thread.
     pub fn open(target: &str, registry: &mut Registry) -> io::Result<Self> {
-        let sink: Box<dyn Write + Send> = match target {
-            "stderr" => Box::new(io::stderr()),
-            "stdout" => Box::new(io::stdout()),
-            path => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("cannot open decision log {path}: {e}"))
-                    })?,
-            ),
-        };
+        let sink = Sink::open(target)?;
         let capacity = Capacity {
             lines: QUEUE_LINES,
             bytes: QUEUE_BYTES,
@@ -175,20 +171,26 @@ impl DecisionLog {
             "Writes of decision lines that failed (their lines are lost), e.g. on a full disk",
             log.write_errors.clone(),
         );
+        registry.register(
+            "idgate_decision_log_reopen_errors",
+            "Reopens of the decision log's file (SIGHUP) that failed; the file open before is written on",
+            log.reopen_errors.clone(),
+        );
         Ok(log)
     }
 
     /// Starts the writer thread on `sink`, queuing at most `capacity` per worker.
-    fn to_sink(sink: Box<dyn Write + Send>, capacity: Capacity) -> io::Result<Self> {
+    fn to_sink(sink: Sink, capacity: Capacity) -> io::Result<Self> {
         let queues = Arc::new(Queues::default());
         let writer_queues = queues.clone();
         let write_errors = Counter::default();
-        let writer_errors = write_errors.clone();
+        let reopen_errors = Counter::default();
+        let errors = (write_errors.clone(), reopen_errors.clone());
         let (alive, ended) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("decision-log".into())
             .spawn(move || {
-                write_lines(&writer_queues, sink, &writer_errors);
+                write_lines(&writer_queues, sink, &errors.0, &errors.1);
                 drop(alive);
             })?
             .thread()
@@ -202,6 +204,36 @@ impl DecisionLog {
             capacity,
             dropped: Counter::default(),
             write_errors,
+            reopen_errors,
+        })
+    }
+
+    /// Has the writer open the log's file path anew (appending) before its next pass, as
+    /// logrotate's `postrotate` asks; stderr and stdout are left as they are.
+    pub fn reopen(&self) {
+        // Release: pairs with the writer's swap; nothing else rides on it.
+        self.writer.queues.reopen.store(true, Ordering::Release);
+        self.writer.thread.unpark();
+    }
+
+    /// Watches SIGHUP from now on and returns the task that reopens the log on each one
+    /// until `shutdown`.
+    pub fn reopen_on_hangup(
+        &self,
+        shutdown: CancellationToken,
+    ) -> io::Result<impl Future<Output = ()> + Send + 'static> {
+        let mut hangup = signal(SignalKind::hangup())?;
+        let log = self.clone();
+        Ok(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    received = hangup.recv() => match received {
+                        Some(()) => log.reopen(),
+                        None => return,
+                    },
+                }
+            }
         })
     }
 
@@ -261,7 +293,7 @@ fn timestamp(now: SystemTime, out: &mut [u8; 24]) -> &str {
     std::str::from_utf8(out).unwrap_or_default()
 }
 
-fn write_lines(queues: &Queues, mut sink: Box<dyn Write + Send>, errors: &Counter) {
+fn write_lines(queues: &Queues, mut sink: Sink, errors: &Counter, reopen_errors: &Counter) {
     // The writer polls instead of being woken: a request then never has to wake it, so
     // queuing a line costs no syscall. Each pass takes every worker's lines (swapping in
     // an empty buffer, so a worker waits for the lock at most that long) and writes them
@@ -271,6 +303,10 @@ fn write_lines(queues: &Queues, mut sink: Box<dyn Write + Send>, errors: &Counte
     let mut failing = false;
     loop {
         std::thread::park_timeout(pause);
+        // Every line of earlier passes is in the old file: this pass's go to the new one.
+        if queues.reopen.swap(false, Ordering::AcqRel) {
+            sink.reopen(reopen_errors);
+        }
         // Read before taking: lines queued before the log was closed are taken.
         let closed = queues.closed.load(Ordering::Acquire);
         let mut wrote = false;
@@ -374,7 +410,7 @@ mod tests {
             written: written.clone(),
         };
         (
-            DecisionLog::to_sink(Box::new(sink), FOUR_LINES).unwrap(),
+            DecisionLog::to_sink(Sink::writer(Box::new(sink)), FOUR_LINES).unwrap(),
             written,
         )
     }
@@ -482,7 +518,7 @@ mod tests {
             healthy: healthy.clone(),
             written: written.clone(),
         };
-        let log = DecisionLog::to_sink(Box::new(sink), FOUR_LINES).unwrap();
+        let log = DecisionLog::to_sink(Sink::writer(Box::new(sink)), FOUR_LINES).unwrap();
         record(&log, "lost");
         let counted = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(20));
@@ -509,7 +545,7 @@ mod tests {
             writes: writes.clone(),
             written: written.clone(),
         };
-        let log = DecisionLog::to_sink(Box::new(sink), FOUR_LINES).unwrap();
+        let log = DecisionLog::to_sink(Sink::writer(Box::new(sink)), FOUR_LINES).unwrap();
         // The writer takes the first line and waits at the gate; 4 more fit the queue.
         record(&log, "r0");
         while writes.load(Ordering::SeqCst) == 0 {
@@ -551,7 +587,7 @@ mod tests {
             lines: 1_000,
             bytes: 64 * 1024,
         };
-        let log = DecisionLog::to_sink(Box::new(sink), capacity).unwrap();
+        let log = DecisionLog::to_sink(Sink::writer(Box::new(sink)), capacity).unwrap();
         record(&log, "r0");
         while writes.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(5));

@@ -9,6 +9,7 @@ pub mod decision_line;
 pub mod decisions;
 mod histogram;
 pub mod requests;
+mod sink;
 
 pub use decisions::{DecisionLog, DecisionRecord};
 pub use requests::RequestMetrics;
