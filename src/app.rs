@@ -22,7 +22,7 @@ use crate::identity::{self, HealthSettings, IdentityHandle, IdentityHealth, Iden
 use crate::policy::RuleHits;
 use crate::proxy::{InboundListener, OutboundListener, Shared, Workers};
 use crate::reload::{IdentityFiles, PolicySlot, ReloadMetrics, Reloader};
-use crate::telemetry::{DecisionLog, RequestMetrics};
+use crate::telemetry::{diagnostics, DecisionLog, RequestMetrics};
 use crate::tls::TlsMetrics;
 
 /// A running sidecar.
@@ -72,6 +72,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         workers: workers.clone(),
     };
     tokio::spawn(IdentityMetrics::register(&mut registry).follow(identity.clone()));
+    diagnostics::register(&mut registry);
     let reopen = shared.decisions.reopen_on_hangup(shared.shutdown.clone());
     tokio::spawn(reopen.context("cannot watch SIGHUP to reopen the decision log")?);
 

@@ -119,16 +119,23 @@ fn run(args: &ConfigArgs) -> u8 {
     })
 }
 
+/// Diagnostic lines waiting for a stalled stderr at most (tracing-appender's default,
+/// 128,000, holds tens of MiB of lines and hides a stall for minutes).
+const DIAGNOSTIC_LINES: usize = 8_192;
+
 /// Diagnostics go to stderr through a thread of their own, lossy: a stderr that stops
 /// draining (a pipe whose reader stalls, a blocking container log driver) drops lines
-/// instead of stopping the thread that serves requests, admin and signals.
+/// instead of stopping the thread that serves requests, admin and signals. At most
+/// [`DIAGNOSTIC_LINES`] wait; the dropped ones are counted (`idgate_log_lines_dropped_total`).
 fn init_tracing(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
+        .buffered_lines_limit(DIAGNOSTIC_LINES)
         .thread_name("idgate-log")
         .finish(std::io::stderr());
+    idgate::telemetry::diagnostics::count_dropped(stderr.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -12,6 +12,9 @@ use support::*;
 /// Denied requests, each a diagnostic line and a decision line on stderr: far more than
 /// a 64 KiB pipe holds.
 const DENIED: usize = 2_000;
+/// Rounds of [`DENIED`] more requests at most until dropped lines are counted (the
+/// writer holds 8,192 lines).
+const MORE_ROUNDS: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stderr_stops_neither_requests_nor_the_admin_endpoint() {
@@ -39,4 +42,24 @@ async fn a_stalled_stderr_stops_neither_requests_nor_the_admin_endpoint() {
         .await
         .expect("the admin endpoint stalled behind a full stderr pipe");
     assert_eq!(reply.status, 200);
+
+    // The lines dropped meanwhile are counted: more denials until the writer's buffer
+    // overflows and a scrape shows it (bounded).
+    let metrics = format!("http://{}/metrics", idgate.admin());
+    let mut dropped = 0.0;
+    for _ in 0..MORE_ROUNDS {
+        dropped = metric(
+            &get(&metrics, &[]).await.text(),
+            "idgate_log_lines_dropped_total",
+        );
+        if dropped > 0.0 {
+            break;
+        }
+        for _ in 0..DENIED {
+            sender.ready().await.expect("connection ready");
+            let response = sender.send_request(empty_get("/")).await.expect("response");
+            assert_eq!(response.status(), 403);
+        }
+    }
+    assert!(dropped > 0.0, "no dropped diagnostic line counted");
 }

@@ -7,6 +7,7 @@ mod counter;
 /// A decision as one JSON line: public for the micro-benchmarks in `benches/`.
 pub mod decision_line;
 pub mod decisions;
+pub mod diagnostics;
 mod histogram;
 pub mod requests;
 mod sink;
