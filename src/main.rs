@@ -85,7 +85,8 @@ fn main() -> ExitCode {
         Command::Inject(a) => cli::inject::run(&a),
         Command::Webhook(a) => cli::webhook::run(&a),
     };
-    ExitCode::from(code)
+    // Every command's output is flushed here; a failed write decides the exit code.
+    ExitCode::from(cli::output::finish(code))
 }
 
 fn run(args: &ConfigArgs) -> u8 {

@@ -3,7 +3,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use support::process::RunningIdgate;
@@ -538,4 +538,106 @@ fn sighup_reloads_a_policy_the_watcher_cannot_see() {
     idgate.signal("TERM");
     let _ = idgate.wait();
     assert!(reloaded.is_some(), "SIGHUP should reload the policy");
+}
+
+/// Runs `idgate ARGS` with stdout a pipe whose reader has already quit (`| head -1` once
+/// head has what it wanted): every write to stdout fails with a broken pipe.
+fn idgate_into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("IDGATE_CONFIG")
+        .env_remove("IDGATE_CONFIG_TOML")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run idgate")
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_with_the_commands_own_exit_code() {
+    let check = |method: &str| {
+        idgate_into_closed_pipe(&[
+            "check",
+            "--policy",
+            "config/billing-policy.toml",
+            "--from",
+            "spiffe://example.org/ns/shop/sa/frontend",
+            "--method",
+            method,
+            "--path",
+            "/api/invoices/1",
+        ])
+    };
+    let cases = [
+        (
+            "inspect",
+            idgate_into_closed_pipe(&["inspect", "certs-dev/billing.pem"]),
+            0,
+        ),
+        (
+            "validate",
+            idgate_into_closed_pipe(&["validate", "--config", "config/idgate.toml"]),
+            0,
+        ),
+        (
+            "policy test",
+            idgate_into_closed_pipe(&["policy", "test", "config/billing-policy.test.toml"]),
+            0,
+        ),
+        ("check allow", check("GET"), 0),
+        ("check deny", check("DELETE"), 1),
+    ];
+    for (command, out, code) in cases {
+        assert_eq!(out.status.code(), Some(code), "{command}: {}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "{command}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_long_output_whose_reader_quits_after_one_line_ends_quietly() {
+    // Kubernetes YAML far larger than a pipe holds: `inject` passes it through.
+    let yaml: String = (0..3_000)
+        .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-{i}\ndata:\n  key: value-{i}\n"))
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("many.yaml");
+    std::fs::write(&file, yaml).expect("write yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(["inject", "-f"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn idgate");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("first line");
+    assert!(!first.is_empty());
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait for idgate");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
+#[test]
+fn output_to_a_full_disk_is_an_error_with_exit_code_2() {
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = Command::new(env!("CARGO_BIN_EXE_idgate"))
+        .args(["inspect", "certs-dev/billing.pem"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(full)
+        .output()
+        .expect("run idgate");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: cannot write to stdout:"),
+        "{}",
+        stderr(&out)
+    );
 }

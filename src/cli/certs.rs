@@ -3,6 +3,7 @@
 //! (valid 10 years, so they can be committed next to a dev config); this command must
 //! never be the way production SVIDs are made.
 
+use super::output::out;
 use std::path::{Path, PathBuf};
 
 use crate::devpki::{write_dev_pki, DevPkiWritten};
@@ -26,7 +27,7 @@ pub struct CertsDevArgs {
 pub fn run(args: &CertsDevArgs) -> u8 {
     match write_dev_pki(&args.out, &args.trust_domain, &args.ids) {
         Ok(written) => {
-            print!("{}", summary(args, &written));
+            out!("{}", summary(args, &written));
             0
         }
         Err(error) => {

@@ -4,6 +4,7 @@
 //! (rules are judged as if enforced). Also holds the request-judging helper that
 //! `idgate policy test` shares, so the two can never disagree. Never opens sockets.
 
+use super::output::outln;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -36,15 +37,15 @@ pub struct CheckArgs {
 pub fn run(args: &CheckArgs) -> u8 {
     match check(args) {
         Ok(judged) => {
-            println!("decision: {}", judged.decision.verdict.as_str());
-            println!(
+            outln!("decision: {}", judged.decision.verdict.as_str());
+            outln!(
                 "rule: {}",
                 judged.decision.rule.as_deref().unwrap_or("(default)")
             );
             if judged.path != args.path {
-                println!("path: {} (normalised from {})", judged.path, args.path);
+                outln!("path: {} (normalised from {})", judged.path, args.path);
             }
-            println!("reason: {}", judged.reason);
+            outln!("reason: {}", judged.reason);
             match judged.decision.verdict {
                 Verdict::Allow => 0,
                 Verdict::Deny | Verdict::AuditDeny => 1,

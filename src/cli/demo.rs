@@ -5,6 +5,7 @@
 //! is the real thing (config files, policy file, mTLS, decision log); only the
 //! workloads share one process.
 
+use super::output::outln;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -107,33 +108,33 @@ struct Mesh {
 async fn demo(once: bool) -> anyhow::Result<()> {
     let mut signals = app::ShutdownSignals::install()?;
     let mesh = start_mesh().await?;
-    println!("idgate demo: three workloads on loopback (trust domain {TRUST_DOMAIN})");
-    println!(
+    outln!("idgate demo: three workloads on loopback (trust domain {TRUST_DOMAIN})");
+    outln!(
         "  billing   {BILLING}   inbound mTLS {} -> echo app",
         mesh.billing
     );
-    println!(
+    outln!(
         "  frontend  {FRONTEND}  outbound {} -> billing",
         mesh.frontend
     );
-    println!(
+    outln!(
         "  reports   {REPORTS}  outbound {} -> billing",
         mesh.reports
     );
-    println!(
+    outln!(
         "  policy    {}\n",
         mesh.dir.join("billing-policy.toml").display()
     );
     tour(&mesh).await?;
     if !once {
-        println!("\nThe mesh keeps running. Try (Ctrl-C to stop):");
-        println!("  curl -i http://{}/api/invoices", mesh.frontend);
-        println!(
+        outln!("\nThe mesh keeps running. Try (Ctrl-C to stop):");
+        outln!("  curl -i http://{}/api/invoices", mesh.frontend);
+        outln!(
             "  curl -i -X DELETE http://{}/api/invoices/42",
             mesh.frontend
         );
-        println!("  curl -i http://{}/api/invoices/7", mesh.reports);
-        println!(
+        outln!("  curl -i http://{}/api/invoices/7", mesh.reports);
+        outln!(
             "  decision log: {}",
             mesh.dir.join("billing-decisions.log").display()
         );
@@ -200,9 +201,13 @@ async fn start_app(dir: &Path, name: &str, toml: &str) -> anyhow::Result<App> {
 async fn tour(mesh: &Mesh) -> anyhow::Result<()> {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    println!(
+    outln!(
         "{:<9} {:<8} {:<36} {:<6} {:<11} WHY",
-        "FROM", "TO", "REQUEST", "STATUS", "DECISION"
+        "FROM",
+        "TO",
+        "REQUEST",
+        "STATUS",
+        "DECISION"
     );
     for (n, call) in TOUR.iter().enumerate() {
         let outbound = match call.from {
@@ -224,9 +229,14 @@ async fn tour(mesh: &Mesh) -> anyhow::Result<()> {
         let line = decision_line(&mesh.dir.join("billing-decisions.log"), &request_id).await;
         let (decision, why) = describe(line.as_ref());
         let request = format!("{} {}", call.method, call.path);
-        println!(
+        outln!(
             "{:<9} {:<8} {:<36} {:<6} {:<11} {}",
-            call.from, "billing", request, status, decision, why
+            call.from,
+            "billing",
+            request,
+            status,
+            decision,
+            why
         );
     }
     Ok(())

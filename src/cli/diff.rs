@@ -6,6 +6,7 @@
 //! Decision lines carry no headers, so a line whose verdict a `headers` rule could change
 //! is reported as undecidable, never judged as if no headers were sent.
 
+use super::output::out;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -88,7 +89,7 @@ pub struct Report {
 pub fn run(args: &DiffArgs) -> u8 {
     match diff(args) {
         Ok(report) => {
-            print!("{}", report.render());
+            out!("{}", report.render());
             for skipped in &report.skipped {
                 eprintln!("skipped: {skipped}");
             }

@@ -4,7 +4,7 @@
 //! Only reads and writes streams; the injection itself is [`crate::k8s::inject_yaml`],
 //! shared with the webhook so both give the same pod spec.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 
 /// Arguments of `idgate inject`.
@@ -25,13 +25,10 @@ pub fn run(args: &InjectArgs) -> u8 {
         }
     };
     match crate::k8s::inject_yaml(&text) {
-        Ok(out) => match std::io::stdout().lock().write_all(out.as_bytes()) {
-            Ok(()) => 0,
-            Err(error) => {
-                eprintln!("error: cannot write to stdout: {error}");
-                2
-            }
-        },
+        Ok(out) => {
+            super::output::out!("{out}");
+            0
+        }
         Err(error) => {
             eprintln!("error: {name}: {error}");
             2

@@ -2,6 +2,7 @@
 //! subject, serial, validity in RFC 3339, CA flag) and its issuer chain as far as the
 //! file shows it. Read-only and offline: it never judges trust, only describes.
 
+use super::output::out;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -24,7 +25,7 @@ pub struct InspectArgs {
 pub fn run(args: &InspectArgs) -> u8 {
     match render(&args.file, OffsetDateTime::now_utc()) {
         Ok(text) => {
-            print!("{text}");
+            out!("{text}");
             0
         }
         Err(error) => {

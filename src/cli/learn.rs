@@ -7,6 +7,7 @@
 //! `check::judge` and must be allowed, and every enforced denial must stay denied (unless
 //! the same request was also logged allowed, which is learned and reported).
 
+use super::output::out;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -110,7 +111,7 @@ fn learn(args: &LearnArgs) -> Result<(), String> {
     match &args.out {
         Some(path) => std::fs::write(path, &policy.text)
             .map_err(|e| format!("{}: cannot write the policy: {e}", path.display()))?,
-        None => print!("{}", policy.text),
+        None => out!("{}", policy.text),
     }
     report(&tally, &policy, learned.len(), &conflicts);
     Ok(())

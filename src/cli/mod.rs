@@ -10,6 +10,7 @@ pub mod echo;
 pub mod inject;
 pub mod inspect;
 pub mod learn;
+pub mod output;
 pub mod policy_test;
 pub mod validate;
 pub mod webhook;

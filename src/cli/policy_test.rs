@@ -4,6 +4,7 @@
 //! decision. Failures and errors are printed one per line, then `N passed, N failed`.
 //! It judges through `check::judge` only, so a test can never disagree with `check`.
 
+use super::output::outln;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -80,7 +81,7 @@ pub fn run(args: &PolicyTestArgs) -> u8 {
             tally.errors += 1;
         }
     }
-    println!("{} passed, {} failed", tally.passed, tally.failed);
+    outln!("{} passed, {} failed", tally.passed, tally.failed);
     if tally.errors > 0 {
         2
     } else if tally.failed > 0 {
@@ -107,7 +108,7 @@ fn run_file(path: &Path, tally: &mut Tally) -> Result<(), FileError> {
         match run_case(&source, &policy, i, case) {
             Ok(None) => tally.passed += 1,
             Ok(Some(failure)) => {
-                println!("FAIL {}: case {:?}: {failure}", path.display(), case.name);
+                outln!("FAIL {}: case {:?}: {failure}", path.display(), case.name);
                 tally.failed += 1;
             }
             Err(e) => {

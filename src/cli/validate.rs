@@ -4,6 +4,7 @@
 //! identity files that exist but do not load) is an error, exit 2. The analysis is `policy::lint`'s; this
 //! command only finds the trust domains and prints `warning: file:line: rule[i].field: ...`.
 
+use super::output::outln;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -32,12 +33,12 @@ pub fn run(path: Option<&Path>) -> u8 {
             return 2;
         }
     };
-    println!("{}: valid", config.path.display());
+    outln!("{}: valid", config.path.display());
     match &config.identity {
         IdentityConfig::Files {
             cert, federation, ..
         } => {
-            println!(
+            outln!(
                 "  identity: files ({}), {} federated trust domain(s)",
                 cert.display(),
                 federation.len()
@@ -49,11 +50,11 @@ pub fn run(path: Option<&Path>) -> u8 {
             let id = spiffe_id
                 .as_ref()
                 .map_or("agent default".to_string(), |id| id.to_string());
-            println!("  identity: spire ({socket}), SVID: {id}");
+            outln!("  identity: spire ({socket}), SVID: {id}");
         }
     }
     for l in &config.inbound {
-        println!(
+        outln!(
             "  inbound  {:<12} {} -> {} ({}), policy {} (version {}){}",
             l.name,
             l.listen,
@@ -66,7 +67,7 @@ pub fn run(path: Option<&Path>) -> u8 {
     }
     for l in &config.outbound {
         let ids: Vec<String> = l.server_ids.iter().map(|id| id.to_string()).collect();
-        println!(
+        outln!(
             "  outbound {:<12} {} -> {} ({}), server must be one of [{}]{}",
             l.name,
             l.listen,
@@ -76,10 +77,10 @@ pub fn run(path: Option<&Path>) -> u8 {
             resumption(l.session_resumption)
         );
     }
-    println!("  admin    {}", config.admin.listen);
-    println!("  runtime  {} worker thread(s)", config.runtime.workers);
+    outln!("  admin    {}", config.admin.listen);
+    outln!("  runtime  {} worker thread(s)", config.runtime.workers);
     if let Some(why) = why {
-        println!("  note: {why}");
+        outln!("  note: {why}");
     }
     let context = LintContext {
         now: SystemTime::now(),
@@ -101,7 +102,7 @@ pub fn run(path: Option<&Path>) -> u8 {
             }
         }
     }
-    println!("  {warnings} warning(s)");
+    outln!("  {warnings} warning(s)");
     0
 }
 
