@@ -120,9 +120,11 @@ fn run(args: &ConfigArgs) -> u8 {
     })
 }
 
-/// Diagnostic lines waiting for a stalled stderr at most (tracing-appender's default,
-/// 128,000, holds tens of MiB of lines and hides a stall for minutes).
-const DIAGNOSTIC_LINES: usize = 8_192;
+/// Diagnostic lines waiting for a stalled stderr at most. The writer's queue allocates
+/// and touches a 32-byte slot per line up front: tracing-appender's default, 128,000,
+/// kept 4 MiB of every idle sidecar resident (and hides a stall for minutes); 1,024 is
+/// 32 KiB, and a burst of that many lines between two writes of the log thread is rare.
+const DIAGNOSTIC_LINES: usize = 1_024;
 
 /// Diagnostics go to stderr through a thread of their own, lossy: a stderr that stops
 /// draining (a pipe whose reader stalls, a blocking container log driver) drops lines

@@ -13,7 +13,7 @@ use support::*;
 /// a 64 KiB pipe holds.
 const DENIED: usize = 2_000;
 /// Rounds of [`DENIED`] more requests at most until dropped lines are counted (the
-/// writer holds 8,192 lines).
+/// writer holds 1,024 lines).
 const MORE_ROUNDS: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
