@@ -282,3 +282,82 @@ async fn a_break_glass_rule_ends_the_relays_it_admitted_when_it_expires() {
         "the relay of the non-expiring rule must still be open: {lines:?}"
     );
 }
+
+/// Pings through `stream`, then waits (in paused time) for idgate to close the relay as
+/// idle; returns how long after the last byte that was.
+async fn closed_when_idle(stream: &mut TcpStream) -> std::time::Duration {
+    ping(stream).await;
+    let last_byte = tokio::time::Instant::now();
+    let mut rest = [0u8; 16];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(4 * 3600),
+        stream.read(&mut rest),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle relay must be closed: {read:?}"
+    );
+    last_byte.elapsed()
+}
+
+/// Asserts `quiet` (from the last byte to the close) is `idle`, to within a second.
+#[track_caller]
+fn assert_idle_for(quiet: std::time::Duration, idle: std::time::Duration) {
+    assert!(
+        quiet >= idle && quiet < idle + std::time::Duration::from_secs(1),
+        "closed {quiet:?} after the last byte, expected {idle:?}"
+    );
+}
+
+/// The decision line of the relay that ended idle, with its bytes.
+fn assert_idle_line(line: &serde_json::Value, bytes: u64) {
+    assert_eq!(line["decision"], "allow", "{line}");
+    assert_eq!(line["bytes_in"], bytes, "{line}");
+    assert_eq!(line["bytes_out"], bytes, "{line}");
+    let reason = line["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("idle"), "{line}");
+}
+
+#[tokio::test]
+async fn a_relay_that_moves_no_byte_for_an_hour_is_closed_by_default() {
+    let (echo, _) = tcp_echo().await;
+    // The inbound waits longer: the outbound's default is what ends the relay.
+    let inbound = "protocol = \"tcp\"\ntimeouts = { idle = \"3h\" }";
+    let mesh = Mesh::start_upstream(TCP_POLICY, &format!("tcp://{echo}"), inbound).await;
+    let frontend = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], "protocol = \"tcp\"")
+        .await;
+    let mut stream = TcpStream::connect(frontend.outbound()).await.unwrap();
+    ping(&mut stream).await;
+    tokio::time::pause();
+    // Bytes every 50 minutes keep it open for hours.
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_secs(50 * 60)).await;
+        ping(&mut stream).await;
+    }
+    let quiet = closed_when_idle(&mut stream).await;
+    tokio::time::resume();
+    assert_idle_for(quiet, std::time::Duration::from_secs(3600));
+    let line = &frontend.decision_lines(1).await[0];
+    assert_idle_line(line, 5 * 4);
+    assert_eq!(counted(&frontend, line).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_tcp_listeners_idle_timeout_overrides_the_hour() {
+    let (echo, _) = tcp_echo().await;
+    let inbound = "protocol = \"tcp\"\ntimeouts = { idle = \"5m\" }";
+    let mesh = Mesh::start_upstream(TCP_POLICY, &format!("tcp://{echo}"), inbound).await;
+    let frontend = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], "protocol = \"tcp\"")
+        .await;
+    let mut stream = TcpStream::connect(frontend.outbound()).await.unwrap();
+    tokio::time::pause();
+    let quiet = closed_when_idle(&mut stream).await;
+    tokio::time::resume();
+    assert_idle_for(quiet, std::time::Duration::from_secs(5 * 60));
+    let line = &mesh.server.decision_lines(1).await[0];
+    assert_idle_line(line, 4);
+    assert_eq!(line["source"], FRONTEND_ID, "{line}");
+}

@@ -66,17 +66,6 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
-/// A per-listener timeout: zero would fail every connection.
-pub(super) fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
-    let value = Seconds::deserialize(d)?;
-    match value.0.is_zero() {
-        true => Err(D::Error::custom(
-            "must be more than 0 (a zero timeout fails every connection)",
-        )),
-        false => Ok(value),
-    }
-}
-
 /// `max_connection_age`, when given: zero would end every connection at once.
 pub(super) fn max_connection_age<'de, D: Deserializer<'de>>(
     d: D,

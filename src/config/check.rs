@@ -13,6 +13,7 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::model::{InboundConfig, OutboundConfig, RawIdentity};
+use super::timeouts::ListenerKind;
 use super::{
     FileError, IdentityConfig, IdentitySourceKind, Inbound, Outbound, Protocol, SourceFile,
     Upstream,
@@ -322,6 +323,11 @@ pub(super) fn check_inbound(
         };
         return Err(source.error_at(l.upstream.span(), &format!("{field}.upstream"), expected));
     }
+    let kind = ListenerKind {
+        inbound: true,
+        protocol: l.protocol,
+    };
+    let timeouts = l.timeouts.check(source, &field, kind)?;
     let policy_path = readable_file(source, &l.policy, &format!("{field}.policy"))?;
     let policy = Policy::load(&policy_path)?;
     if l.protocol == Protocol::Tcp {
@@ -335,7 +341,7 @@ pub(super) fn check_inbound(
         policy_path,
         policy: Arc::new(policy),
         session_resumption: l.session_resumption,
-        timeouts: l.timeouts,
+        timeouts,
         limits: l.limits,
     })
 }
@@ -368,6 +374,11 @@ pub(super) fn check_outbound(
             format!("{bare} names a trust domain, which no server presents (a workload's ID has a path)"),
         ));
     }
+    let kind = ListenerKind {
+        inbound: false,
+        protocol: l.protocol,
+    };
+    let timeouts = l.timeouts.check(source, &field, kind)?;
     Ok(Outbound {
         name: l.name.get_ref().clone(),
         listen: *l.listen.get_ref(),
@@ -375,7 +386,7 @@ pub(super) fn check_outbound(
         server_ids: l.server_ids.get_ref().clone(),
         protocol: l.protocol,
         session_resumption: l.session_resumption,
-        timeouts: l.timeouts,
+        timeouts,
         limits: l.limits,
     })
 }

@@ -9,6 +9,7 @@ mod model;
 mod source;
 #[cfg(test)]
 mod tests;
+mod timeouts;
 
 pub use bounds::{
     Seconds, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS, MAX_DURATION, MAX_HEADER_BYTES, MAX_WORKERS,
@@ -16,9 +17,10 @@ pub use bounds::{
 };
 pub use model::{
     AdminConfig, IdentitySourceKind, Limits, LogConfig, LogFormat, Protocol, RuntimeConfig, Target,
-    Timeouts, Upstream,
+    Upstream,
 };
 pub use source::{FileError, SourceFile};
+pub use timeouts::{Timeouts, TCP_IDLE};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -10,12 +10,12 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::bounds::{self, Seconds};
+use super::timeouts::RawTimeouts;
 use crate::spiffe_id::SpiffeId;
 
 /// The whole config file.
@@ -106,7 +106,7 @@ pub struct InboundConfig {
     pub session_resumption: bool,
     /// Timeouts overriding the defaults.
     #[serde(default)]
-    pub timeouts: Timeouts,
+    pub timeouts: RawTimeouts,
     /// Limits overriding the defaults.
     #[serde(default)]
     pub limits: Limits,
@@ -132,7 +132,7 @@ pub struct OutboundConfig {
     pub session_resumption: bool,
     /// Timeouts overriding the defaults.
     #[serde(default)]
-    pub timeouts: Timeouts,
+    pub timeouts: RawTimeouts,
     /// Limits overriding the defaults.
     #[serde(default)]
     pub limits: Limits,
@@ -140,50 +140,6 @@ pub struct OutboundConfig {
 
 fn enabled() -> bool {
     true
-}
-
-/// Per-listener timeouts; each key is optional and written like `"10s"` or `"500ms"`, at
-/// most 365 days; all but `drain` more than zero (zero would fail every connection).
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Timeouts {
-    /// TLS handshake (default 10 s).
-    #[serde(deserialize_with = "bounds::timeout")]
-    pub handshake: Seconds,
-    /// Reading a request's headers (default 30 s).
-    #[serde(deserialize_with = "bounds::timeout")]
-    pub header: Seconds,
-    /// Idle keep-alive connection: no request in flight for this long (default 90 s).
-    #[serde(deserialize_with = "bounds::timeout")]
-    pub idle: Seconds,
-    /// Connecting to the upstream (default 5 s).
-    #[serde(deserialize_with = "bounds::timeout")]
-    pub connect: Seconds,
-    /// Waiting for the upstream's response headers (default 60 s, then 504).
-    #[serde(deserialize_with = "bounds::timeout")]
-    pub response: Seconds,
-    /// The longest an upstream's response body may send nothing before it is cut (default
-    /// 5 minutes, Envoy's stream idle timeout).
-    #[serde(deserialize_with = "bounds::timeout")]
-    pub body: Seconds,
-    /// Finishing in-flight requests on SIGTERM (default 30 s; zero closes them at once);
-    /// at most 5 s of it when a connection ends for its peer's sake (revocation, expiry, age).
-    pub drain: Seconds,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        let s = |secs| Seconds(Duration::from_secs(secs));
-        Self {
-            handshake: s(10),
-            header: s(30),
-            idle: s(90),
-            connect: s(5),
-            response: s(60),
-            body: s(300),
-            drain: s(30),
-        }
-    }
 }
 
 /// Per-listener resource limits; each key is optional, and bounded (see the constants).
@@ -428,6 +384,8 @@ fn default_level() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -381,3 +381,81 @@ fn identity_errors_name_the_line_of_their_key() {
         "required",
     );
 }
+
+/// `[[inbound]]` with `protocol = "tcp"` (the ninth line) in front of a database, judged by
+/// `policy`.
+fn tcp_inbound(policy: &Path) -> String {
+    format!(
+        "[[inbound]]\nname = \"db\"\nlisten = \"127.0.0.1:8443\"\nupstream = \"tcp://127.0.0.1:5432\"\npolicy = {:?}\nprotocol = \"tcp\"\n",
+        policy.display().to_string()
+    )
+}
+
+#[test]
+fn timeout_keys_a_listener_would_not_use_are_refused_where_written() {
+    for protocol in ["http", "tcp"] {
+        assert_refused(
+            &format!("{IDENTITY}{OUTBOUND}protocol = \"{protocol}\"\ntimeouts = {{ handshake = \"5s\" }}\n"),
+            10,
+            "outbound[0].timeouts.handshake",
+            "does not apply to an outbound",
+        );
+    }
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(policy.path(), "default = \"allow\"\n").unwrap();
+    let inbound = tcp_inbound(policy.path());
+    for key in ["header", "response", "body"] {
+        assert_refused(
+            &format!(
+                "{IDENTITY}{OUTBOUND}protocol = \"tcp\"\n[outbound.timeouts]\n{key} = \"5s\"\n"
+            ),
+            11,
+            &format!("outbound[0].timeouts.{key}"),
+            "does not apply to an outbound protocol = \"tcp\" listener",
+        );
+        assert_refused(
+            &format!("{IDENTITY}{inbound}timeouts = {{ idle = \"1m\", {key} = \"5s\" }}\n"),
+            10,
+            &format!("inbound[0].timeouts.{key}"),
+            "does not apply to an inbound protocol = \"tcp\" listener",
+        );
+    }
+    // What each kind uses loads.
+    assert_loads(&format!(
+        "{IDENTITY}{inbound}timeouts = {{ handshake = \"1s\", idle = \"1s\", connect = \"1s\", drain = \"1s\" }}\n"
+    ));
+    assert_loads(&format!(
+        "{IDENTITY}{OUTBOUND}protocol = \"tcp\"\ntimeouts = {{ idle = \"1s\", connect = \"1s\", drain = \"1s\" }}\n"
+    ));
+}
+
+#[test]
+fn tcp_listeners_idle_for_an_hour_unless_told_otherwise() {
+    use std::time::Duration;
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(policy.path(), "default = \"allow\"\n").unwrap();
+    let inbound = tcp_inbound(policy.path());
+    let idle = |text: String| {
+        let config = assert_loads(&text);
+        let listeners = config.inbound.iter().map(|l| l.timeouts.idle.0);
+        listeners
+            .chain(config.outbound.iter().map(|l| l.timeouts.idle.0))
+            .collect::<Vec<_>>()
+    };
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        idle(format!("{IDENTITY}{inbound}{OUTBOUND}protocol = \"tcp\"\n")),
+        [hour, hour]
+    );
+    assert_eq!(
+        idle(format!(
+            "{IDENTITY}{inbound}timeouts = {{ idle = \"10m\" }}\n{OUTBOUND}protocol = \"tcp\"\ntimeouts = {{ idle = \"2h\" }}\n"
+        )),
+        [Duration::from_secs(600), 2 * hour]
+    );
+    // HTTP keeps its 90 s.
+    assert_eq!(
+        idle(format!("{IDENTITY}{OUTBOUND}")),
+        [Duration::from_secs(90)]
+    );
+}

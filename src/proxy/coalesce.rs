@@ -644,10 +644,10 @@ mod tests {
         // neither side has anything to send yet (the client waits for the 101).
         let (mut stream, mut server, payload) = stream_owing_a_flush().await;
         let (mut app_side, _app) = tokio::io::duplex(1024);
-        let tunnel =
-            tokio::spawn(
-                async move { crate::proxy::copy::both_ways(&mut stream, &mut app_side).await },
-            );
+        let tunnel = tokio::spawn(async move {
+            let mut copy = crate::proxy::copy::BothWays::new(std::time::Duration::from_secs(3600));
+            copy.run(&mut stream, &mut app_side).await
+        });
         assert_eq!(receive(&mut server, payload.len()).await, payload);
         tunnel.abort();
     }

@@ -1,20 +1,26 @@
 //! Copying bytes both ways between two streams (TCP relays, upgraded connections), holding
-//! no buffer while a direction is idle.
+//! no buffer while a direction is idle, and giving up once no byte has moved either way for
+//! an idle timeout.
 //!
 //! A relayed connection spends most of its life waiting (a database pool's connections, a
 //! WebSocket), so a direction takes a buffer only while bytes flow and gives it back as
 //! soon as its reader has nothing more. Reads start at 16 KiB and grow to 64 KiB while they
 //! come back full, so a bulk transfer moves in large writes (four full TLS records each)
 //! and a chatty one never holds more than it uses. EOF on one side becomes a shutdown of
-//! the other side's write half, as with `tokio::io::copy_bidirectional`.
+//! the other side's write half, as with `tokio::io::copy_bidirectional`. The idle timer is
+//! one timer for the copy's whole life: bytes that move cost a clock read per wake-up,
+//! never a timer reset; the timer moves only when it fires and finds that bytes moved since
+//! it was set.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 /// The first read of a burst (small enough for the allocator's thread cache).
@@ -23,48 +29,71 @@ const FIRST_READ: usize = 16 * 1024;
 /// The largest read, reached while reads keep filling the buffer.
 const MAX_READ: usize = 64 * 1024;
 
-/// Copies `a` to `b` and `b` to `a` until both have reached EOF (shutting down the other
-/// side's write half at each EOF); returns the bytes copied each way.
-///
-/// Both streams are flushed as soon as their direction has nothing to read: a stream may
-/// come with bytes written but not yet flushed (an upgraded connection's `101`, whose
-/// flush the ended HTTP task handed back to the stream), and the other side may wait
-/// for them before it sends anything.
-pub async fn both_ways<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    BothWays::default().run(a, b).await
+/// How a copy both ways ended, when it ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Both sides reached EOF (and each was passed on as a shutdown of the other side).
+    Done,
+    /// No byte moved either way for the idle timeout.
+    Idle,
 }
 
-/// A copy both ways whose counts outlive it: what crossed before an error, or before its
-/// owner stopped it (a revoked relay, a connection at its maximum age), is still known.
+/// A copy both ways whose counts outlive it: what crossed before an error, before it went
+/// idle, or before its owner stopped it (a revoked relay, a connection at its maximum age),
+/// is still known.
 pub struct BothWays {
     a_to_b: Direction,
     b_to_a: Direction,
-}
-
-impl Default for BothWays {
-    fn default() -> Self {
-        Self {
-            a_to_b: Direction::Copying(Pipe::new()),
-            b_to_a: Direction::Copying(Pipe::new()),
-        }
-    }
+    idle: Duration,
 }
 
 impl BothWays {
-    /// [`both_ways`], counting into `self`.
-    pub async fn run<A, B>(&mut self, a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+    /// A copy that ends once no byte has moved either way for `idle`.
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            a_to_b: Direction::Copying(Pipe::new()),
+            b_to_a: Direction::Copying(Pipe::new()),
+            idle,
+        }
+    }
+
+    /// Copies `a` to `b` and `b` to `a` until both have reached EOF (shutting down the
+    /// other side's write half at each EOF), or until no byte has moved for the idle
+    /// timeout; [`BothWays::copied`] tells the bytes copied each way.
+    ///
+    /// Both streams are flushed as soon as their direction has nothing to read: a stream
+    /// may come with bytes written but not yet flushed (an upgraded connection's `101`,
+    /// whose flush the ended HTTP task handed back to the stream), and the other side may
+    /// wait for them before it sends anything.
+    pub async fn run<A, B>(&mut self, a: &mut A, b: &mut B) -> io::Result<Ended>
     where
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
+        let idle = self.idle;
+        let timer = tokio::time::sleep(idle);
+        tokio::pin!(timer);
+        let mut moved = self.moved();
+        let mut last_moved = Instant::now();
         poll_fn(|cx| {
             let forward = self.a_to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
             let backward = self.b_to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
-            Poll::Ready(Ok((ready!(forward), ready!(backward))))
+            if forward.is_ready() && backward.is_ready() {
+                return Poll::Ready(Ok(Ended::Done));
+            }
+            let now_moved = self.moved();
+            if now_moved != moved {
+                moved = now_moved;
+                last_moved = Instant::now();
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                // Fired: idle for good, or bytes moved since it was set and it waits on.
+                match last_moved.checked_add(idle) {
+                    Some(due) if due > timer.deadline() => timer.as_mut().reset(due),
+                    _ => return Poll::Ready(Ok(Ended::Idle)),
+                }
+            }
+            Poll::Pending
         })
         .await
     }
@@ -72,6 +101,11 @@ impl BothWays {
     /// Bytes read so far from `a` (for `b`) and from `b` (for `a`).
     pub fn copied(&self) -> (u64, u64) {
         (self.a_to_b.copied(), self.b_to_a.copied())
+    }
+
+    /// A count that grows whenever a byte is read or written, either way.
+    fn moved(&self) -> u64 {
+        self.a_to_b.moved() + self.b_to_a.moved()
     }
 }
 
@@ -89,6 +123,16 @@ impl Direction {
             Direction::Copying(pipe) => pipe.copied,
             Direction::ShuttingDown(copied) | Direction::Done(copied) => *copied,
         }
+    }
+
+    /// Bytes read plus bytes written so far in this direction (what it read and has not
+    /// written yet is still buffered).
+    fn moved(&self) -> u64 {
+        let buffered = match self {
+            Direction::Copying(pipe) => pipe.buf.len() as u64,
+            Direction::ShuttingDown(_) | Direction::Done(_) => 0,
+        };
+        2 * self.copied() - buffered
     }
 
     fn poll<R, W>(
@@ -202,17 +246,21 @@ impl Pipe {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     #[tokio::test]
     async fn bytes_cross_both_ways_and_eof_shuts_the_other_side_down() {
         let (mut client, mut a) = duplex(4096);
         let (mut b, mut server) = duplex(4096);
-        let relay = tokio::spawn(async move { both_ways(&mut a, &mut b).await });
+        let relay = tokio::spawn(async move {
+            let mut transfer = BothWays::new(HOUR);
+            let ended = transfer.run(&mut a, &mut b).await.unwrap();
+            (ended, transfer.copied())
+        });
         let up: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
         let (up_sent, down_sent) = (up.clone(), down.clone());
@@ -232,7 +280,8 @@ mod tests {
             client_side.await.unwrap() == down,
             "server to client bytes changed"
         );
-        let counts = relay.await.unwrap().unwrap();
+        let (ended, counts) = relay.await.unwrap();
+        assert_eq!(ended, Ended::Done);
         assert_eq!(counts, (up.len() as u64, down.len() as u64));
     }
 
@@ -242,7 +291,7 @@ mod tests {
         let (mut b, mut server) = duplex(64 * 1024);
         client.write_all(&[7; 50_000]).await.unwrap();
         server.write_all(&[9; 1_234]).await.unwrap();
-        let mut transfer = BothWays::default();
+        let mut transfer = BothWays::new(HOUR);
         // The client never closes: the copy is stopped, as a revoked relay's is.
         let stopped =
             tokio::time::timeout(Duration::from_millis(200), transfer.run(&mut a, &mut b)).await;
@@ -253,6 +302,39 @@ mod tests {
         assert_eq!(transfer.copied(), (50_000, 1_234));
         let mut got = vec![0; 50_000];
         server.read_exact(&mut got).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_that_moves_no_byte_for_the_idle_timeout_ends_then() {
+        let (mut client, mut a) = duplex(4096);
+        let (mut b, mut server) = duplex(4096);
+        let idle = Duration::from_secs(60);
+        let relay = tokio::spawn(async move {
+            let mut transfer = BothWays::new(idle);
+            let ended = transfer.run(&mut a, &mut b).await.unwrap();
+            (ended, transfer.copied(), Instant::now())
+        });
+        // One way, then the other, 50 s apart: each keeps the copy open past the timer
+        // it had set.
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        client.write_all(b"ping").await.unwrap();
+        let mut ping = [0; 4];
+        server.read_exact(&mut ping).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        server.write_all(b"pong!").await.unwrap();
+        let mut pong = [0; 5];
+        client.read_exact(&mut pong).await.unwrap();
+        let last_byte = Instant::now();
+        // Bounded, so that a copy that never ends fails rather than hangs.
+        let ended = tokio::time::timeout(10 * idle, relay).await;
+        let (ended, copied, at) = ended.expect("still copying").unwrap();
+        assert_eq!(ended, Ended::Idle);
+        assert_eq!(copied, (4, 5), "the bytes that crossed before it went idle");
+        let quiet = at - last_byte;
+        assert!(
+            quiet >= idle && quiet < idle + Duration::from_millis(10),
+            "ended {quiet:?} after the last byte, idle timeout {idle:?}"
+        );
     }
 
     /// Drives `pipe` once from `reader` to `writer` with a no-op waker.

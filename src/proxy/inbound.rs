@@ -200,6 +200,7 @@ impl ListenerState {
                 revoked: revocation(self.policy.clone(), judged_at, move |policy| {
                     tcp::authorise(policy, &judged).verdict.passes()
                 }),
+                idle: self.timeouts.idle.0,
             };
             let upstream = self.connector.clone();
             let version = Some(policy.version());

@@ -184,6 +184,7 @@ impl ListenerState {
             };
             let allow = Decision {
                 verdict: Verdict::Allow,
+                idle: self.timeouts.idle.0,
                 rule: None,
                 audit_rule: None,
                 break_glass: false,

@@ -5,12 +5,12 @@
 //! Outbound: the local app's connection is carried over mTLS to the peer sidecar.
 //! Half-close travels both ways: EOF on one side becomes a shutdown on the other.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::copy;
+use super::copy::{self, Ended};
 use super::serve::{instant_of, Revoked};
 use super::stream::Connector;
 use super::Shared;
@@ -34,6 +34,9 @@ pub struct Relay<'a> {
     /// Fires when the policy no longer allows the peer (after a reload, or once the
     /// break-glass rule that let it in expires).
     pub revoked: Revoked,
+    /// The relay is closed once no byte has moved either way for this long (the
+    /// listener's `idle`).
+    pub idle: Duration,
 }
 
 /// Judges an inbound TCP peer; the decision and whether to relay.
@@ -48,7 +51,8 @@ pub fn authorise(policy: &Policy, peer: &PeerIdentity) -> policy::Decision {
 }
 
 /// Connects to `upstream` and copies bytes both ways until both sides are done (or the
-/// relay's `close_at` passes, or a reload or a rule's expiry revokes it), then counts the connection in
+/// relay's `close_at` passes, it moves no byte for its `idle` timeout, or a reload or a
+/// rule's expiry revokes it), then counts the connection in
 /// `idgate_requests_total` and `idgate_request_duration_seconds` and writes its decision
 /// line.
 pub async fn relay<C>(
@@ -117,7 +121,7 @@ pub async fn relay<C>(
     // Outbound: the peer sidecar's certificate bounds the relay as the client's does inbound.
     let server_expiry = server.peer().and_then(|p| instant_of(p.not_after));
     let close_at = relay.close_at.into_iter().chain(server_expiry).min();
-    let mut transfer = copy::BothWays::default();
+    let mut transfer = copy::BothWays::new(relay.idle);
     let deadline = async {
         match close_at {
             Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -126,7 +130,12 @@ pub async fn relay<C>(
     };
     tokio::select! {
         copied = transfer.run(&mut client, &mut server) => match copied {
-            Ok(bytes) => log(destination, bytes, None),
+            Ok(Ended::Done) => log(destination, transfer.copied(), None),
+            Ok(Ended::Idle) => {
+                let idle = relay.idle;
+                tracing::info!(source = relay.source, "closing TCP relay: no bytes either way for {idle:?}");
+                log(destination, transfer.copied(), Some(&format!("closed: idle, no bytes either way for {idle:?}")));
+            }
             Err(error) => {
                 tracing::debug!(%error, "TCP relay ended with an error");
                 log(destination, transfer.copied(), Some(&format!("relay: {error}")));

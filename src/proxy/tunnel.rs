@@ -5,7 +5,8 @@
 //! (held in a [`TunnelSlot`] until then), so it keeps the connection's place under
 //! `max_connections` and ends at the connection's deadline (maximum age, peer certificate
 //! expiry), as the connection would have, or at the upstream peer sidecar's certificate
-//! expiry when that comes first. Never reads or judges what the tunnel carries.
+//! expiry when that comes first; and once no byte has crossed it either way for an hour
+//! (as a TCP relay's default `idle`). Never reads or judges what the tunnel carries.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -13,8 +14,9 @@ use std::time::Instant;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::copy;
+use super::copy::{self, Ended};
 use super::serve::{never_revoked, Revoked};
+use crate::config::TCP_IDLE;
 
 /// An accepted upgrade: both sides' upgraded connections (once hyper hands them over), and
 /// what revokes it.
@@ -44,9 +46,9 @@ impl Tunnel {
     }
 
     /// Relays bytes between the two upgraded connections until both are done, `close_at`
-    /// (the client connection's deadline) or the server side's deadline passes, or the
-    /// policy revokes the tunnel (a reload, or the expiry of the break-glass rule that
-    /// allowed it).
+    /// (the client connection's deadline) or the server side's deadline passes, no byte
+    /// has crossed for [`TCP_IDLE`], or the policy revokes the tunnel (a reload, or the
+    /// expiry of the break-glass rule that allowed it).
     pub async fn run(self, close_at: Option<Instant>) {
         let Self {
             client,
@@ -64,8 +66,16 @@ impl Tunnel {
                 }
             };
             let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-            match copy::both_ways(&mut client, &mut server).await {
-                Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+            let mut transfer = copy::BothWays::new(TCP_IDLE);
+            let ended = transfer.run(&mut client, &mut server).await;
+            let (up, down) = transfer.copied();
+            match ended {
+                Ok(Ended::Done) => tracing::debug!(up, down, "upgraded connection closed"),
+                Ok(Ended::Idle) => tracing::info!(
+                    up,
+                    down,
+                    "closing upgraded connection: no bytes either way for {TCP_IDLE:?}"
+                ),
                 Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
             }
         };
