@@ -192,3 +192,80 @@ async fn non_tls_bytes_do_not_disturb_other_clients() {
     let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
     assert_eq!(get(&client.url("/ok"), &[]).await.status, 200);
 }
+
+/// `idgate_tls_handshake_failures_total` of `client`'s outbound listener for `reason`.
+async fn outbound_failures(client: &Sidecar, reason: &str) -> f64 {
+    let metrics = client.admin("/metrics").await.text();
+    metric(
+        &metrics,
+        &format!("idgate_tls_handshake_failures_total{{listener=\"to-api\",reason=\"{reason}\"}}"),
+    )
+}
+
+/// A peer on a free port that presents `cert` (its handshake is all it does), and a
+/// frontend whose outbound listener dials it expecting `SERVER_ID`.
+async fn frontend_to_peer(pki: &Pki, cert: idgate::devpki::IssuedCert) -> Sidecar {
+    let acceptor = tls_acceptor(&cert, &[b"h2", b"http/1.1"]);
+    let (peer, _) = counting_server(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let _ = acceptor.accept(tcp).await;
+        }
+    })
+    .await;
+    let toml = pki.outbound_toml("frontend", FRONTEND_ID, peer, &[SERVER_ID]);
+    Sidecar::start(pki.dir.path(), "frontend", &toml).await
+}
+
+#[tokio::test]
+async fn outbound_handshake_failures_are_counted_with_their_reason() {
+    let mesh = Mesh::start(ALLOW_ALL).await;
+    let client = mesh
+        .client(
+            "frontend",
+            FRONTEND_ID,
+            &["spiffe://example.org/ns/billing/sa/someone-else"],
+        )
+        .await;
+    assert_eq!(
+        outbound_failures(&client, "unexpected_server_id").await,
+        0.0
+    );
+    assert_eq!(get(&client.url("/"), &[]).await.status, 502);
+    assert_eq!(
+        outbound_failures(&client, "unexpected_server_id").await,
+        1.0
+    );
+
+    let pki = Pki::new(TD);
+    let mut expired = spec(SERVER_ID);
+    expired.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+    expired.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let client = frontend_to_peer(&pki, pki.ca.issue(&expired).unwrap()).await;
+    assert_eq!(get(&client.url("/"), &[]).await.status, 502);
+    assert_eq!(outbound_failures(&client, "expired").await, 1.0);
+
+    let pki = Pki::new(TD);
+    let stranger = DevCa::new(TD).unwrap().issue(&spec(SERVER_ID)).unwrap();
+    let client = frontend_to_peer(&pki, stranger).await;
+    assert_eq!(get(&client.url("/"), &[]).await.status, 502);
+    assert_eq!(outbound_failures(&client, "unknown_ca").await, 1.0);
+}
+
+#[tokio::test]
+async fn an_outbound_handshake_that_never_finishes_is_counted_as_a_timeout() {
+    let pki = Pki::new(TD);
+    // Accepts the TCP connection and never answers the ClientHello.
+    let (silent, _) = counting_server(|tcp| async move {
+        let _held = tcp;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let toml = format!(
+        "{}timeouts = {{ connect = \"300ms\" }}\n",
+        pki.outbound_toml("frontend", FRONTEND_ID, silent, &[SERVER_ID])
+    );
+    let client = Sidecar::start(pki.dir.path(), "frontend", &toml).await;
+    assert_eq!(get(&client.url("/"), &[]).await.status, 504);
+    assert_eq!(outbound_failures(&client, "timeout").await, 1.0);
+}

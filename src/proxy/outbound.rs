@@ -65,6 +65,7 @@ impl OutboundListener {
             config.session_resumption,
         );
         let resumed = shared.tls.resumed(&config.name);
+        let failures = shared.tls.dialed(&config.name);
         let servers = PeerCheck::servers(shared.identity.clone(), &config.server_ids);
         let connector = Connector::mtls(
             &config.target,
@@ -72,6 +73,7 @@ impl OutboundListener {
             servers.clone(),
             config.timeouts.connect.0,
             resumed.clone(),
+            failures.clone(),
         );
         // WebSocket needs HTTP/1.1 to the peer (HTTP/2 extended CONNECT is not supported yet).
         let h1_config = tls::client_config(
@@ -86,6 +88,7 @@ impl OutboundListener {
             servers,
             config.timeouts.connect.0,
             resumed,
+            failures,
         );
         let base: Uri = format!("https://{}", config.target)
             .parse()

@@ -21,7 +21,7 @@ use tokio_rustls::TlsConnector;
 
 use super::coalesce::Coalesce;
 use crate::config::Target;
-use crate::tls::{PeerCheck, PeerIdentity};
+use crate::tls::{DialFailures, PeerCheck, PeerIdentity};
 
 /// A connected upstream byte stream.
 pub enum Stream {
@@ -143,6 +143,8 @@ struct MtlsDialer {
     servers: PeerCheck,
     /// Counts the connections that resumed a session.
     resumed: Counter,
+    /// Counts the handshakes that failed.
+    failures: DialFailures,
 }
 
 /// A connect failure, telling timeouts apart (504) from refusals (502). Cloneable, so
@@ -168,13 +170,15 @@ impl Connector {
     }
 
     /// An mTLS connector to a peer sidecar whose server `servers` checks again when a
-    /// session resumes; `resumed` counts its resumed sessions.
+    /// session resumes; `resumed` counts its resumed sessions, `failures` its failed
+    /// handshakes (a timeout included).
     pub fn mtls(
         target: &Target,
         config: Arc<rustls::ClientConfig>,
         servers: PeerCheck,
         connect_timeout: Duration,
         resumed: Counter,
+        failures: DialFailures,
     ) -> Self {
         let server_name = ServerName::try_from(target.host.clone()).unwrap_or_else(|_| {
             ServerName::try_from("idgate.invalid").expect("static name is valid")
@@ -186,6 +190,7 @@ impl Connector {
                 server_name,
                 servers,
                 resumed,
+                failures,
             }),
             connect_timeout,
         }
@@ -222,13 +227,22 @@ impl Connector {
         };
         give_up_on_a_silent_peer(&tcp).map_err(|e| ConnectError::Io(label.clone(), Arc::new(e)))?;
         let handshake = dialer.connector.connect(dialer.server_name, tcp);
+        let failures = &dialer.failures;
         let tls = tokio::time::timeout(self.connect_timeout, handshake)
             .await
-            .map_err(|_| ConnectError::Timeout(label.clone(), self.connect_timeout))?
-            .map_err(|e| ConnectError::Handshake(label.clone(), Arc::new(e)))?;
+            .map_err(|_| {
+                failures.count(&io::ErrorKind::TimedOut.into());
+                ConnectError::Timeout(label.clone(), self.connect_timeout)
+            })?
+            .map_err(|e| {
+                failures.count(&e);
+                ConnectError::Handshake(label.clone(), Arc::new(e))
+            })?;
         let session = tls.get_ref().1;
-        let peer = PeerIdentity::of_connection(session, &dialer.servers)
-            .map_err(|e| ConnectError::Handshake(label, Arc::new(e)))?;
+        let peer = PeerIdentity::of_connection(session, &dialer.servers).map_err(|e| {
+            failures.count(&e);
+            ConnectError::Handshake(label, Arc::new(e))
+        })?;
         if session.handshake_kind() == Some(HandshakeKind::Resumed) {
             dialer.resumed.inc();
         }

@@ -76,13 +76,17 @@ impl TlsMetrics {
             "TLS handshake failed: {}",
             describe(error)
         );
-        self.failures
-            .get_or_create(&FailureLabels {
-                listener: listener.to_owned(),
-                reason,
-            })
-            .inc();
+        count(&self.failures, listener, reason);
         reason
+    }
+
+    /// What counts `listener`'s failed handshakes with the peers it dials (an outbound
+    /// listener's, whose callers log the failure with the request or relay it fails).
+    pub fn dialed(&self, listener: &str) -> DialFailures {
+        DialFailures {
+            listener: listener.to_owned(),
+            failures: self.failures.clone(),
+        }
     }
 
     /// How many handshakes failed on `listener` for `reason` so far (creates no series).
@@ -94,6 +98,33 @@ impl TlsMetrics {
         self.failures
             .get(&labels)
             .map_or(0, |counter| counter.get())
+    }
+}
+
+fn count(failures: &Family<FailureLabels, Counter>, listener: &str, reason: &'static str) {
+    failures
+        .get_or_create(&FailureLabels {
+            listener: listener.to_owned(),
+            reason,
+        })
+        .inc();
+}
+
+/// Counts one listener's failed handshakes with the peers it dials in
+/// `idgate_tls_handshake_failures_total{listener,reason}`, with the reasons of the
+/// inbound's refusals (`unexpected_server_id`, `expired`, `unknown_ca`, `timeout` ...).
+#[derive(Clone, Debug)]
+pub struct DialFailures {
+    listener: String,
+    failures: Family<FailureLabels, Counter>,
+}
+
+impl DialFailures {
+    /// Counts a handshake that failed with `error`; returns the reason label.
+    pub fn count(&self, error: &io::Error) -> &'static str {
+        let reason = failure_reason(error);
+        count(&self.failures, &self.listener, reason);
+        reason
     }
 }
 

@@ -26,7 +26,7 @@ use rustls::{ClientConfig, ServerConfig, SupportedCipherSuite};
 use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
 
-pub use failure::{describe, failure_reason, TlsMetrics};
+pub use failure::{describe, failure_reason, DialFailures, TlsMetrics};
 pub use peer::{PeerCheck, PeerIdentity};
 pub use verify::{leaf_spiffe_id_of, spiffe_id_of, PeerCertError};
 
