@@ -379,6 +379,39 @@ async fn a_client_that_goes_away_mid_request_is_logged_on_both_sidecars() {
     }
 }
 
+/// The decision line of a request whose client left mid-body: 499, not the upstream's 502.
+#[track_caller]
+fn assert_left_mid_body(sidecar: &str, line: &serde_json::Value) {
+    assert_eq!(line["status"], 499, "{sidecar}: {line}");
+    assert_eq!(line["decision"], "allow", "{sidecar}: {line}");
+    let reason = line["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("the client went away"), "{sidecar}: {line}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_is_logged_499_on_both_sidecars() {
+    let (app, mut arrived) = body_reading_app().await;
+    let mesh = Mesh::start_upstream(ALLOW_ALL_FRONTEND, &format!("http://{app}"), "").await;
+    let client = mesh.client("frontend", FRONTEND_ID, &[SERVER_ID]).await;
+    let stream = tokio::net::TcpStream::connect(client.outbound())
+        .await
+        .unwrap();
+    leave_mid_body(stream, "mid-body-1", &mut arrived).await;
+    assert_left_mid_body("outbound", &client.decision("mid-body-1").await);
+    assert_left_mid_body("inbound", &mesh.server.decision("mid-body-1").await);
+}
+
+#[tokio::test]
+async fn a_peer_that_leaves_mid_body_is_logged_499_on_the_inbound() {
+    let (app, mut arrived) = body_reading_app().await;
+    let mesh = Mesh::start_upstream(ALLOW_ALL_FRONTEND, &format!("http://{app}"), "").await;
+    let cert = mesh.pki.svid(FRONTEND_ID);
+    let config = tls_client(&mesh.pki.ca.root_pem(), Some(&cert), &[b"http/1.1"]);
+    let tls = mtls_connect(mesh.server.inbound(), config).await.unwrap();
+    leave_mid_body(tls, "mid-body-2", &mut arrived).await;
+    assert_left_mid_body("inbound", &mesh.server.decision("mid-body-2").await);
+}
+
 #[tokio::test]
 async fn unreachable_upstream_gets_502() {
     let mesh = Mesh::start_with(ALLOW_ALL_FRONTEND, "").await;

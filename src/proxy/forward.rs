@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use super::headers::{keep_upgrade, prepare_for_hpack, strip_hop_by_hop, upgrade_protocol};
 use super::pool::{Peer, Pool, PoolError};
-use super::respond::{is_grpc, Body, Refusal};
+use super::respond::{is_grpc, Body, Refusal, CLIENT_GONE_MID_BODY};
 use super::serve::{instant_of, Revoked};
 use super::stream::{ConnectError, Connector};
 use super::tunnel::Tunnel;
@@ -86,6 +86,17 @@ pub struct ForwardError {
     pub refusal: Refusal,
     /// What the log says.
     pub reason: String,
+}
+
+impl ForwardError {
+    /// Logs the failure: as a warning (`message`) when the upstream failed, at debug when
+    /// the client went away mid-body.
+    pub fn log(&self, message: &str) {
+        match self.refusal {
+            Refusal::ClientGone => tracing::debug!(reason = %self.reason, "client went away"),
+            _ => tracing::warn!(reason = %self.reason, "{message}"),
+        }
+    }
 }
 
 impl Upstream {
@@ -236,6 +247,10 @@ fn classify(error: PoolError) -> ForwardError {
         PoolError::Http(error) => ForwardError {
             refusal: Refusal::Unreachable,
             reason: chain(&error),
+        },
+        PoolError::ClientBody(_) => ForwardError {
+            refusal: Refusal::ClientGone,
+            reason: CLIENT_GONE_MID_BODY.to_owned(),
         },
     }
 }

@@ -350,7 +350,7 @@ impl Connection {
                 response
             }
             Err(error) => {
-                tracing::warn!(reason = %error.reason, "upstream failed");
+                error.log("upstream failed");
                 let status = error.refusal.status().as_u16();
                 log.write(
                     &decision,

@@ -184,10 +184,10 @@ impl ListenerState {
                 destination: None,
                 close_at: Lifetime::new(&self.timeouts, &self.limits, None).close_at,
                 revoked: never_revoked(),
+                idle: self.timeouts.idle.0,
             };
             let allow = Decision {
                 verdict: Verdict::Allow,
-                idle: self.timeouts.idle.0,
                 rule: None,
                 audit_rule: None,
                 break_glass: false,
@@ -301,7 +301,7 @@ impl Connection {
                 (response, peer, None)
             }
             Err(error) => {
-                tracing::warn!(reason = %error.reason, "peer sidecar unavailable");
+                error.log("peer sidecar unavailable");
                 (
                     refusal(error.refusal, &request_id, grpc),
                     None,

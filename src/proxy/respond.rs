@@ -24,6 +24,8 @@ const CLIENT_GONE: &str = "the client went away before the response";
 const CUT_STATUS: u16 = 503;
 /// The decision-log reason of such a request, before why the connection ended.
 const CUT: &str = "connection closed under the request after the drain";
+/// The decision-log reason of a request whose client went away while sending its body.
+pub const CLIENT_GONE_MID_BODY: &str = "the client went away while sending the request body";
 
 /// Calls `abandoned` when dropped, unless defused first with [`ScopeGuard::into_inner`]:
 /// held across the forward, it gives a request whose future is dropped unfinished a
@@ -61,6 +63,9 @@ pub enum Refusal {
     Unreachable,
     /// The upstream did not answer in time.
     Timeout,
+    /// The client went away (or broke its body off) while sending the request body: 499,
+    /// as a client that leaves before the response; not the upstream's failure.
+    ClientGone,
 }
 
 impl Refusal {
@@ -71,6 +76,9 @@ impl Refusal {
             Refusal::BadPath | Refusal::BadHost => StatusCode::BAD_REQUEST,
             Refusal::Unreachable => StatusCode::BAD_GATEWAY,
             Refusal::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::ClientGone => {
+                StatusCode::from_u16(CLIENT_GONE_STATUS).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -81,6 +89,7 @@ impl Refusal {
             Refusal::BadHost => "bad Host header",
             Refusal::Unreachable => "upstream unavailable",
             Refusal::Timeout => "upstream timed out",
+            Refusal::ClientGone => "client closed request",
         }
     }
 
@@ -91,6 +100,7 @@ impl Refusal {
             Refusal::BadHost => ("3", "bad Host header"),
             Refusal::Unreachable => ("14", "upstream unavailable"),
             Refusal::Timeout => ("4", "upstream timed out"),
+            Refusal::ClientGone => ("1", "client closed request"),
         }
     }
 }

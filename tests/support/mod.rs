@@ -546,3 +546,57 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// An app (HTTP/1.1) that reads each request's whole body before it answers (200, the
+/// body's length); it sends each request's `x-request-id` to the receiver as soon as the
+/// request's head has arrived.
+pub async fn body_reading_app() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (heads, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (addr, _) = counting_server(move |tcp| {
+        let heads = heads.clone();
+        async move {
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .map(|v| v.to_str().unwrap_or_default().to_owned());
+                    let _ = heads.send(id.unwrap_or_default());
+                    async move {
+                        let body = request.into_body().collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(
+                            body.len().to_string(),
+                        ))))
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        }
+    })
+    .await;
+    (addr, arrived)
+}
+
+/// Writes an HTTP/1.1 request head for `id` announcing a 1,000-byte body and 10 bytes of
+/// it on `stream`, waits until `app` has the request, then closes the connection.
+pub async fn leave_mid_body<S>(
+    mut stream: S,
+    id: &str,
+    app: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: app\r\nx-request-id: {id}\r\ncontent-length: 1000\r\n\r\n0123456789"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.flush().await.expect("flush");
+    assert_eq!(
+        app.recv().await.as_deref(),
+        Some(id),
+        "the app got another request"
+    );
+    drop(stream);
+}

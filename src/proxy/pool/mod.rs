@@ -55,6 +55,10 @@ pub enum PoolError {
     /// The connection failed before or while the response head arrived.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The client's request body broke off (the client went away) while it was being sent,
+    /// which failed the request: the client's doing, not the upstream's.
+    #[error("the client's request body broke off: {0}")]
+    ClientBody(hyper::Error),
 }
 
 /// The identity the upstream proved in its handshake (mTLS connections only).
@@ -142,7 +146,9 @@ impl Pool {
         &self,
         request: Request<Incoming>,
     ) -> Result<(Response<UpstreamBody>, Peer), PoolError> {
-        let mut request = request.map(SendBody::Incoming);
+        let (parts, body) = request.into_parts();
+        let (body, broke_off) = SendBody::of_client(body);
+        let mut request = Request::from_parts(parts, body);
         // Sent again once already because the peer never processed it.
         let mut resent = false;
         loop {
@@ -186,7 +192,7 @@ impl Pool {
                                 resent = true;
                                 request = copy;
                             }
-                            _ => return Err(error.into_error().into()),
+                            _ => return Err(resend::failure(error.into_error(), &broke_off)),
                         },
                     }
                 }
@@ -201,7 +207,7 @@ impl Pool {
                                 *unsent.uri_mut() = absolute;
                                 request = unsent;
                             }
-                            _ => return Err(error.into_error().into()),
+                            _ => return Err(resend::failure(error.into_error(), &broke_off)),
                         },
                     }
                 }
