@@ -402,6 +402,42 @@ async fn a_client_that_leaves_mid_body_is_logged_499_on_both_sidecars() {
 }
 
 #[tokio::test]
+async fn a_client_that_stalls_mid_body_gets_408_when_the_body_timeout_passes() {
+    use tokio::io::AsyncReadExt;
+    let (app, mut arrived) = body_reading_app().await;
+    let mesh = Mesh::start_upstream(ALLOW_ALL_FRONTEND, &format!("http://{app}"), "").await;
+    let client = mesh
+        .client_with(
+            "frontend",
+            FRONTEND_ID,
+            &[SERVER_ID],
+            "timeouts = { body = \"300ms\" }",
+        )
+        .await;
+    let stream = tokio::net::TcpStream::connect(client.outbound())
+        .await
+        .unwrap();
+    let mut stream = stop_mid_body(stream, "stalled-body-1", &mut arrived).await;
+    // Without the body timeout the request waits for the rest of its body for ever.
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_string(&mut answer),
+    )
+    .await
+    .expect("the stalled request body was never cut")
+    .expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let line = client.decision("stalled-body-1").await;
+    assert_eq!(line["status"], 408, "{line}");
+    let reason = line["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("sent nothing of its request body for 300ms"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
 async fn a_peer_that_leaves_mid_body_is_logged_499_on_the_inbound() {
     let (app, mut arrived) = body_reading_app().await;
     let mesh = Mesh::start_upstream(ALLOW_ALL_FRONTEND, &format!("http://{app}"), "").await;

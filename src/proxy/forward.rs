@@ -90,10 +90,11 @@ pub struct ForwardError {
 
 impl ForwardError {
     /// Logs the failure: as a warning (`message`) when the upstream failed, at debug when
-    /// the client went away mid-body.
+    /// the client went away mid-body or stalled it.
     pub fn log(&self, message: &str) {
         match self.refusal {
             Refusal::ClientGone => tracing::debug!(reason = %self.reason, "client went away"),
+            Refusal::ClientTimeout => tracing::debug!(reason = %self.reason, "client stalled"),
             _ => tracing::warn!(reason = %self.reason, "{message}"),
         }
     }
@@ -251,6 +252,10 @@ fn classify(error: PoolError) -> ForwardError {
         PoolError::ClientBody(_) => ForwardError {
             refusal: Refusal::ClientGone,
             reason: CLIENT_GONE_MID_BODY.to_owned(),
+        },
+        stalled @ PoolError::ClientStalled(_) => ForwardError {
+            refusal: Refusal::ClientTimeout,
+            reason: stalled.to_string(),
         },
     }
 }

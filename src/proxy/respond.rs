@@ -66,6 +66,8 @@ pub enum Refusal {
     /// The client went away (or broke its body off) while sending the request body: 499,
     /// as a client that leaves before the response; not the upstream's failure.
     ClientGone,
+    /// The client sent nothing of its request body for the `body` timeout: 408.
+    ClientTimeout,
 }
 
 impl Refusal {
@@ -79,6 +81,7 @@ impl Refusal {
             Refusal::ClientGone => {
                 StatusCode::from_u16(CLIENT_GONE_STATUS).unwrap_or(StatusCode::BAD_REQUEST)
             }
+            Refusal::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -90,6 +93,7 @@ impl Refusal {
             Refusal::Unreachable => "upstream unavailable",
             Refusal::Timeout => "upstream timed out",
             Refusal::ClientGone => "client closed request",
+            Refusal::ClientTimeout => "request body timed out",
         }
     }
 
@@ -101,6 +105,7 @@ impl Refusal {
             Refusal::Unreachable => ("14", "upstream unavailable"),
             Refusal::Timeout => ("4", "upstream timed out"),
             Refusal::ClientGone => ("1", "client closed request"),
+            Refusal::ClientTimeout => ("4", "request body timed out"),
         }
     }
 }

@@ -581,10 +581,23 @@ pub async fn body_reading_app() -> (SocketAddr, tokio::sync::mpsc::UnboundedRece
 /// Writes an HTTP/1.1 request head for `id` announcing a 1,000-byte body and 10 bytes of
 /// it on `stream`, waits until `app` has the request, then closes the connection.
 pub async fn leave_mid_body<S>(
-    mut stream: S,
+    stream: S,
     id: &str,
     app: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
 ) where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    drop(stop_mid_body(stream, id, app).await);
+}
+
+/// Writes an HTTP/1.1 request head for `id` announcing a 1,000-byte body and 10 bytes of
+/// it on `stream`, waits until `app` has the request, and returns the stream, silent.
+pub async fn stop_mid_body<S>(
+    mut stream: S,
+    id: &str,
+    app: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> S
+where
     S: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
@@ -598,5 +611,5 @@ pub async fn leave_mid_body<S>(
         Some(id),
         "the app got another request"
     );
-    drop(stream);
+    stream
 }

@@ -59,6 +59,10 @@ pub enum PoolError {
     /// which failed the request: the client's doing, not the upstream's.
     #[error("the client's request body broke off: {0}")]
     ClientBody(hyper::Error),
+    /// The client sent nothing of its request body for the body timeout, so the request
+    /// was cut before its response came.
+    #[error("the client sent nothing of its request body for {:?} (timeouts.body)", .0 .0)]
+    ClientStalled(Stalled),
 }
 
 /// The identity the upstream proved in its handshake (mTLS connections only).
@@ -147,7 +151,7 @@ impl Pool {
         request: Request<Incoming>,
     ) -> Result<(Response<UpstreamBody>, Peer), PoolError> {
         let (parts, body) = request.into_parts();
-        let (body, broke_off) = SendBody::of_client(body);
+        let (body, broke_off) = SendBody::of_client(body, self.inner.body_timeout);
         let mut request = Request::from_parts(parts, body);
         // Sent again once already because the peer never processed it.
         let mut resent = false;
@@ -192,7 +196,13 @@ impl Pool {
                                 resent = true;
                                 request = copy;
                             }
-                            _ => return Err(resend::failure(error.into_error(), &broke_off)),
+                            _ => {
+                                return Err(resend::failure(
+                                    error.into_error(),
+                                    &broke_off,
+                                    self.inner.body_timeout,
+                                ))
+                            }
                         },
                     }
                 }
@@ -207,7 +217,13 @@ impl Pool {
                                 *unsent.uri_mut() = absolute;
                                 request = unsent;
                             }
-                            _ => return Err(resend::failure(error.into_error(), &broke_off)),
+                            _ => {
+                                return Err(resend::failure(
+                                    error.into_error(),
+                                    &broke_off,
+                                    self.inner.body_timeout,
+                                ))
+                            }
                         },
                     }
                 }
@@ -405,13 +421,13 @@ pub struct UpstreamBody {
     stall: StallWatch,
 }
 
-/// Why a response body from the pool broke off.
+/// Why a body (a response from the pool, or a client's request body sent to it) broke off.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    /// The upstream's connection or stream failed.
+    /// Its connection or stream failed.
     #[error(transparent)]
-    Upstream(#[from] hyper::Error),
-    /// The upstream stopped sending it.
+    Broken(#[from] hyper::Error),
+    /// Its sender stopped sending it.
     #[error(transparent)]
     Stalled(#[from] Stalled),
 }
@@ -468,7 +484,7 @@ impl Body for UpstreamBody {
             Poll::Pending => match self.stall.waiting(cx) {
                 Ok(()) => return Poll::Pending,
                 Err(stalled) => {
-                    tracing::warn!("{stalled}");
+                    tracing::warn!("the upstream's response body stalled: {stalled}");
                     Some(Err(stalled.into()))
                 }
             },

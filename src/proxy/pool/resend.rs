@@ -7,71 +7,108 @@
 //! 8.7 says both are safe to retry. A bodiless request can be rebuilt from a copy of its
 //! head, kept only where a refusal can happen, so the usual request copies nothing.
 //!
-//! A client body that breaks off (its client went away mid-body) fails the upstream
-//! request too; the body says so, so that the failure is the client's, not the upstream's.
+//! A client body that breaks off (its client went away mid-body) or stalls (nothing for
+//! the `body` timeout) fails the upstream request too; the body says so, so that the
+//! failure is the client's, not the upstream's.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::PoolError;
+use super::stall::{StallWatch, Stalled};
+use super::{BodyError, PoolError};
 
-/// A request body sent upstream: the client's (with what tells that it broke off, when it
-/// has any bytes to send), or none (a rebuilt bodiless request).
+/// A request body sent upstream: the client's (watched, when it has any bytes to send),
+/// or none (a rebuilt bodiless request).
 pub enum SendBody {
     /// The body the client sent.
-    Incoming(Incoming, Option<BrokeOff>),
+    Incoming(Incoming, Option<Watch>),
     /// No body.
     Empty,
 }
 
-/// Set once a client's request body failed while it was being sent upstream: the client
-/// went away (or broke the body's framing) mid-body.
-#[derive(Clone, Debug, Default)]
-pub struct BrokeOff(Arc<AtomicBool>);
+/// What watches a client body with bytes to send: its stall clock, and how it ended.
+pub struct Watch {
+    stall: StallWatch,
+    ending: BrokeOff,
+}
 
-/// Why a sent request got no response: its client's body broke off, or the upstream failed.
-pub fn failure(error: hyper::Error, broke_off: &Option<BrokeOff>) -> PoolError {
-    match broke_off
-        .as_ref()
-        .is_some_and(|b| b.0.load(Ordering::Acquire))
-    {
-        true => PoolError::ClientBody(error),
-        false => PoolError::Http(error),
+/// Set once a client's request body failed while it was being sent upstream: the client
+/// went away (or broke the body's framing) mid-body, or sent nothing of it for too long.
+#[derive(Clone, Debug, Default)]
+pub struct BrokeOff(Arc<AtomicU8>);
+
+/// [`BrokeOff`]'s states.
+const BROKEN: u8 = 1;
+const STALLED: u8 = 2;
+
+/// Why a sent request got no response: its client's body broke off or stalled (after
+/// `limit`), or the upstream failed.
+pub fn failure(error: hyper::Error, broke_off: &Option<BrokeOff>, limit: Duration) -> PoolError {
+    match broke_off.as_ref().map(|b| b.0.load(Ordering::Acquire)) {
+        Some(BROKEN) => PoolError::ClientBody(error),
+        Some(STALLED) => PoolError::ClientStalled(Stalled(limit)),
+        _ => PoolError::Http(error),
     }
 }
 
 impl SendBody {
-    /// The client's `body`, and what tells that it broke off (nothing for a body that has
-    /// no bytes to send: it cannot break off).
-    pub fn of_client(body: Incoming) -> (Self, Option<BrokeOff>) {
-        let broke_off = (!body.is_end_stream()).then(BrokeOff::default);
-        (Self::Incoming(body, broke_off.clone()), broke_off)
+    /// The client's `body`, which may send nothing for at most `stall_limit`, and what
+    /// tells that it broke off (nothing for a body that has no bytes to send: it cannot
+    /// break off).
+    pub fn of_client(body: Incoming, stall_limit: Duration) -> (Self, Option<BrokeOff>) {
+        if body.is_end_stream() {
+            return (Self::Incoming(body, None), None);
+        }
+        let ending = BrokeOff::default();
+        let watch = Watch {
+            stall: StallWatch::new(stall_limit),
+            ending: ending.clone(),
+        };
+        (Self::Incoming(body, Some(watch)), Some(ending))
     }
 }
 
 impl Body for SendBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            SendBody::Incoming(body, broke_off) => {
-                let frame = Pin::new(body).poll_frame(cx);
-                if let (Poll::Ready(Some(Err(_))), Some(broke_off)) = (&frame, broke_off) {
-                    broke_off.0.store(true, Ordering::Release);
-                }
-                frame
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let (body, watch) = match self.get_mut() {
+            SendBody::Incoming(body, watch) => (body, watch),
+            SendBody::Empty => return Poll::Ready(None),
+        };
+        let frame = Pin::new(body).poll_frame(cx);
+        let Some(watch) = watch else {
+            return frame.map_err(BodyError::from);
+        };
+        match frame {
+            Poll::Ready(Some(Ok(frame))) => {
+                watch.stall.progressed();
+                Poll::Ready(Some(Ok(frame)))
             }
-            SendBody::Empty => Poll::Ready(None),
+            Poll::Ready(Some(Err(error))) => {
+                watch.ending.0.store(BROKEN, Ordering::Release);
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match watch.stall.waiting(cx) {
+                Ok(()) => Poll::Pending,
+                Err(stalled) => {
+                    tracing::info!("the client's request body stalled: {stalled}");
+                    watch.ending.0.store(STALLED, Ordering::Release);
+                    Poll::Ready(Some(Err(stalled.into())))
+                }
+            },
         }
     }
 

@@ -1,10 +1,11 @@
-//! Cuts an upstream response body that stops moving.
+//! Cuts a body that stops moving: an upstream's response body or a client's request body.
 //!
 //! Once its head has arrived a response is no longer bounded by the response timeout, so
 //! an upstream that stalls mid-body would hold the client (and its stream or connection)
-//! for ever. A body that delivers nothing for the listener's `body` timeout ends with an
-//! error instead, which resets the client's stream (HTTP/2) or closes its connection
-//! (HTTP/1.1). The timer is armed only while the body waits, and a frame only notes the
+//! for ever; a client that stalls mid-body holds an upstream stream or connection the same
+//! way. A body that delivers nothing for the listener's `body` timeout ends with an error
+//! instead, which resets the stream (HTTP/2) or closes the connection (HTTP/1.1) it
+//! travels on. The timer is armed only while the body waits, and a frame only notes the
 //! time: a timer that fires early re-arms itself for the time still left.
 
 use std::future::Future;
@@ -21,9 +22,9 @@ pub struct StallWatch {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-/// A response body that delivered nothing for too long.
-#[derive(Debug, thiserror::Error)]
-#[error("the upstream sent nothing of the response body for {0:?} (timeouts.body): cut")]
+/// A body that delivered nothing for too long.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("nothing of the body came for {0:?} (timeouts.body): cut")]
 pub struct Stalled(pub Duration);
 
 impl StallWatch {
