@@ -146,16 +146,20 @@ async fn ca_certificate_used_as_leaf() {
     .await;
 }
 
+/// A frontend whose outbound listener expects a server ID that `mesh`'s server does not have.
+async fn client_expecting_someone_else(mesh: &Mesh) -> Sidecar {
+    mesh.client(
+        "frontend",
+        FRONTEND_ID,
+        &["spiffe://example.org/ns/billing/sa/someone-else"],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn outbound_to_unexpected_server_id_gets_502() {
     let mesh = Mesh::start(ALLOW_ALL).await;
-    let client = mesh
-        .client(
-            "frontend",
-            FRONTEND_ID,
-            &["spiffe://example.org/ns/billing/sa/someone-else"],
-        )
-        .await;
+    let client = client_expecting_someone_else(&mesh).await;
     let reply = get(&client.url("/"), &[("x-request-id", "wrong-server")]).await;
     assert_eq!(reply.status, 502, "{}", reply.text());
     let line = client.decision("wrong-server").await;
@@ -220,13 +224,7 @@ async fn frontend_to_peer(pki: &Pki, cert: idgate::devpki::IssuedCert) -> Sideca
 #[tokio::test]
 async fn outbound_handshake_failures_are_counted_with_their_reason() {
     let mesh = Mesh::start(ALLOW_ALL).await;
-    let client = mesh
-        .client(
-            "frontend",
-            FRONTEND_ID,
-            &["spiffe://example.org/ns/billing/sa/someone-else"],
-        )
-        .await;
+    let client = client_expecting_someone_else(&mesh).await;
     assert_eq!(
         outbound_failures(&client, "unexpected_server_id").await,
         0.0

@@ -23,7 +23,6 @@ use crate::policy::Policy;
 use crate::spiffe_id::TrustDomain;
 
 /// Listener names and addresses seen so far, to refuse duplicates.
-#[derive(Default)]
 pub(super) struct Names {
     names: HashSet<String>,
     /// Each address bound so far, and what binds it.
