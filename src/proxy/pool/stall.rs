@@ -5,8 +5,9 @@
 //! for ever; a client that stalls mid-body holds an upstream stream or connection the same
 //! way. A body that delivers nothing for the listener's `body` timeout ends with an error
 //! instead, which resets the stream (HTTP/2) or closes the connection (HTTP/1.1) it
-//! travels on. The timer is armed only while the body waits, and a frame only notes the
-//! time: a timer that fires early re-arms itself for the time still left.
+//! travels on. The clock is read and the timer armed only once a body has had to wait (a
+//! small body that comes whole costs neither); after that a frame only notes the time,
+//! and a timer that fires early re-arms itself for the time still left.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,11 +16,18 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-/// The clock of one body: when it last moved, and a timer while it waits.
+/// The clock of one body: a timer, and when the body last moved, once it has had to wait.
+/// A body that never waits (the usual small one, whole in the first read) reads no clock
+/// and arms no timer.
 pub struct StallWatch {
     limit: Duration,
+    waiting: Option<Waiting>,
+}
+
+/// A body's clock once it has waited.
+struct Waiting {
+    timer: Pin<Box<Sleep>>,
     last_progress: Instant,
-    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// A body that delivered nothing for too long.
@@ -28,32 +36,39 @@ pub struct StallWatch {
 pub struct Stalled(pub Duration);
 
 impl StallWatch {
-    /// A watch over a body that may wait at most `limit` between two frames, starting now.
+    /// A watch over a body that may wait at most `limit` between two frames (the first
+    /// counted from when it first waits).
     pub fn new(limit: Duration) -> Self {
         Self {
             limit,
-            last_progress: Instant::now(),
-            timer: None,
+            waiting: None,
         }
     }
 
     /// The body delivered a frame.
     pub fn progressed(&mut self) {
-        self.last_progress = Instant::now();
+        if let Some(waiting) = &mut self.waiting {
+            waiting.last_progress = Instant::now();
+        }
     }
 
     /// The body has nothing yet: `Err` once it has waited for the whole limit, else the
     /// timer wakes `cx` when it will have.
     pub fn waiting(&mut self, cx: &mut Context<'_>) -> Result<(), Stalled> {
-        let deadline = self.last_progress + self.limit;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
+        let limit = self.limit;
+        let waiting = self.waiting.get_or_insert_with(|| {
+            let now = Instant::now();
+            Waiting {
+                timer: Box::pin(tokio::time::sleep_until(now + limit)),
+                last_progress: now,
+            }
+        });
+        let deadline = waiting.last_progress + limit;
+        if waiting.timer.deadline() != deadline {
+            waiting.timer.as_mut().reset(deadline);
         }
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(Stalled(self.limit)),
+        match waiting.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(Stalled(limit)),
             Poll::Pending => Ok(()),
         }
     }
