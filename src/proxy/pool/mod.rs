@@ -152,6 +152,7 @@ impl Pool {
     ) -> Result<(Response<UpstreamBody>, Peer), PoolError> {
         let (parts, body) = request.into_parts();
         let (body, broke_off) = SendBody::of_client(body, self.inner.body_timeout);
+        let failure = |error| resend::failure(error, &broke_off, self.inner.body_timeout);
         let mut request = Request::from_parts(parts, body);
         // Sent again once already because the peer never processed it.
         let mut resent = false;
@@ -196,13 +197,7 @@ impl Pool {
                                 resent = true;
                                 request = copy;
                             }
-                            _ => {
-                                return Err(resend::failure(
-                                    error.into_error(),
-                                    &broke_off,
-                                    self.inner.body_timeout,
-                                ))
-                            }
+                            _ => return Err(failure(error.into_error())),
                         },
                     }
                 }
@@ -217,13 +212,7 @@ impl Pool {
                                 *unsent.uri_mut() = absolute;
                                 request = unsent;
                             }
-                            _ => {
-                                return Err(resend::failure(
-                                    error.into_error(),
-                                    &broke_off,
-                                    self.inner.body_timeout,
-                                ))
-                            }
+                            _ => return Err(failure(error.into_error())),
                         },
                     }
                 }
