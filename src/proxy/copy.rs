@@ -7,12 +7,12 @@
 //! soon as its reader has nothing more. Reads start at 16 KiB and grow to 64 KiB while they
 //! come back full, so a bulk transfer moves in large writes (four full TLS records each)
 //! and a chatty one never holds more than it uses. EOF on one side becomes a shutdown of
-//! the other side's write half, as with `tokio::io::copy_bidirectional`. The idle timer is
-//! one timer for the copy's whole life: bytes that move cost a clock read per wake-up,
-//! never a timer reset; the timer moves only when it fires and finds that bytes moved since
-//! it was set.
+//! the other side's write half, as with `tokio::io::copy_bidirectional`. The idle clock is
+//! a [`StallWatch`], armed at the first wait (the copy's start) and kept for its whole
+//! life: bytes that move cost a clock read per wake-up, never a timer reset; the timer
+//! moves only when it fires and finds that bytes moved since it was set.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
+
+use super::stall::StallWatch;
 
 /// The first read of a burst (small enough for the allocator's thread cache).
 const FIRST_READ: usize = 16 * 1024;
@@ -70,11 +71,8 @@ impl BothWays {
         A: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let idle = self.idle;
-        let timer = tokio::time::sleep(idle);
-        tokio::pin!(timer);
+        let mut watch = StallWatch::new(self.idle);
         let mut moved = self.moved();
-        let mut last_moved = Instant::now();
         poll_fn(|cx| {
             let forward = self.a_to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
             let backward = self.b_to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
@@ -84,16 +82,13 @@ impl BothWays {
             let now_moved = self.moved();
             if now_moved != moved {
                 moved = now_moved;
-                last_moved = Instant::now();
+                watch.progressed();
             }
-            while timer.as_mut().poll(cx).is_ready() {
-                // Fired: idle for good, or bytes moved since it was set and it waits on.
-                match last_moved.checked_add(idle) {
-                    Some(due) if due > timer.deadline() => timer.as_mut().reset(due),
-                    _ => return Poll::Ready(Ok(Ended::Idle)),
-                }
+            // Both directions wait for their streams now, whether or not bytes moved first.
+            match watch.waiting(cx) {
+                Ok(()) => Poll::Pending,
+                Err(_) => Poll::Ready(Ok(Ended::Idle)),
             }
-            Poll::Pending
         })
         .await
     }
@@ -247,6 +242,7 @@ impl Pipe {
 #[cfg(test)]
 mod tests {
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
 
     use super::*;
 

@@ -21,6 +21,7 @@ pub mod request_id;
 mod respond;
 mod revocation;
 mod serve;
+mod stall;
 mod stream;
 mod tcp;
 mod tunnel;

@@ -12,7 +12,6 @@
 
 mod http2;
 mod resend;
-mod stall;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,10 +30,10 @@ use hyper_util::rt::TokioIo;
 
 use self::http2::{Checkout2, StreamSlot};
 use self::resend::SendBody;
-use self::stall::{StallWatch, Stalled};
 use super::coalesce::FlushingExecutor;
 use super::headers::prepare_for_hpack;
 use super::serve::instant_of;
+use super::stall::{StallWatch, Stalled};
 use super::stream::{ConnectError, Connector};
 use crate::tls::PeerIdentity;
 
@@ -417,7 +416,7 @@ pub enum BodyError {
     #[error(transparent)]
     Broken(#[from] hyper::Error),
     /// Its sender stopped sending it.
-    #[error(transparent)]
+    #[error("nothing of the body came for {:?} (timeouts.body): cut", .0 .0)]
     Stalled(#[from] Stalled),
 }
 
@@ -473,8 +472,9 @@ impl Body for UpstreamBody {
             Poll::Pending => match self.stall.waiting(cx) {
                 Ok(()) => return Poll::Pending,
                 Err(stalled) => {
-                    tracing::warn!("the upstream's response body stalled: {stalled}");
-                    Some(Err(stalled.into()))
+                    let error = BodyError::from(stalled);
+                    tracing::warn!("the upstream's response body stalled: {error}");
+                    Some(Err(error))
                 }
             },
         };

@@ -21,8 +21,8 @@ use bytes::Bytes;
 use http::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::stall::{StallWatch, Stalled};
 use super::{BodyError, PoolError};
+use crate::proxy::stall::{StallWatch, Stalled};
 
 /// A request body sent upstream: the client's (watched, when it has any bytes to send),
 /// or none (a rebuilt bodiless request).
@@ -104,9 +104,10 @@ impl Body for SendBody {
             Poll::Pending => match watch.stall.waiting(cx) {
                 Ok(()) => Poll::Pending,
                 Err(stalled) => {
-                    tracing::info!("the client's request body stalled: {stalled}");
+                    let error = BodyError::from(stalled);
+                    tracing::info!("the client's request body stalled: {error}");
                     watch.ending.0.store(STALLED, Ordering::Release);
-                    Poll::Ready(Some(Err(stalled.into())))
+                    Poll::Ready(Some(Err(error)))
                 }
             },
         }

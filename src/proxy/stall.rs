@@ -1,43 +1,45 @@
-//! Cuts a body that stops moving: an upstream's response body or a client's request body.
+//! A stall clock: ends what stops moving. It watches a body (an upstream's response body
+//! or a client's request body) and a byte relay (a TCP relay, an upgraded connection).
 //!
 //! Once its head has arrived a response is no longer bounded by the response timeout, so
 //! an upstream that stalls mid-body would hold the client (and its stream or connection)
 //! for ever; a client that stalls mid-body holds an upstream stream or connection the same
-//! way. A body that delivers nothing for the listener's `body` timeout ends with an error
-//! instead, which resets the stream (HTTP/2) or closes the connection (HTTP/1.1) it
-//! travels on. The clock is read and the timer armed only once a body has had to wait (a
-//! small body that comes whole costs neither); after that a frame only notes the time,
-//! and a timer that fires early re-arms itself for the time still left.
+//! way; a relay whose ends both fall silent holds two connections. What moves nothing for
+//! its limit (a body: the listener's `body` timeout; a relay: its `idle`) is ended
+//! instead. The clock is read and the timer armed only once the watched thing has had to
+//! wait (a small body that comes whole costs neither); after that progress only notes the
+//! time, never touching the timer: a timer that fires early re-arms itself for the time
+//! still left.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-/// The clock of one body: a timer, and when the body last moved, once it has had to wait.
-/// A body that never waits (the usual small one, whole in the first read) reads no clock
-/// and arms no timer.
+/// The clock of one body or relay: a timer, and when it last moved, once it has had to
+/// wait. A body that never waits (the usual small one, whole in the first read) reads no
+/// clock and arms no timer.
 pub struct StallWatch {
     limit: Duration,
     waiting: Option<Waiting>,
 }
 
-/// A body's clock once it has waited.
+/// The clock once the watched thing has waited.
 struct Waiting {
     timer: Pin<Box<Sleep>>,
     last_progress: Instant,
 }
 
-/// A body that delivered nothing for too long.
+/// What the watch ends: nothing moved for its whole limit (the limit).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("nothing of the body came for {0:?} (timeouts.body): cut")]
+#[error("nothing moved for {0:?}")]
 pub struct Stalled(pub Duration);
 
 impl StallWatch {
-    /// A watch over a body that may wait at most `limit` between two frames (the first
-    /// counted from when it first waits).
+    /// A watch over something that may wait at most `limit` between two moves (a body's
+    /// frames, a relay's bytes), the first counted from when it first waits.
     pub fn new(limit: Duration) -> Self {
         Self {
             limit,
@@ -45,15 +47,15 @@ impl StallWatch {
         }
     }
 
-    /// The body delivered a frame.
+    /// It moved (a body delivered a frame, a relay moved bytes).
     pub fn progressed(&mut self) {
         if let Some(waiting) = &mut self.waiting {
             waiting.last_progress = Instant::now();
         }
     }
 
-    /// The body has nothing yet: `Err` once it has waited for the whole limit, else the
-    /// timer wakes `cx` when it will have.
+    /// It has nothing to move now: `Err` once it has waited for the whole limit, else the
+    /// timer wakes `cx` when it will have. Reads no clock after the first wait.
     pub fn waiting(&mut self, cx: &mut Context<'_>) -> Result<(), Stalled> {
         let limit = self.limit;
         let waiting = self.waiting.get_or_insert_with(|| {
@@ -63,14 +65,14 @@ impl StallWatch {
                 last_progress: now,
             }
         });
-        let deadline = waiting.last_progress + limit;
-        if waiting.timer.deadline() != deadline {
-            waiting.timer.as_mut().reset(deadline);
+        while waiting.timer.as_mut().poll(cx).is_ready() {
+            // Fired: stalled for good, or it moved since the timer was set and waits on.
+            match waiting.last_progress.checked_add(limit) {
+                Some(due) if due > waiting.timer.deadline() => waiting.timer.as_mut().reset(due),
+                _ => return Err(Stalled(limit)),
+            }
         }
-        match waiting.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(Stalled(limit)),
-            Poll::Pending => Ok(()),
-        }
+        Ok(())
     }
 }
 
