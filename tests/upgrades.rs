@@ -395,6 +395,56 @@ async fn a_websocket_through_the_outbound_ends_at_its_maximum_age() {
     );
 }
 
+/// Keeps `ws` busy for more than twice the 1 s `body` timeout (a round trip every 300 ms),
+/// then goes quiet: the tunnel must outlive the busy spell and close about 1 s into the
+/// quiet one.
+async fn busy_then_quiet<S>(ws: &mut S)
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        round_trip(ws, &format!("busy {i}")).await;
+    }
+    let quiet = Instant::now();
+    assert!(
+        ends_within(ws, Duration::from_secs(4)).await,
+        "the tunnel outlived the body timeout (1 s) without a byte either way"
+    );
+    let silence = quiet.elapsed();
+    assert!(
+        silence >= Duration::from_millis(900),
+        "closed {silence:?} into the silence, before the body timeout (1 s)"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_silent_for_the_inbound_body_timeout_is_closed() {
+    let echo = ws_echo().await;
+    let body = "timeouts = { body = \"1s\" }";
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), body).await;
+    let mut ws = open_websocket(&mesh, &mesh.pki.svid(FRONTEND_ID)).await;
+    busy_then_quiet(&mut ws).await;
+}
+
+#[tokio::test]
+async fn a_websocket_through_the_sidecars_silent_for_the_outbound_body_timeout_is_closed() {
+    let echo = ws_echo().await;
+    // The inbound keeps the default (5 minutes): the outbound's tunnel closes it.
+    let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), "").await;
+    let body = "timeouts = { body = \"1s\" }";
+    let client = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], body)
+        .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", client.outbound()))
+        .await
+        .expect("WebSocket handshake through the sidecars");
+    round_trip(&mut ws, "hello").await;
+    busy_then_quiet(&mut ws).await;
+}
+
 /// An app that switches protocols for any upgrade request it receives (as an h2c server
 /// does), then echoes bytes; a request without one gets a plain 200.
 async fn switching_app() -> SocketAddr {

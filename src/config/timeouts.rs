@@ -17,7 +17,9 @@ use super::{FileError, Protocol, SourceFile};
 
 /// How long a TCP relay may move no byte either way before it is closed, when its listener
 /// sets no `idle` (Envoy's tcp_proxy default: a database pool's connections idle far longer
-/// than an HTTP keep-alive connection). Upgraded connections (WebSocket tunnels) have it too.
+/// than an HTTP keep-alive connection). An HTTP listener's upgraded connections (WebSocket
+/// tunnels) are bounded by its `body` timeout instead, as Envoy's stream idle timeout bounds
+/// an upgraded stream.
 pub const TCP_IDLE: Duration = Duration::from_secs(3600);
 
 /// A listener's timeouts, each its key's value or the default for the listener's kind.
@@ -34,8 +36,9 @@ pub struct Timeouts {
     pub connect: Seconds,
     /// Waiting for the upstream's response headers, HTTP listeners (default 60 s, then 504).
     pub response: Seconds,
-    /// The longest an upstream's response body may send nothing before it is cut, HTTP
-    /// listeners (default 5 minutes, Envoy's stream idle timeout).
+    /// The longest a response or request body may send nothing before it is cut, and an
+    /// upgraded connection (WebSocket tunnel) may carry no byte either way before it is
+    /// closed, HTTP listeners (default 5 minutes, Envoy's stream idle timeout).
     pub body: Seconds,
     /// Finishing in-flight requests on SIGTERM (default 30 s; zero closes them at once);
     /// at most 5 s of it when a connection ends for its peer's sake (revocation, expiry, age).

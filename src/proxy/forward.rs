@@ -39,7 +39,7 @@ pub struct Upstream {
 }
 
 /// What the pools connect with: the default, and optional ones for gRPC and upgrades;
-/// and how long their response bodies may stall.
+/// and how long their bodies may stall (and an upgrade's tunnel carry nothing).
 #[derive(Clone)]
 struct Connectors {
     default: Connector,
@@ -103,7 +103,7 @@ impl ForwardError {
 impl Upstream {
     /// A client that sends every request to `connector`, naming `base` (scheme and
     /// authority) in URIs, with pools for `workers` threads, bounded by the listener's
-    /// `response` and `body` timeouts.
+    /// `response` and `body` timeouts (`body` bounds an upgrade's tunnel too).
     pub fn new(connector: Connector, base: Uri, timeouts: &Timeouts, workers: usize) -> Self {
         let connectors = Connectors {
             default: connector,
@@ -186,7 +186,13 @@ impl Upstream {
             (Some(client_side), Some(_)) => {
                 let server_side = hyper::upgrade::on(&mut response);
                 let peer_expiry = peer.as_ref().and_then(|p| instant_of(p.not_after));
-                Some(Tunnel::new(client_side, server_side, revoked, peer_expiry))
+                Some(Tunnel::new(
+                    client_side,
+                    server_side,
+                    revoked,
+                    peer_expiry,
+                    self.connectors.body_timeout,
+                ))
             }
             _ => None,
         };

@@ -5,18 +5,18 @@
 //! (held in a [`TunnelSlot`] until then), so it keeps the connection's place under
 //! `max_connections` and ends at the connection's deadline (maximum age, peer certificate
 //! expiry), as the connection would have, or at the upstream peer sidecar's certificate
-//! expiry when that comes first; and once no byte has crossed it either way for an hour
-//! (as a TCP relay's default `idle`). Never reads or judges what the tunnel carries.
+//! expiry when that comes first; and once no byte has crossed it either way for the
+//! listener's `body` timeout (as Envoy's stream idle timeout bounds an upgraded stream).
+//! Never reads or judges what the tunnel carries.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::copy::{self, Ended};
 use super::serve::{never_revoked, Revoked};
-use crate::config::TCP_IDLE;
 
 /// An accepted upgrade: both sides' upgraded connections (once hyper hands them over), and
 /// what revokes it.
@@ -26,28 +26,33 @@ pub struct Tunnel {
     revoked: Revoked,
     /// The server side's own deadline (a peer sidecar's certificate expiry).
     server_close_at: Option<Instant>,
+    /// Closed once no byte has crossed either way for this long (the listener's `body`).
+    idle: Duration,
 }
 
 impl Tunnel {
     /// The tunnel between `client`'s and `server`'s upgraded connections, closed early when
-    /// `revoked` (if any) completes or `server_close_at` (if any) passes.
+    /// `revoked` (if any) completes, `server_close_at` (if any) passes or no byte crosses
+    /// it for `idle`.
     pub fn new(
         client: OnUpgrade,
         server: OnUpgrade,
         revoked: Option<Revoked>,
         server_close_at: Option<Instant>,
+        idle: Duration,
     ) -> Self {
         Self {
             client,
             server,
             revoked: revoked.unwrap_or_else(never_revoked),
             server_close_at,
+            idle,
         }
     }
 
     /// Relays bytes between the two upgraded connections until both are done, `close_at`
     /// (the client connection's deadline) or the server side's deadline passes, no byte
-    /// has crossed for [`TCP_IDLE`], or the policy revokes the tunnel (a reload, or the
+    /// has crossed for its idle timeout, or the policy revokes the tunnel (a reload, or the
     /// expiry of the break-glass rule that allowed it).
     pub async fn run(self, close_at: Option<Instant>) {
         let Self {
@@ -55,6 +60,7 @@ impl Tunnel {
             server,
             revoked,
             server_close_at,
+            idle,
         } = self;
         let close_at = close_at.into_iter().chain(server_close_at).min();
         let relay = async {
@@ -66,7 +72,7 @@ impl Tunnel {
                 }
             };
             let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-            let mut transfer = copy::BothWays::new(TCP_IDLE);
+            let mut transfer = copy::BothWays::new(idle);
             let ended = transfer.run(&mut client, &mut server).await;
             let (up, down) = transfer.copied();
             match ended {
@@ -74,7 +80,7 @@ impl Tunnel {
                 Ok(Ended::Idle) => tracing::info!(
                     up,
                     down,
-                    "closing upgraded connection: no bytes either way for {TCP_IDLE:?}"
+                    "closing upgraded connection: no bytes either way for {idle:?} (timeouts.body)"
                 ),
                 Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
             }
