@@ -66,44 +66,37 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
-/// `max_connection_age`, when given: zero would end every connection at once.
-pub(super) fn max_connection_age<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Seconds>, D::Error> {
-    let value = Seconds::deserialize(d)?;
-    match value.0.is_zero() {
-        true => Err(D::Error::custom(
-            "must be more than 0 (zero would end every connection at once); leave it out for no limit",
-        )),
-        false => Ok(Some(value)),
+/// `max_connection_age`: zero would end every connection at once.
+pub(super) fn max_connection_age(age: Seconds) -> Result<Seconds, String> {
+    match age.0.is_zero() {
+        true => Err("must be more than 0 (zero would end every connection at once); leave it out for no limit".into()),
+        false => Ok(age),
     }
 }
 
 /// A count in `min..=max`: any other integer TOML can hold is refused with the range.
-fn count_in<'de, D, T>(d: D, min: i64, max: i64, unit: &str) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: TryFrom<i64>,
-{
-    let n = i64::deserialize(d)?;
+fn count_in<T: TryFrom<i64>>(n: i64, min: i64, max: i64, unit: &str) -> Result<T, String> {
     (min..=max)
         .contains(&n)
         .then(|| T::try_from(n).ok())
         .flatten()
-        .ok_or_else(|| D::Error::custom(format!("expected {min} to {max}{unit}, got {n}")))
+        .ok_or_else(|| format!("expected {min} to {max}{unit}, got {n}"))
 }
 
-pub(super) fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    count_in(d, 1, MAX_CONNECTIONS as i64, " open connections")
+/// `max_connections`.
+pub(super) fn max_connections(n: i64) -> Result<usize, String> {
+    count_in(n, 1, MAX_CONNECTIONS as i64, " open connections")
 }
 
-pub(super) fn max_header_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+/// `max_header_bytes`.
+pub(super) fn max_header_bytes(n: i64) -> Result<usize, String> {
     let (min, max) = (MIN_HEADER_BYTES as i64, MAX_HEADER_BYTES as i64);
-    count_in(d, min, max, " bytes (1 KiB to 8 MiB)")
+    count_in(n, min, max, " bytes (1 KiB to 8 MiB)")
 }
 
-pub(super) fn max_concurrent_streams<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    count_in(d, 1, i64::from(MAX_CONCURRENT_STREAMS), " streams")
+/// `max_concurrent_streams`.
+pub(super) fn max_concurrent_streams(n: i64) -> Result<u32, String> {
+    count_in(n, 1, i64::from(MAX_CONCURRENT_STREAMS), " streams")
 }
 
 /// `[runtime] workers`: zero keeps serde's own message (`expected a nonzero usize`).

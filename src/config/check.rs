@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
+use super::kind::ListenerKind;
 use super::model::{InboundConfig, OutboundConfig, RawIdentity};
-use super::timeouts::ListenerKind;
 use super::{
     FileError, IdentityConfig, IdentitySourceKind, Inbound, Outbound, Protocol, SourceFile,
     Upstream,
@@ -327,6 +327,7 @@ pub(super) fn check_inbound(
         protocol: l.protocol,
     };
     let timeouts = l.timeouts.check(source, &field, kind)?;
+    let limits = l.limits.check(source, &field, kind)?;
     let policy_path = readable_file(source, &l.policy, &format!("{field}.policy"))?;
     let policy = Policy::load(&policy_path)?;
     if l.protocol == Protocol::Tcp {
@@ -341,7 +342,7 @@ pub(super) fn check_inbound(
         policy: Arc::new(policy),
         session_resumption: l.session_resumption,
         timeouts,
-        limits: l.limits,
+        limits,
     })
 }
 
@@ -378,6 +379,7 @@ pub(super) fn check_outbound(
         protocol: l.protocol,
     };
     let timeouts = l.timeouts.check(source, &field, kind)?;
+    let limits = l.limits.check(source, &field, kind)?;
     Ok(Outbound {
         name: l.name.get_ref().clone(),
         listen: *l.listen.get_ref(),
@@ -386,6 +388,6 @@ pub(super) fn check_outbound(
         protocol: l.protocol,
         session_resumption: l.session_resumption,
         timeouts,
-        limits: l.limits,
+        limits,
     })
 }

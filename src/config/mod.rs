@@ -5,6 +5,8 @@
 
 mod bounds;
 mod check;
+mod kind;
+mod limits;
 mod model;
 mod source;
 #[cfg(test)]
@@ -15,8 +17,9 @@ pub use bounds::{
     Seconds, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS, MAX_DURATION, MAX_HEADER_BYTES, MAX_WORKERS,
     MIN_HEADER_BYTES,
 };
+pub use limits::Limits;
 pub use model::{
-    AdminConfig, IdentitySourceKind, Limits, LogConfig, LogFormat, Protocol, RuntimeConfig, Target,
+    AdminConfig, IdentitySourceKind, LogConfig, LogFormat, Protocol, RuntimeConfig, Target,
     Upstream,
 };
 pub use source::{FileError, SourceFile};

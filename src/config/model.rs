@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::bounds::{self, Seconds};
+use super::limits::RawLimits;
 use super::timeouts::RawTimeouts;
 use crate::spiffe_id::SpiffeId;
 
@@ -109,7 +110,7 @@ pub struct InboundConfig {
     pub timeouts: RawTimeouts,
     /// Limits overriding the defaults.
     #[serde(default)]
-    pub limits: Limits,
+    pub limits: RawLimits,
 }
 
 /// One `[[outbound]]` listener.
@@ -135,42 +136,11 @@ pub struct OutboundConfig {
     pub timeouts: RawTimeouts,
     /// Limits overriding the defaults.
     #[serde(default)]
-    pub limits: Limits,
+    pub limits: RawLimits,
 }
 
 fn enabled() -> bool {
     true
-}
-
-/// Per-listener resource limits; each key is optional, and bounded (see the constants).
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Open client connections at once; more are accepted and closed at once (default
-    /// 10,000; 1 to 2^20).
-    #[serde(deserialize_with = "bounds::max_connections")]
-    pub max_connections: usize,
-    /// Bytes of request headers (default 64 KiB; HTTP/1.1 at least 8 KiB; 1 KiB to 8 MiB).
-    #[serde(deserialize_with = "bounds::max_header_bytes")]
-    pub max_header_bytes: usize,
-    /// Concurrent HTTP/2 streams per connection (default 256; 1 to 2^31 - 1).
-    #[serde(deserialize_with = "bounds::max_concurrent_streams")]
-    pub max_concurrent_streams: u32,
-    /// Close (gracefully) any connection older than this (default: no limit; more than
-    /// zero, at most 365 days).
-    #[serde(deserialize_with = "bounds::max_connection_age")]
-    pub max_connection_age: Option<Seconds>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections: 10_000,
-            max_header_bytes: 64 * 1024,
-            max_concurrent_streams: 256,
-            max_connection_age: None,
-        }
-    }
 }
 
 /// Where an inbound listener sends allowed traffic.

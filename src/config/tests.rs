@@ -430,6 +430,56 @@ fn timeout_keys_a_listener_would_not_use_are_refused_where_written() {
 }
 
 #[test]
+fn limit_keys_a_tcp_listener_would_not_use_are_refused_where_written() {
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(policy.path(), "default = \"allow\"\n").unwrap();
+    let inbound = tcp_inbound(policy.path());
+    for (key, value, why) in [
+        (
+            "max_header_bytes",
+            "65536",
+            "it reads no HTTP request headers",
+        ),
+        (
+            "max_concurrent_streams",
+            "100",
+            "it carries no HTTP/2 streams",
+        ),
+    ] {
+        assert_refused(
+            &format!(
+                "{IDENTITY}{OUTBOUND}protocol = \"tcp\"\n[outbound.limits]\n{key} = {value}\n"
+            ),
+            11,
+            &format!("outbound[0].limits.{key}"),
+            &format!("does not apply to an outbound protocol = \"tcp\" listener: {why}"),
+        );
+        assert_refused(
+            &format!("{IDENTITY}{inbound}limits = {{ max_connections = 10, {key} = {value} }}\n"),
+            10,
+            &format!("inbound[0].limits.{key}"),
+            &format!("does not apply to an inbound protocol = \"tcp\" listener: {why}"),
+        );
+        // HTTP listeners use both.
+        assert_loads(&format!(
+            "{IDENTITY}{OUTBOUND}limits = {{ {key} = {value} }}\n"
+        ));
+    }
+    // What a TCP listener uses loads.
+    let limits = "limits = { max_connections = 10, max_connection_age = \"1h\" }";
+    let config = assert_loads(&format!(
+        "{IDENTITY}{inbound}{limits}\n{OUTBOUND}protocol = \"tcp\"\n{limits}\n"
+    ));
+    for limits in [config.inbound[0].limits, config.outbound[0].limits] {
+        assert_eq!(limits.max_connections, 10);
+        assert_eq!(
+            limits.max_connection_age.map(|age| age.0),
+            Some(std::time::Duration::from_secs(3600))
+        );
+    }
+}
+
+#[test]
 fn tcp_listeners_idle_for_an_hour_unless_told_otherwise() {
     use std::time::Duration;
     let policy = tempfile::NamedTempFile::new().unwrap();

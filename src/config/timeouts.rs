@@ -2,10 +2,10 @@
 //! to which kind of listener, and the defaults each kind gets.
 //!
 //! A key a listener would never use (`handshake` on an outbound listener, `header`,
-//! `response` and `body` on a TCP one) is refused where it is written, never silently ignored. A TCP
-//! listener's `idle` defaults to an hour, an HTTP listener's to 90 s.
+//! `response` and `body` on a TCP one) is refused where it is written ([`ListenerKind`]),
+//! never silently ignored. A TCP listener's `idle` defaults to an hour, an HTTP
+//! listener's to 90 s.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::de::Error as _;
@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::bounds::Seconds;
+use super::kind::ListenerKind;
 use super::{FileError, Protocol, SourceFile};
 
 /// How long a TCP relay may move no byte either way before it is closed, when its listener
@@ -92,51 +93,15 @@ fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<Seconds>>, 
     }
 }
 
-/// The kind of listener a `timeouts` table belongs to.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ListenerKind {
-    /// `[[inbound]]` (mTLS from peers) rather than `[[outbound]]` (plain from the app).
-    pub inbound: bool,
-    /// What the listener carries.
-    pub protocol: Protocol,
-}
-
-impl fmt::Display for ListenerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.inbound, self.protocol) {
-            (true, Protocol::Http) => write!(f, "an inbound listener"),
-            (true, Protocol::Tcp) => write!(f, "an inbound protocol = \"tcp\" listener"),
-            (false, Protocol::Http) => write!(f, "an outbound listener"),
-            (false, Protocol::Tcp) => write!(f, "an outbound protocol = \"tcp\" listener"),
-        }
-    }
-}
-
-impl ListenerKind {
-    /// Why `key` means nothing to this kind of listener, if it does not.
-    fn unused(self, key: &str) -> Option<&'static str> {
-        match (key, self.inbound, self.protocol) {
-            ("handshake", false, _) => Some(
-                "the app connects in plain text, and the mTLS handshake with the peer is bounded by `connect`",
-            ),
-            ("header", _, Protocol::Tcp) => Some("it reads no HTTP request headers"),
-            ("response" | "body", _, Protocol::Tcp) => {
-                Some("it waits for no HTTP response (`idle` closes a relay that moves no bytes)")
-            }
-            _ => None,
-        }
-    }
-
-    /// This kind's defaults.
-    fn defaults(self) -> Timeouts {
-        let http = Timeouts::default();
-        match self.protocol {
-            Protocol::Http => http,
-            Protocol::Tcp => Timeouts {
-                idle: Seconds(TCP_IDLE),
-                ..http
-            },
-        }
+/// The defaults of a `kind` listener.
+fn defaults(kind: ListenerKind) -> Timeouts {
+    let http = Timeouts::default();
+    match kind.protocol {
+        Protocol::Http => http,
+        Protocol::Tcp => Timeouts {
+            idle: Seconds(TCP_IDLE),
+            ..http
+        },
     }
 }
 
@@ -149,28 +114,19 @@ impl RawTimeouts {
         field: &str,
         kind: ListenerKind,
     ) -> Result<Timeouts, FileError> {
-        let defaults = kind.defaults();
+        let defaults = defaults(kind);
+        let keys = kind.keys(source, field);
         let pick = |key: &str, written: &Option<Spanned<Seconds>>, default: Seconds| {
-            let Some(written) = written else {
-                return Ok(default);
-            };
-            match kind.unused(key) {
-                None => Ok(*written.get_ref()),
-                Some(why) => Err(source.error_at(
-                    written.span(),
-                    &format!("{field}.timeouts.{key}"),
-                    format!("does not apply to {kind}: {why}; remove it"),
-                )),
-            }
+            Ok::<_, FileError>(keys.written(key, written)?.unwrap_or(default))
         };
         Ok(Timeouts {
-            handshake: pick("handshake", &self.handshake, defaults.handshake)?,
-            header: pick("header", &self.header, defaults.header)?,
-            idle: pick("idle", &self.idle, defaults.idle)?,
-            connect: pick("connect", &self.connect, defaults.connect)?,
-            response: pick("response", &self.response, defaults.response)?,
-            body: pick("body", &self.body, defaults.body)?,
-            drain: pick("drain", &self.drain, defaults.drain)?,
+            handshake: pick("timeouts.handshake", &self.handshake, defaults.handshake)?,
+            header: pick("timeouts.header", &self.header, defaults.header)?,
+            idle: pick("timeouts.idle", &self.idle, defaults.idle)?,
+            connect: pick("timeouts.connect", &self.connect, defaults.connect)?,
+            response: pick("timeouts.response", &self.response, defaults.response)?,
+            body: pick("timeouts.body", &self.body, defaults.body)?,
+            drain: pick("timeouts.drain", &self.drain, defaults.drain)?,
         })
     }
 }
