@@ -284,21 +284,47 @@ async fn a_break_glass_rule_ends_the_relays_it_admitted_when_it_expires() {
 }
 
 /// Pings through `stream`, then waits (in paused time) for idgate to close the relay as
-/// idle; returns how long after the last byte that was.
-async fn closed_when_idle(stream: &mut TcpStream) -> std::time::Duration {
+/// idle, expected after `idle`; returns how long after the last byte that was. Fails once
+/// the paused clock has passed `idle` by a second without a close (later would fail
+/// [`assert_idle_for`] anyway).
+async fn closed_when_idle(
+    stream: &mut TcpStream,
+    idle: std::time::Duration,
+) -> std::time::Duration {
     ping(stream).await;
     let last_byte = tokio::time::Instant::now();
     let mut rest = [0u8; 16];
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(4 * 3600),
-        stream.read(&mut rest),
-    )
-    .await;
+    let paused_bound = idle + std::time::Duration::from_secs(1);
+    let read = tokio::time::timeout(paused_bound, stream.read(&mut rest)).await;
     assert!(
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "the idle relay must be closed: {read:?}"
+        "the idle relay must be closed within {paused_bound:?} of its last byte: {read:?}"
     );
     last_byte.elapsed()
+}
+
+/// The real time a test's part in paused time may take. The paused clock moves only when
+/// every task waits (then it jumps to the next timer, the sidecars' 1 s health ticks
+/// among them): a relay that never settled would stop it, and no paused timeout would
+/// ever fire.
+const REAL_TIME_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `paused` (a test's part in paused time), failing after [`REAL_TIME_BOUND`] of real
+/// time (a thread's sleep, which the paused clock does not touch), whatever that clock did.
+async fn within_real_time<T>(paused: impl std::future::Future<Output = T>) -> T {
+    let (fire, fired) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(REAL_TIME_BOUND);
+        let _ = fire.send(());
+    });
+    let started = tokio::time::Instant::now();
+    tokio::select! {
+        done = paused => done,
+        _ = fired => panic!(
+            "still waiting after {REAL_TIME_BOUND:?} of real time ({:?} of paused time)",
+            started.elapsed()
+        ),
+    }
 }
 
 /// Asserts `quiet` (from the last byte to the close) is `idle`, to within a second.
@@ -330,15 +356,19 @@ async fn a_relay_that_moves_no_byte_for_an_hour_is_closed_by_default() {
         .await;
     let mut stream = TcpStream::connect(frontend.outbound()).await.unwrap();
     ping(&mut stream).await;
+    let hour = std::time::Duration::from_secs(3600);
     tokio::time::pause();
-    // Bytes every 50 minutes keep it open for hours.
-    for _ in 0..3 {
-        tokio::time::sleep(std::time::Duration::from_secs(50 * 60)).await;
-        ping(&mut stream).await;
-    }
-    let quiet = closed_when_idle(&mut stream).await;
+    let quiet = within_real_time(async {
+        // Bytes every 50 minutes keep it open for hours.
+        for _ in 0..3 {
+            tokio::time::sleep(std::time::Duration::from_secs(50 * 60)).await;
+            ping(&mut stream).await;
+        }
+        closed_when_idle(&mut stream, hour).await
+    })
+    .await;
     tokio::time::resume();
-    assert_idle_for(quiet, std::time::Duration::from_secs(3600));
+    assert_idle_for(quiet, hour);
     let line = &frontend.decision_lines(1).await[0];
     assert_idle_line(line, 5 * 4);
     assert_eq!(counted(&frontend, line).await, 1.0);
@@ -354,9 +384,10 @@ async fn a_tcp_listeners_idle_timeout_overrides_the_hour() {
         .await;
     let mut stream = TcpStream::connect(frontend.outbound()).await.unwrap();
     tokio::time::pause();
-    let quiet = closed_when_idle(&mut stream).await;
+    let idle = std::time::Duration::from_secs(5 * 60);
+    let quiet = within_real_time(closed_when_idle(&mut stream, idle)).await;
     tokio::time::resume();
-    assert_idle_for(quiet, std::time::Duration::from_secs(5 * 60));
+    assert_idle_for(quiet, idle);
     let line = &mesh.server.decision_lines(1).await[0];
     assert_idle_line(line, 4);
     assert_eq!(line["source"], FRONTEND_ID, "{line}");
