@@ -7,117 +7,15 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use support::frames::*;
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// SETTINGS_MAX_FRAME_SIZE (RFC 9113, 6.5.2).
 const MAX_FRAME_SIZE: u16 = 0x5;
-
-/// Frame types and flags (RFC 9113, 6).
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
-
-/// The client connection preface (RFC 9113, 3.4) followed by an empty SETTINGS frame.
-const CLIENT_PREFACE: &[u8] =
-    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-
-/// One frame off the wire.
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-async fn read_frame(io: &mut (impl AsyncRead + Unpin)) -> Frame {
-    let mut head = [0u8; 9];
-    io.read_exact(&mut head).await.expect("frame header");
-    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    let mut payload = vec![0u8; len];
-    io.read_exact(&mut payload).await.expect("frame payload");
-    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-    assert_ne!(head[3], GOAWAY, "the connection was closed: {payload:?}");
-    Frame {
-        kind: head[3],
-        flags: head[4],
-        stream,
-        payload,
-    }
-}
-
-async fn write_frame(
-    io: &mut (impl AsyncWrite + Unpin),
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: &[u8],
-) {
-    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    frame.extend_from_slice(&[kind, flags]);
-    frame.extend_from_slice(&stream.to_be_bytes());
-    frame.extend_from_slice(payload);
-    io.write_all(&frame).await.expect("write frame");
-    io.flush().await.expect("flush");
-}
-
-/// Reads frames until the first SETTINGS frame that is not an acknowledgement and
-/// returns its parameters.
-async fn first_settings(io: &mut (impl AsyncRead + Unpin)) -> HashMap<u16, u32> {
-    loop {
-        let frame = read_frame(io).await;
-        if frame.kind == SETTINGS && frame.flags & ACK == 0 {
-            return frame
-                .payload
-                .chunks_exact(6)
-                .map(|p| {
-                    (
-                        u16::from_be_bytes([p[0], p[1]]),
-                        u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
-                    )
-                })
-                .collect();
-        }
-    }
-}
-
-/// Acknowledges a peer's SETTINGS frame; returns whether `frame` was one.
-async fn acknowledge_settings(io: &mut (impl AsyncWrite + Unpin), frame: &Frame) -> bool {
-    let settings = frame.kind == SETTINGS && frame.flags & ACK == 0;
-    if settings {
-        write_frame(io, SETTINGS, ACK, 0, &[]).await;
-    }
-    settings
-}
-
-/// The header block fragment of a HEADERS frame sent whole (no CONTINUATION).
-fn header_block(frame: &Frame) -> Vec<u8> {
-    assert_ne!(
-        frame.flags & END_HEADERS,
-        0,
-        "header block split over frames"
-    );
-    let mut block = &frame.payload[..];
-    let mut padding = 0;
-    if frame.flags & PADDED != 0 {
-        padding = block[0] as usize;
-        block = &block[1..];
-    }
-    if frame.flags & PRIORITY != 0 {
-        block = &block[5..];
-    }
-    block[..block.len() - padding].to_vec()
-}
 
 /// How HPACK represents one header field (RFC 7541, 6).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -346,14 +244,9 @@ async fn the_outbound_never_indexes_request_and_trace_ids() {
         let mut stream = to_test.accept_http2().await;
         write_frame(&mut stream, SETTINGS, 0, 0, &[]).await;
         loop {
-            let frame = read_frame(&mut stream).await;
-            if acknowledge_settings(&mut stream, &frame).await || frame.kind != HEADERS {
-                continue;
-            }
+            let frame = next_headers(&mut stream).await;
             kept.lock().expect("blocks").push(header_block(&frame));
-            // :status 200, from the static table.
-            let end = END_STREAM | END_HEADERS;
-            write_frame(&mut stream, HEADERS, end, frame.stream, b"\x88").await;
+            answer_200(&mut stream, frame.stream).await;
         }
     });
     for n in 0..MESSAGES {

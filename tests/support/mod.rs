@@ -1,5 +1,6 @@
 //! Shared test fixtures: a generated PKI on disk, sidecars started in-process from real
-//! config files, the echo upstream, and HTTP clients (plain, h2c, and direct mTLS).
+//! config files, the echo upstream, HTTP clients (plain, h2c, and direct mTLS), and raw
+//! HTTP/2 frames (`frames`).
 #![allow(dead_code)] // each test binary uses a different part of the fixtures
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use rustls_pki_types::ServerName;
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 
+pub mod frames;
 pub mod process;
 
 pub const TD: &str = "example.org";
