@@ -1,11 +1,13 @@
-//! Pooled connections to the peer sidecar: its HTTP/2 stream limit and its certificate's
-//! expiry. Client -> outbound -> mTLS -> a peer that allows 2 streams per connection (a
-//! hyper server in the test), or an inbound sidecar whose SVID expires in a few seconds.
+//! Pooled connections to the peer sidecar: its HTTP/2 stream limit, its GOAWAY, and its
+//! certificate's expiry. Client -> outbound -> mTLS -> a peer that allows 2 streams per
+//! connection (a hyper server in the test), a peer that answers with GOAWAY (raw frames),
+//! or an inbound sidecar whose SVID expires in a few seconds.
 
 mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use idgate::devpki::LeafSpec;
 use idgate::spiffe_id::SpiffeId;
+use support::frames::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -89,6 +92,78 @@ async fn a_burst_on_a_fresh_connection_beyond_the_peers_limit_is_not_refused() {
     // Sent before the peer's SETTINGS arrive: the excess is refused and must be resent.
     let statuses = at_once(&client, "/sleep/200", 10).await;
     assert_eq!(statuses, [200; 10]);
+}
+
+/// A peer speaking HTTP/2 over TLS (as `SERVER_ID`) in raw frames. On its first
+/// connection it answers the first request with GOAWAY (error code `code`), whose
+/// last-stream-id is the request's stream if `processed` (the peer may have acted on it),
+/// else the one below it (it did not), then closes; on later connections it answers the
+/// first request 200. Returns its address and the number of connections it accepted.
+async fn going_away_peer(pki: &Pki, processed: bool, code: u32) -> (SocketAddr, Arc<AtomicUsize>) {
+    let acceptor = tls_acceptor(&pki.svid(SERVER_ID), &[b"h2"]);
+    let first = Arc::new(AtomicBool::new(true));
+    counting_server(move |tcp| {
+        let (acceptor, first) = (acceptor.clone(), first.clone());
+        async move {
+            let Ok(mut stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let mut preface = [0u8; 24];
+            stream.read_exact(&mut preface).await.expect("preface");
+            assert_eq!(&preface, &CLIENT_PREFACE[..24]);
+            write_frame(&mut stream, SETTINGS, 0, 0, &[]).await;
+            let request = next_headers(&mut stream).await;
+            if first.swap(false, Ordering::SeqCst) {
+                let last = if processed {
+                    request.stream
+                } else {
+                    request.stream - 1
+                };
+                let mut payload = last.to_be_bytes().to_vec();
+                payload.extend_from_slice(&code.to_be_bytes());
+                write_frame(&mut stream, GOAWAY, 0, 0, &payload).await;
+                let _ = stream.shutdown().await;
+            } else {
+                answer_200(&mut stream, request.stream).await;
+            }
+            // Read until the outbound closes: closing with its frames unread could reset
+            // the connection before it has read ours.
+            let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
+        }
+    })
+    .await
+}
+
+/// A GET through an outbound to [`going_away_peer`]`(processed, code)`: its status, and
+/// the connections the peer accepted.
+async fn get_through_going_away_peer(processed: bool, code: u32) -> (u16, usize) {
+    let pki = Pki::new(TD);
+    let (peer, accepted) = going_away_peer(&pki, processed, code).await;
+    let client = outbound_to(&pki, peer, "5s").await;
+    let reply = get(&client.url("/"), &[]).await;
+    (reply.status.as_u16(), accepted.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_request_above_a_goaways_last_stream_id_is_sent_again() {
+    for code in [NO_ERROR, INTERNAL_ERROR] {
+        assert_eq!(
+            get_through_going_away_peer(false, code).await,
+            (200, 2),
+            "error code {code}: the peer never processed the request, sent again on a new connection"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_a_goaway_says_may_have_been_processed_is_not_sent_again() {
+    for code in [NO_ERROR, INTERNAL_ERROR] {
+        assert_eq!(
+            get_through_going_away_peer(true, code).await,
+            (502, 1),
+            "error code {code}: the connection closed under a request the peer may have processed"
+        );
+    }
 }
 
 /// `SERVER_ID`'s identity table with an SVID that expires `seconds` from now.

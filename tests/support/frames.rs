@@ -17,6 +17,10 @@ pub const END_HEADERS: u8 = 0x4;
 pub const PADDED: u8 = 0x8;
 pub const PRIORITY: u8 = 0x20;
 
+/// Error codes (RFC 9113, 7).
+pub const NO_ERROR: u32 = 0x0;
+pub const INTERNAL_ERROR: u32 = 0x2;
+
 /// The client connection preface (RFC 9113, 3.4) followed by an empty SETTINGS frame.
 pub const CLIENT_PREFACE: &[u8] =
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";

@@ -171,7 +171,8 @@ impl Pool {
                     // The connection's HPACK table may keep these values for long.
                     prepare_for_hpack(request.headers_mut());
                     // Until a response shows the peer's SETTINGS arrived, it may refuse
-                    // streams beyond a limit we did not know yet: keep a copy to resend.
+                    // streams beyond a limit we did not know yet: keep a copy to resend
+                    // (a GOAWAY below the request's stream meanwhile resends it too).
                     let copy = (!resent && !slot.settled())
                         .then(|| resend::copy(&request))
                         .flatten();

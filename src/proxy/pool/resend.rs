@@ -1,11 +1,15 @@
 //! The body a request is sent upstream with, and sending a request again when the
 //! upstream never processed it.
 //!
-//! hyper hands back a request it could not start sending; but a request an HTTP/2 peer
-//! refused (REFUSED_STREAM: over its stream limit, before its SETTINGS reached us) or one
-//! still waiting for a stream when the connection went away is consumed, and RFC 9113
-//! 8.7 says both are safe to retry. A bodiless request can be rebuilt from a copy of its
-//! head, kept only where a refusal can happen, so the usual request copies nothing.
+//! hyper hands back a request it could not start sending; but a request it has consumed
+//! is safe to retry too when the HTTP/2 peer says it never processed it (RFC 9113 8.7):
+//! a stream the peer refused (REFUSED_STREAM: over its stream limit, before its SETTINGS
+//! reached us), a stream above the last-stream-id of a GOAWAY the peer sent (it is
+//! shutting down or restarting, 6.8), or a request still waiting for a stream when the
+//! connection went away. A bodiless request can be rebuilt from a copy of its head, kept
+//! only until the connection's first response (while a refusal can happen), so the
+//! usual request copies nothing: a GOAWAY that catches a request on a connection that
+//! has answered before fails it, as one that catches a request with a body does.
 //!
 //! A client body that breaks off (its client went away mid-body) or stalls (nothing for
 //! the `body` timeout) fails the upstream request too; the body says so, so that the
@@ -143,10 +147,26 @@ pub fn copy(request: &Request<SendBody>) -> Option<Request<SendBody>> {
     Some(copy)
 }
 
-/// True when `error` says the upstream never processed the request: an HTTP/2 stream the
-/// peer refused, or a request hyper's dispatch dropped before it opened a stream (the
-/// connection went away while the request waited for one). hyper names the latter only
-/// in its message.
+/// True when `error` says the upstream never processed the request, so that sending it
+/// again cannot repeat its effects (RFC 9113 8.7); false for anything it may have
+/// processed.
+///
+/// - The peer refused its stream (RST_STREAM with REFUSED_STREAM).
+/// - The peer sent GOAWAY with a last-stream-id below the request's stream, whatever its
+///   error code (6.8). h2 gives a stream the error of a GOAWAY from the peer only then,
+///   and to a request it is asked to open after one (which never leaves). A stream at or
+///   below the last-stream-id stays open; if the connection then ends under it (after a
+///   GOAWAY with NO_ERROR or with an error code) it gets an I/O error (broken pipe, or
+///   the transport's): not sent again. One exception needs a multi-threaded runtime
+///   (idgate's workers are single-threaded, the demo's runtime is not): hyper checks the
+///   connection again right after opening a stream, and a GOAWAY that another thread
+///   took in between fails that request with its error.
+/// - hyper's dispatch dropped it before it opened a stream (the connection went away
+///   while it waited for one). hyper (1.12) tells this only in its message: the kind is
+///   private, `is_user()` covers any misuse too, and `is_canceled()` is another error
+///   (a request handed back unsent, which `take_message` returns). One narrow race hides
+///   in it: a stream h2 opened for it in the instant before the connection failed, whose
+///   HEADERS may have left.
 pub fn never_processed(error: &hyper::Error) -> bool {
     if error.is_user() && error.to_string().starts_with("dispatch task is gone") {
         return true;
@@ -154,7 +174,9 @@ pub fn never_processed(error: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            // A remote RST_STREAM or GOAWAY: what the peer said of this stream.
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
         }
         source = cause.source();
     }
