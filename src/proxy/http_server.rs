@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::rt::bounds::Http2ServerConnExec;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, HttpService, Service};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -40,27 +40,14 @@ const MIN_H1_BUFFER: usize = 8192;
 #[derive(Clone)]
 pub struct HttpServer {
     http1: http1::Builder,
-    http2: http2::Builder<TrackedExecutor>,
-}
-
-/// Spawns HTTP/2 streams on the current runtime, tracked like the connections: a drain
-/// then waits until a stream cut with its connection has dropped its request (and
-/// logged it) before the decision log's last lines are written.
-#[derive(Clone)]
-pub struct TrackedExecutor(TaskTracker);
-
-impl<F> hyper::rt::Executor<F> for TrackedExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, future: F) {
-        tokio::spawn(self.0.track_future(future));
-    }
+    http2: http2::Builder<TokioExecutor>,
+    /// Tracks each HTTP/2 request (a stream runs as a task of its own), so that a drain
+    /// waits until a request cut with its connection has been dropped and logged.
+    streams: TaskTracker,
 }
 
 impl HttpServer {
-    /// A listener's HTTP server under its timeouts and limits, its HTTP/2 streams tracked
+    /// A listener's HTTP server under its timeouts and limits, its HTTP/2 requests tracked
     /// by `tasks`.
     pub fn new(timeouts: &Timeouts, limits: &Limits, tasks: &TaskTracker) -> Self {
         let mut http1 = http1::Builder::new();
@@ -71,14 +58,18 @@ impl HttpServer {
             .header_read_timeout(timeouts.header.0.min(MAX_DURATION))
             .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUFFER))
             .keep_alive(true);
-        let mut http2 = http2::Builder::new(TrackedExecutor(tasks.clone()));
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)
             .max_frame_size(super::HTTP2_MAX_FRAME)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        Self { http1, http2 }
+        Self {
+            http1,
+            http2,
+            streams: tasks.clone(),
+        }
     }
 }
 
@@ -176,7 +167,9 @@ impl HttpServer {
         service: impl Handler,
         ending: Ending<'_>,
     ) {
-        let (service, watch) = Watch::new(service, ending);
+        // HTTP/1.1 requests run in the connection's task, which is tracked already.
+        let streams = (agreed == Agreed::Http2).then(|| self.streams.clone());
+        let (service, watch) = Watch::new(service, ending, streams);
         let io = TokioIo::new(io);
         match agreed {
             Agreed::Http1 => {
@@ -252,14 +245,14 @@ where
     }
 }
 
-impl<I, S, B> Graceful for http2::Connection<I, S, TrackedExecutor>
+impl<I, S, B> Graceful for http2::Connection<I, S, TokioExecutor>
 where
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: hyper::body::Body + 'static,
     B::Error: Into<BoxError>,
-    TrackedExecutor: Http2ServerConnExec<S::Future, B>,
+    TokioExecutor: Http2ServerConnExec<S::Future, B>,
 {
     fn end_gracefully(self: Pin<&mut Self>) {
         self.graceful_shutdown();
@@ -274,9 +267,13 @@ struct Watch<'a> {
 
 impl<'a> Watch<'a> {
     /// Watches a connection that `service` serves, wrapped to count each request in
-    /// flight until its response body is done.
-    fn new<S: Handler>(service: S, ending: Ending<'a>) -> (impl Handler<CountedBody>, Self) {
-        let activity = Activity::new();
+    /// flight until its response body is done (and to hold a token of `streams`, if any).
+    fn new<S: Handler>(
+        service: S,
+        ending: Ending<'a>,
+        streams: Option<TaskTracker>,
+    ) -> (impl Handler<CountedBody>, Self) {
+        let activity = Activity::new(streams);
         let counted = activity.clone();
         let service = service_fn(move |request| {
             let in_flight = InFlight::start(&counted);

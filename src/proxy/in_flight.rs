@@ -4,7 +4,10 @@
 //! A request counts from the call of the connection's service until its response body is
 //! done or dropped, so a long response (a download, a gRPC watch) keeps its connection
 //! busy. It costs each request a few uncontended atomic operations and a clock read, never
-//! an allocation; it never ends a connection itself. [`Cut`] tells a request whose future
+//! an allocation; it never ends a connection itself. On an HTTP/2 connection, whose
+//! streams run as tasks of their own, each request also holds a token of the listener's
+//! task tracker: a drain then waits until a request cut with its connection has been
+//! dropped (and logged), without wrapping every stream's task. [`Cut`] tells a request whose future
 //! is dropped unfinished whether its connection was closed under it, and why.
 
 use std::borrow::Cow;
@@ -15,22 +18,28 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Frame, SizeHint};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 
 use super::respond::Body;
 
 /// One connection's requests in flight, and when the last of them ended.
 pub struct Activity {
     started: Instant,
+    /// What tracks the connection's requests when they outlive its task (HTTP/2 streams).
+    streams: Option<TaskTracker>,
     in_flight: AtomicUsize,
     /// Milliseconds from `started` to the end of the latest request (0: none yet).
     last_end: AtomicU64,
 }
 
 impl Activity {
-    /// A connection starting now, with no request yet.
-    pub fn new() -> Arc<Self> {
+    /// A connection starting now, with no request yet; `streams` tracks its requests when
+    /// they run as tasks of their own (HTTP/2).
+    pub fn new(streams: Option<TaskTracker>) -> Arc<Self> {
         Arc::new(Self {
             started: Instant::now(),
+            streams,
             in_flight: AtomicUsize::new(0),
             last_end: AtomicU64::new(0),
         })
@@ -54,19 +63,26 @@ impl Activity {
 }
 
 /// A request in flight on a connection, from its start until this is dropped.
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    /// Keeps the listener's drain waiting while the request lives (HTTP/2).
+    _stream: Option<TaskTrackerToken>,
+}
 
 impl InFlight {
     /// Counts a request starting now on `activity`'s connection.
     pub fn start(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(activity.clone())
+        Self {
+            activity: activity.clone(),
+            _stream: activity.streams.as_ref().map(TaskTracker::token),
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let activity = &self.0;
+        let activity = &self.activity;
         let ended = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.last_end.store(ended, Ordering::Relaxed);
         activity.in_flight.fetch_sub(1, Ordering::Release);
@@ -134,7 +150,7 @@ mod tests {
 
     #[test]
     fn a_connection_is_idle_only_with_no_request_in_flight() {
-        let activity = Activity::new();
+        let activity = Activity::new(None);
         assert_eq!(activity.idle_since(), Some(activity.started()));
         let first = InFlight::start(&activity);
         let second = InFlight::start(&activity);
@@ -148,5 +164,22 @@ mod tests {
         drop(second);
         let idle_since = activity.idle_since().expect("no request in flight");
         assert!(idle_since >= activity.started() && idle_since <= Instant::now());
+    }
+
+    #[test]
+    fn a_drain_waits_for_the_http2_requests_still_in_flight() {
+        use std::future::Future;
+        let streams = TaskTracker::new();
+        streams.close();
+        let activity = Activity::new(Some(streams.clone()));
+        let request = InFlight::start(&activity);
+        let mut drained = std::pin::pin!(streams.wait());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            drained.as_mut().poll(&mut cx).is_pending(),
+            "the request is still in flight"
+        );
+        drop(request);
+        assert!(drained.as_mut().poll(&mut cx).is_ready());
     }
 }

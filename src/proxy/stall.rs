@@ -20,10 +20,11 @@ use tokio::time::{Instant, Sleep};
 
 /// The clock of one body or relay: a timer, and when it last moved, once it has had to
 /// wait. A body that never waits (the usual small one, whole in the first read) reads no
-/// clock and arms no timer.
+/// clock and arms no timer. Small (24 bytes) while it has not waited: every response
+/// body carries one, and each byte of it is copied wherever the body moves.
 pub struct StallWatch {
     limit: Duration,
-    waiting: Option<Waiting>,
+    waiting: Option<Box<Waiting>>,
 }
 
 /// The clock once the watched thing has waited.
@@ -60,10 +61,10 @@ impl StallWatch {
         let limit = self.limit;
         let waiting = self.waiting.get_or_insert_with(|| {
             let now = Instant::now();
-            Waiting {
+            Box::new(Waiting {
                 timer: Box::pin(tokio::time::sleep_until(now + limit)),
                 last_progress: now,
-            }
+            })
         });
         while waiting.timer.as_mut().poll(cx).is_ready() {
             // Fired: stalled for good, or it moved since the timer was set and waits on.

@@ -31,8 +31,9 @@ use crate::proxy::stall::{StallWatch, Stalled};
 /// A request body sent upstream: the client's (watched, when it has any bytes to send),
 /// or none (a rebuilt bodiless request).
 pub enum SendBody {
-    /// The body the client sent.
-    Incoming(Incoming, Option<Watch>),
+    /// The body the client sent (its watch boxed: a request is moved several times on its
+    /// way upstream, and most have no body to watch).
+    Incoming(Incoming, Option<Box<Watch>>),
     /// No body.
     Empty,
 }
@@ -71,10 +72,10 @@ impl SendBody {
             return (Self::Incoming(body, None), None);
         }
         let ending = BrokeOff::default();
-        let watch = Watch {
+        let watch = Box::new(Watch {
             stall: StallWatch::new(stall_limit),
             ending: ending.clone(),
-        };
+        });
         (Self::Incoming(body, Some(watch)), Some(ending))
     }
 }
