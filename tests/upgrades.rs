@@ -321,6 +321,25 @@ async fn open_websocket(
     ws
 }
 
+/// A WebSocket through a frontend outbound (its listener configured with `extra`) and
+/// `mesh`'s inbound, after one round trip; the outbound lives as long as the second value.
+async fn open_websocket_through_outbound(
+    mesh: &Mesh,
+    extra: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Sidecar,
+) {
+    let client = mesh
+        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], extra)
+        .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", client.outbound()))
+        .await
+        .expect("WebSocket handshake through the sidecars");
+    round_trip(&mut ws, "hello").await;
+    (ws, client)
+}
+
 #[tokio::test]
 async fn a_websocket_keeps_its_connection_slot_and_ends_at_the_maximum_age() {
     let echo = ws_echo().await;
@@ -382,13 +401,7 @@ async fn a_websocket_through_the_outbound_ends_at_its_maximum_age() {
     let echo = ws_echo().await;
     let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), "").await;
     let age = "limits = { max_connection_age = \"1s\" }";
-    let client = mesh
-        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], age)
-        .await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", client.outbound()))
-        .await
-        .expect("WebSocket handshake through the sidecars");
-    round_trip(&mut ws, "hello").await;
+    let (mut ws, _client) = open_websocket_through_outbound(&mesh, age).await;
     assert!(
         ends_within(&mut ws, Duration::from_secs(3)).await,
         "the tunnel outlived the outbound's max_connection_age"
@@ -435,13 +448,7 @@ async fn a_websocket_through_the_sidecars_silent_for_the_outbound_body_timeout_i
     // The inbound keeps the default (5 minutes): the outbound's tunnel closes it.
     let mesh = Mesh::start_upstream(POLICY, &format!("http://{echo}"), "").await;
     let body = "timeouts = { body = \"1s\" }";
-    let client = mesh
-        .client_with("frontend", FRONTEND_ID, &[SERVER_ID], body)
-        .await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", client.outbound()))
-        .await
-        .expect("WebSocket handshake through the sidecars");
-    round_trip(&mut ws, "hello").await;
+    let (mut ws, _client) = open_websocket_through_outbound(&mesh, body).await;
     busy_then_quiet(&mut ws).await;
 }
 
