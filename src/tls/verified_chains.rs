@@ -1,7 +1,11 @@
-//! The chains that resumed sessions presented and that passed verification again, per
-//! identity generation, so that a peer resuming connection after connection (one ticket
-//! per connection) costs one verification, not one per connection. It only remembers;
-//! [`super::PeerCheck`] verifies, and forgets everything when the material changes.
+//! The chains that passed verification, per identity generation: a client's chain at a
+//! full handshake of an inbound, and a resumed session's chain verified again, so that a
+//! peer connecting again and again with the same certificates (a pool reconnecting, a
+//! client without keep-alive, one ticket per connection) costs one chain verification
+//! per [`TRUSTED_FOR_SECS`], not one per connection. Its handshake signature is checked
+//! every time: only the chain's verdict is remembered. It only remembers (what verifies:
+//! [`super::PeerCheck`] and the inbound's client verifier), and forgets everything when
+//! the material changes.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -27,8 +31,8 @@ struct Remembered {
     until: HashMap<[u8; 32], i64>,
 }
 
-/// One chain's key: the SHA-256 of its certificates in order.
-pub(super) fn digest(chain: &[CertificateDer<'_>]) -> [u8; 32] {
+/// One chain's key: the SHA-256 of its certificates in order (leaf first).
+pub(super) fn digest<'a>(chain: impl IntoIterator<Item = &'a CertificateDer<'a>>) -> [u8; 32] {
     let mut hash = Sha256::new();
     for cert in chain {
         hash.update((cert.len() as u64).to_be_bytes());
