@@ -15,6 +15,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProt
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::resumption::{bounded_session_store, signed_by_peer, RecordsPeerExpiry};
+use super::verified_chains::VerifiedChains;
 use super::verify::{check_server_id, verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
@@ -34,6 +35,7 @@ pub(super) fn build(
         server_ids,
         algorithms: provider.signature_verification_algorithms,
         sessions: store.clone().map(|s| s as Arc<dyn RecordsPeerExpiry>),
+        verified: VerifiedChains::default(),
     });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
@@ -57,6 +59,10 @@ struct SpiffeServerVerifier {
     /// Where the expiry of each verified server goes (once it signed), when
     /// sessions resume.
     sessions: Option<Arc<dyn RecordsPeerExpiry>>,
+    /// Server chains that passed (verified and expected) under the current material: a
+    /// new connection to the same server within 60 s (and before its leaf expires) skips
+    /// the chain's verification; its CertificateVerify signature is still checked.
+    verified: VerifiedChains,
 }
 
 impl fmt::Debug for SpiffeServerVerifier {
@@ -81,16 +87,22 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             .identity
             .current()
             .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
-        // Authorisation only after cryptographic verification.
-        let peer = verify_peer(
-            &material,
-            &self.algorithms,
-            end_entity,
-            intermediates,
-            now,
-            Usage::Server,
-        )?;
-        check_server_id(peer.id, &self.server_ids).map_err(PeerCertError::into_rustls)?;
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let chain = std::iter::once(end_entity).chain(intermediates);
+        self.verified
+            .verify_once(material.generation, chain, seconds, || {
+                // Authorisation only after cryptographic verification.
+                let peer = verify_peer(
+                    &material,
+                    &self.algorithms,
+                    end_entity,
+                    intermediates,
+                    now,
+                    Usage::Server,
+                )?;
+                check_server_id(peer.id, &self.server_ids).map_err(PeerCertError::into_rustls)?;
+                Ok(peer.not_after)
+            })?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::verified_chains::{self, VerifiedChains, TRUSTED_FOR_SECS};
+use super::verified_chains::VerifiedChains;
 use super::verify::{check_server_id, leaf_spiffe_id_of, verify_peer, PeerCertError, Usage};
 use crate::identity::{unix_seconds, IdentityHandle};
 use crate::spiffe_id::SpiffeId;
@@ -66,17 +66,13 @@ impl PeerCheck {
 
     /// Verifies a resumed session's chain (leaf first) as a full handshake would now; a
     /// chain that passed under the same material within the last
-    /// [`TRUSTED_FOR_SECS`] (and before its leaf expired) is not verified twice.
+    /// 60 s (and before its leaf expired) is not verified twice ([`VerifiedChains`]).
     fn verify_again(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
         let material = self
             .identity
             .current()
             .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
-        let key = verified_chains::digest(chain);
         let now = unix_seconds(SystemTime::now());
-        if self.verified.passed(material.generation, &key, now) {
-            return Ok(());
-        }
         let (leaf, intermediates) = chain
             .split_first()
             .ok_or(rustls::Error::NoCertificatesPresented)?;
@@ -84,20 +80,21 @@ impl PeerCheck {
             None => Usage::Client,
             Some(_) => Usage::Server,
         };
-        let peer = verify_peer(
-            &material,
-            &self.algorithms,
-            leaf,
-            intermediates,
-            UnixTime::now(),
-            usage,
-        )?;
-        if let Some(expected) = &self.server_ids {
-            check_server_id(peer.id, expected).map_err(PeerCertError::into_rustls)?;
-        }
-        let until = peer.not_after.min(now.saturating_add(TRUSTED_FOR_SECS));
-        self.verified.remember(material.generation, key, until);
-        Ok(())
+        self.verified
+            .verify_once(material.generation, chain, now, || {
+                let peer = verify_peer(
+                    &material,
+                    &self.algorithms,
+                    leaf,
+                    intermediates,
+                    UnixTime::now(),
+                    usage,
+                )?;
+                if let Some(expected) = &self.server_ids {
+                    check_server_id(peer.id, expected).map_err(PeerCertError::into_rustls)?;
+                }
+                Ok(peer.not_after)
+            })
     }
 }
 

@@ -17,7 +17,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureSc
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::resumption::{bounded_ticketer, signed_by_peer, RecordsPeerExpiry};
-use super::verified_chains::{self, VerifiedChains, TRUSTED_FOR_SECS};
+use super::verified_chains::VerifiedChains;
 use super::verify::{verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 
@@ -61,7 +61,7 @@ struct SpiffeClientVerifier {
     /// sessions resume.
     sessions: Option<Arc<dyn RecordsPeerExpiry>>,
     /// Client chains that passed under the current material: a client that connects
-    /// again with the same chain within [`TRUSTED_FOR_SECS`] (and before its leaf
+    /// again with the same chain within 60 s (and before its leaf
     /// expires) skips the chain's verification (about a sixth of a full handshake's CPU);
     /// its CertificateVerify signature is still checked.
     verified: VerifiedChains,
@@ -94,21 +94,20 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .identity
             .current()
             .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
-        let chain = verified_chains::digest(std::iter::once(end_entity).chain(intermediates));
         let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        if self.verified.passed(material.generation, &chain, seconds) {
-            return Ok(ClientCertVerified::assertion());
-        }
-        let peer = verify_peer(
-            &material,
-            &self.algorithms,
-            end_entity,
-            intermediates,
-            now,
-            Usage::Client,
-        )?;
-        let until = peer.not_after.min(seconds.saturating_add(TRUSTED_FOR_SECS));
-        self.verified.remember(material.generation, chain, until);
+        let chain = std::iter::once(end_entity).chain(intermediates);
+        self.verified
+            .verify_once(material.generation, chain, seconds, || {
+                let peer = verify_peer(
+                    &material,
+                    &self.algorithms,
+                    end_entity,
+                    intermediates,
+                    now,
+                    Usage::Client,
+                )?;
+                Ok(peer.not_after)
+            })?;
         Ok(ClientCertVerified::assertion())
     }
 

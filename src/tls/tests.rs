@@ -924,6 +924,33 @@ fn a_chain_remembered_as_verified_is_refused_after_its_ca_leaves_the_bundle() {
     );
 }
 
+/// The same on the outbound: a server chain remembered as verified is verified again, and
+/// refused, once the server's CA leaves the outbound's bundle.
+#[test]
+fn a_server_chain_remembered_as_verified_is_refused_after_its_ca_leaves_the_bundle() {
+    let (ca1, ca2) = (DevCa::new(TD).expect("ca1"), DevCa::new(TD).expect("ca2"));
+    let api = ca1.issue_svid(&id(API)).expect("api");
+    let server_identity = handle(api.svid().expect("svid"), bundles(&[(TD, &ca1)]));
+    let server = server_config(server_identity, ALPN, false);
+    let web = ca1.issue_svid(&id(WEB)).expect("web");
+    let (client_identity, client) = resuming_client(&web, &ca1, &TLS13, false);
+    for _ in 0..2 {
+        let (mut c, mut s) = in_memory(&client, &server);
+        handshake(&mut c, &mut s).expect("full handshake under CA1");
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+    }
+    client_identity.publish(web.svid().expect("svid"), bundles(&[(TD, &ca2)]));
+    let (mut c, mut s) = in_memory(&client, &server);
+    let refused = handshake(&mut c, &mut s).expect_err("CA1 no longer trusted");
+    assert!(
+        matches!(
+            refused,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        ),
+        "{refused:?}"
+    );
+}
+
 /// A trust anchor removed while a (resumed) handshake is under way must not ride the
 /// ticket that handshake ends with: the inbound verifies a resumed client's chain again
 /// against the current bundles and refuses it.

@@ -32,7 +32,7 @@ struct Remembered {
 }
 
 /// One chain's key: the SHA-256 of its certificates in order (leaf first).
-pub(super) fn digest<'a>(chain: impl IntoIterator<Item = &'a CertificateDer<'a>>) -> [u8; 32] {
+fn digest<'a>(chain: impl IntoIterator<Item = &'a CertificateDer<'a>>) -> [u8; 32] {
     let mut hash = Sha256::new();
     for cert in chain {
         hash.update((cert.len() as u64).to_be_bytes());
@@ -42,8 +42,29 @@ pub(super) fn digest<'a>(chain: impl IntoIterator<Item = &'a CertificateDer<'a>>
 }
 
 impl VerifiedChains {
+    /// Runs `verify` on `chain` (leaf first) unless the same chain passed under
+    /// `generation` and is still trusted at `now` (Unix seconds). A pass (`verify` returns
+    /// the leaf's notAfter) is remembered until that, or [`TRUSTED_FOR_SECS`] from now if
+    /// sooner; a failure is never remembered.
+    pub fn verify_once<'a>(
+        &self,
+        generation: u64,
+        chain: impl IntoIterator<Item = &'a CertificateDer<'a>>,
+        now: i64,
+        verify: impl FnOnce() -> Result<i64, rustls::Error>,
+    ) -> Result<(), rustls::Error> {
+        let key = digest(chain);
+        if self.passed(generation, &key, now) {
+            return Ok(());
+        }
+        let not_after = verify()?;
+        let until = not_after.min(now.saturating_add(TRUSTED_FOR_SECS));
+        self.remember(generation, key, until);
+        Ok(())
+    }
+
     /// Whether `chain` passed under `generation` and is still trusted at `now`.
-    pub fn passed(&self, generation: u64, chain: &[u8; 32], now: i64) -> bool {
+    fn passed(&self, generation: u64, chain: &[u8; 32], now: i64) -> bool {
         let remembered = self.lock();
         remembered.generation == generation
             && remembered
@@ -53,7 +74,7 @@ impl VerifiedChains {
     }
 
     /// Remembers that `chain` passed under `generation`, trusted until `until`.
-    pub fn remember(&self, generation: u64, chain: [u8; 32], until: i64) {
+    fn remember(&self, generation: u64, chain: [u8; 32], until: i64) {
         let mut remembered = self.lock();
         if remembered.generation != generation || remembered.until.len() >= CAPACITY {
             remembered.until.clear();
