@@ -14,9 +14,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use super::peer::PeerCheck;
 use super::resumption::{bounded_session_store, signed_by_peer, RecordsPeerExpiry};
-use super::verified_chains::VerifiedChains;
-use super::verify::{check_server_id, verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
 
@@ -31,11 +30,9 @@ pub(super) fn build(
 ) -> Arc<ClientConfig> {
     let store = resumption.then(|| bounded_session_store(identity.clone()));
     let verifier = Arc::new(SpiffeServerVerifier {
-        identity: identity.clone(),
-        server_ids,
+        chains: PeerCheck::servers(identity.clone(), &server_ids),
         algorithms: provider.signature_verification_algorithms,
         sessions: store.clone().map(|s| s as Arc<dyn RecordsPeerExpiry>),
-        verified: VerifiedChains::default(),
     });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
@@ -53,23 +50,21 @@ pub(super) fn build(
 
 /// Verifies the server's SVID, then that its SPIFFE ID is one of `server_ids`.
 struct SpiffeServerVerifier {
-    identity: IdentityHandle,
-    server_ids: Vec<SpiffeId>,
+    /// Verifies server chains against the current material, then requires one of the
+    /// expected IDs; a new connection to the same server within 60 s (and before its leaf
+    /// expires) skips the chain's verification; its CertificateVerify signature is still
+    /// checked.
+    chains: PeerCheck,
     algorithms: WebPkiSupportedAlgorithms,
     /// Where the expiry of each verified server goes (once it signed), when
     /// sessions resume.
     sessions: Option<Arc<dyn RecordsPeerExpiry>>,
-    /// Server chains that passed (verified and expected) under the current material: a
-    /// new connection to the same server within 60 s (and before its leaf expires) skips
-    /// the chain's verification; its CertificateVerify signature is still checked.
-    verified: VerifiedChains,
 }
 
 impl fmt::Debug for SpiffeServerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeServerVerifier")
-            .field("identity", &self.identity.source())
-            .field("server_ids", &self.server_ids)
+            .field("chains", &self.chains)
             .finish_non_exhaustive()
     }
 }
@@ -83,26 +78,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let material = self
-            .identity
-            .current()
-            .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
-        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        let chain = std::iter::once(end_entity).chain(intermediates);
-        self.verified
-            .verify_once(material.generation, chain, seconds, || {
-                // Authorisation only after cryptographic verification.
-                let peer = verify_peer(
-                    &material,
-                    &self.algorithms,
-                    end_entity,
-                    intermediates,
-                    now,
-                    Usage::Server,
-                )?;
-                check_server_id(peer.id, &self.server_ids).map_err(PeerCertError::into_rustls)?;
-                Ok(peer.not_after)
-            })?;
+        self.chains.verify_chain(end_entity, intermediates, now)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -6,7 +6,6 @@
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{CommonState, HandshakeKind};
@@ -16,7 +15,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::verified_chains::VerifiedChains;
 use super::verify::{check_server_id, leaf_spiffe_id_of, verify_peer, PeerCertError, Usage};
-use crate::identity::{unix_seconds, IdentityHandle};
+use crate::identity::IdentityHandle;
 use crate::spiffe_id::SpiffeId;
 
 /// Who the peer of an established connection is.
@@ -30,17 +29,18 @@ pub struct PeerIdentity {
     pub not_after: i64,
 }
 
-/// What the peer of a resumed session must still pass, as at a full handshake of the
-/// same listener: its chain against the trust bundles in force now (a trust anchor
-/// removed since the session began, or a certificate expired since, refuses it) and, for
-/// a server, the outbound's expected SPIFFE IDs.
+/// What a peer's chain must pass: against the trust bundles in force now (a trust anchor
+/// removed since, or a certificate expired since, refuses it) and, for a server, the
+/// outbound's expected SPIFFE IDs. The listeners' TLS verifiers run it at each full
+/// handshake, and each listener runs it again on the peer of a resumed session, as a full
+/// handshake would.
 #[derive(Clone)]
 pub struct PeerCheck {
     identity: IdentityHandle,
     algorithms: WebPkiSupportedAlgorithms,
     /// `None` for clients (inbound); the expected server IDs (outbound).
     server_ids: Option<Arc<[SpiffeId]>>,
-    /// Chains verified again under the current material (shared by clones).
+    /// Chains that passed under the current material (shared by clones).
     verified: Arc<VerifiedChains>,
 }
 
@@ -64,30 +64,35 @@ impl PeerCheck {
         }
     }
 
-    /// Verifies a resumed session's chain (leaf first) as a full handshake would now; a
-    /// chain that passed under the same material within the last
-    /// 60 s (and before its leaf expired) is not verified twice ([`VerifiedChains`]).
-    fn verify_again(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+    /// Verifies a peer's chain at `now` as a full handshake does: against the bundle of
+    /// its trust domain in the current material and, for a server, against the expected
+    /// IDs. A chain that passed under the same material within the last 60 s (and before
+    /// its leaf expired) is not verified twice ([`VerifiedChains`]).
+    pub(super) fn verify_chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
         let material = self
             .identity
             .current()
             .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
-        let now = unix_seconds(SystemTime::now());
-        let (leaf, intermediates) = chain
-            .split_first()
-            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let chain = std::iter::once(end_entity).chain(intermediates);
         let usage = match self.server_ids {
             None => Usage::Client,
             Some(_) => Usage::Server,
         };
         self.verified
-            .verify_once(material.generation, chain, now, || {
+            .verify_once(material.generation, chain, seconds, || {
+                // Authorisation only after cryptographic verification.
                 let peer = verify_peer(
                     &material,
                     &self.algorithms,
-                    leaf,
+                    end_entity,
                     intermediates,
-                    UnixTime::now(),
+                    now,
                     usage,
                 )?;
                 if let Some(expected) = &self.server_ids {
@@ -95,6 +100,14 @@ impl PeerCheck {
                 }
                 Ok(peer.not_after)
             })
+    }
+
+    /// Verifies a resumed session's chain (leaf first) as a full handshake would now.
+    fn verify_again(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.verify_chain(leaf, intermediates, UnixTime::now())
     }
 }
 

@@ -16,9 +16,8 @@ use rustls::version::{TLS12, TLS13};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+use super::peer::PeerCheck;
 use super::resumption::{bounded_ticketer, signed_by_peer, RecordsPeerExpiry};
-use super::verified_chains::VerifiedChains;
-use super::verify::{verify_peer, PeerCertError, Usage};
 use crate::identity::IdentityHandle;
 
 /// Builds the inbound config; see [`super::server_config`].
@@ -30,10 +29,9 @@ pub(super) fn build(
     let provider = super::provider();
     let ticketer = resumption.then(|| bounded_ticketer(identity.clone()));
     let verifier = Arc::new(SpiffeClientVerifier {
-        identity: identity.clone(),
+        chains: PeerCheck::clients(identity.clone()),
         algorithms: provider.signature_verification_algorithms,
         sessions: ticketer.clone().map(|t| t as Arc<dyn RecordsPeerExpiry>),
-        verified: VerifiedChains::default(),
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&TLS13, &TLS12])
@@ -55,22 +53,21 @@ pub(super) fn build(
 
 /// Verifies client SVIDs against the bundle of the client's trust domain.
 struct SpiffeClientVerifier {
-    identity: IdentityHandle,
+    /// Verifies client chains against the current material; a client that connects again
+    /// with the same chain within 60 s (and before its leaf expires) skips the chain's
+    /// verification (about a fifth of a full handshake's CPU); its CertificateVerify
+    /// signature is still checked.
+    chains: PeerCheck,
     algorithms: WebPkiSupportedAlgorithms,
     /// Where the expiry of each verified client goes (once it signed), when
     /// sessions resume.
     sessions: Option<Arc<dyn RecordsPeerExpiry>>,
-    /// Client chains that passed under the current material: a client that connects
-    /// again with the same chain within 60 s (and before its leaf
-    /// expires) skips the chain's verification (about a sixth of a full handshake's CPU);
-    /// its CertificateVerify signature is still checked.
-    verified: VerifiedChains,
 }
 
 impl fmt::Debug for SpiffeClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeClientVerifier")
-            .field("identity", &self.identity.source())
+            .field("chains", &self.chains)
             .finish_non_exhaustive()
     }
 }
@@ -90,24 +87,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let material = self
-            .identity
-            .current()
-            .ok_or_else(|| PeerCertError::NoIdentity.into_rustls())?;
-        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        let chain = std::iter::once(end_entity).chain(intermediates);
-        self.verified
-            .verify_once(material.generation, chain, seconds, || {
-                let peer = verify_peer(
-                    &material,
-                    &self.algorithms,
-                    end_entity,
-                    intermediates,
-                    now,
-                    Usage::Client,
-                )?;
-                Ok(peer.not_after)
-            })?;
+        self.chains.verify_chain(end_entity, intermediates, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
