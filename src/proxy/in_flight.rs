@@ -7,8 +7,9 @@
 //! an allocation; it never ends a connection itself. On an HTTP/2 connection, whose
 //! streams run as tasks of their own, each request also holds a token of the listener's
 //! task tracker: a drain then waits until a request cut with its connection has been
-//! dropped (and logged), without wrapping every stream's task. [`Cut`] tells a request whose future
-//! is dropped unfinished whether its connection was closed under it, and why.
+//! dropped (and logged), without wrapping every stream's task. [`Cut`] tells a request
+//! whose future is dropped unfinished whether its connection was closed under it, and
+//! why.
 
 use std::borrow::Cow;
 use std::pin::Pin;
